@@ -1,0 +1,156 @@
+"""A thin Azure Resource Manager client for the backup jobs API (aiohttp + a token provider).
+
+aiohttp errors and HTTP statuses are translated here into the daemon's errors:
+`TransientError` (retry later, maybe after `retry_after`), `NotFound`, `PermanentError`.
+The token only ever goes to the configured endpoint.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from backupjobd import azure
+from backupjobd.azure import JobObservation, OperationObservation, VaultRef
+from backupjobd.credentials import TokenProvider
+from backupjobd.errors import NotFound, PermanentError, TransientError
+from backupjobd.registration import Endpoint
+
+logger = logging.getLogger(__name__)
+
+_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class ArmClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        tokens: TokenProvider,
+        endpoint: str,
+        api_version: str,
+        timeout_seconds: float = 30.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._tokens = tokens
+        self._endpoint = endpoint.rstrip("/")
+        self._allowed = Endpoint.from_url(self._endpoint)
+        self._api_version = api_version
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._wall_clock = wall_clock
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._allowed
+
+    def job_url(self, vault: VaultRef, job_id: str) -> str:
+        return f"{self._vault_url(vault)}/backupJobs/{quote(azure.validate_job_id(job_id))}"
+
+    def operation_url(self, vault: VaultRef, operation_id: str) -> str:
+        op = quote(azure.validate_operation_id(operation_id), safe="")
+        return f"{self._vault_url(vault)}/backupOperations/{op}"
+
+    async def get_job(self, vault: VaultRef, job_id: str) -> JobObservation:
+        body = await self._get_json(self.job_url(vault, job_id))
+        try:
+            job = azure.parse_job_resource(body)
+        except azure.BodyError as exc:
+            raise TransientError(f"unexpected job body: {exc}") from None
+        if job.job_id != job_id.lower():
+            raise TransientError(f"asked for job {job_id}, Azure answered with {job.job_id}")
+        return job
+
+    async def get_operation(self, vault: VaultRef, operation_id: str) -> OperationObservation:
+        body = await self._get_json(self.operation_url(vault, operation_id))
+        try:
+            return azure.parse_operation_status(body)
+        except azure.BodyError as exc:
+            raise TransientError(f"unexpected operation body: {exc}") from None
+
+    def _vault_url(self, vault: VaultRef) -> str:
+        return (
+            f"{self._endpoint}/subscriptions/{quote(vault.subscription_id, safe='')}"
+            f"/resourceGroups/{quote(vault.resource_group, safe='')}"
+            f"/providers/Microsoft.RecoveryServices/vaults/{quote(vault.name, safe='')}"
+        )
+
+    async def _get_json(self, url: str) -> Any:
+        if not self._allowed.allows(url):  # defence in depth: URLs are built from the endpoint
+            raise PermanentError("refusing to send the token to a host other than the endpoint")
+        params = {"api-version": self._api_version}
+        for attempt in (1, 2):
+            token = await self._tokens.token(force_refresh=attempt == 2)
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            try:
+                async with self._session.get(
+                    url,
+                    params=params,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    raw = await resp.content.read(_MAX_BODY_BYTES + 1)
+                    status = resp.status
+                    retry_after = self._retry_after(resp.headers.get("Retry-After"))
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise TransientError(f"request failed: {type(exc).__name__}") from None
+            if status == 401 and attempt == 1:
+                logger.info("ARM answered 401; refreshing the token once")
+                continue
+            return self._interpret(status, raw, retry_after)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _interpret(self, status: int, raw: bytes, retry_after: float | None) -> Any:
+        if status == 200:
+            if len(raw) > _MAX_BODY_BYTES:
+                raise TransientError("answer body too large")
+            try:
+                return json.loads(raw)
+            except (ValueError, RecursionError):
+                raise TransientError("garbled answer: body is not JSON") from None
+        code, message = _arm_error(raw)
+        detail = (
+            f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+        )
+        if status == 404:
+            raise NotFound(detail, status=status, code=code)
+        if status == 429 or status >= 500 or status == 408:
+            raise TransientError(detail, retry_after=retry_after)
+        raise PermanentError(detail, status=status, code=code)
+
+    def _retry_after(self, value: str | None) -> float | None:
+        """`Retry-After` in seconds or as an HTTP-date."""
+        if not value:
+            return None
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - self._wall_clock())
+
+
+def _arm_error(raw: bytes) -> tuple[str | None, str | None]:
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None, None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    code = error.get("code") if isinstance(error.get("code"), str) else None
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    if message:
+        message = azure._clip(message.splitlines()[0] if message else message, 300)
+    return code, message

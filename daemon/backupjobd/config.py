@@ -1,0 +1,269 @@
+"""Configuration: TOML file, then `BACKUPJOBD_<SECTION>__<KEY>` environment overrides,
+validated once at start with a one-line error that names the bad key.
+
+The environment is passed in as a mapping; nothing here reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from backupjobd.errors import ConfigError
+
+ENV_PREFIX = "BACKUPJOBD_"
+DEFAULT_CONFIG_PATH = Path("/etc/backupjobd/backupjobd.toml")
+
+CLOUDS: dict[str, tuple[str, str]] = {
+    "AzureCloud": ("https://management.azure.com", "https://management.azure.com/.default"),
+    "AzureUSGovernment": (
+        "https://management.usgovcloudapi.net",
+        "https://management.core.usgovcloudapi.net/.default",
+    ),
+    "AzureChinaCloud": (
+        "https://management.chinacloudapi.cn",
+        "https://management.chinacloudapi.cn/.default",
+    ),
+}
+AUTHORITIES = {
+    "AzureCloud": "login.microsoftonline.com",
+    "AzureUSGovernment": "login.microsoftonline.us",
+    "AzureChinaCloud": "login.chinacloudapi.cn",
+}
+CREDENTIALS = (
+    "default",
+    "managed-identity",
+    "workload-identity",
+    "client-secret",
+    "azure-cli",
+    "static-token",
+)
+_API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    cloud: str = "AzureCloud"
+    management_endpoint: str = ""
+    credential: str = "default"
+    static_token_env: str = "BACKUPJOBD_STATIC_TOKEN"
+    api_version: str = "2025-08-01"
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret_env: str = "AZURE_CLIENT_SECRET"
+    request_timeout_seconds: float = 30.0
+
+    @property
+    def endpoint(self) -> str:
+        """The management endpoint, without a trailing slash."""
+        return (self.management_endpoint or CLOUDS[self.cloud][0]).rstrip("/")
+
+    @property
+    def token_scope(self) -> str:
+        return CLOUDS[self.cloud][1]
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite+aiosqlite:///./backupjobd.db"
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class PollingConfig:
+    interval_seconds: float = 30.0
+    min_interval_seconds: float = 5.0
+    early_polls: int = 3
+    tick_seconds: float = 1.0
+    concurrency: int = 16
+    batch_size: int = 500
+    not_found_grace_seconds: float = 300.0
+    max_backoff_seconds: float = 300.0
+    operation_interval_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    azure: AzureConfig = field(default_factory=AzureConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    polling: PollingConfig = field(default_factory=PollingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "built-in defaults"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "azure": AzureConfig,
+    "database": DatabaseConfig,
+    "polling": PollingConfig,
+    "log": LogConfig,
+}
+
+
+def resolve_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """`--config`, then `$BACKUPJOBD_CONFIG`, then /etc/backupjobd/backupjobd.toml if present."""
+    if explicit:
+        return Path(explicit)
+    if env.get("BACKUPJOBD_CONFIG"):
+        return Path(env["BACKUPJOBD_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load(path: Path | None, env: Mapping[str, str]) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return build(raw, env, source=str(path) if path else "built-in defaults")
+
+
+def build(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "<memory>") -> Config:
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown config section [{name}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section [{name}] must be a table")
+        sections[name] = dict(value)
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or "__" not in var[len(ENV_PREFIX) :]:
+            continue
+        section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in _SECTIONS:
+            raise ConfigError(f"{var}: unknown config section [{section}]")
+        sections.setdefault(section, {})[key] = _EnvValue(value)
+    built: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        built[name] = _build_section(name, cls, sections.get(name, {}))
+    config = Config(**built, source=source)
+    _validate(config)
+    return config
+
+
+class _EnvValue(str):
+    """A string from the environment, converted to the key's type when the section is built."""
+
+    __slots__ = ()
+
+
+def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {name}.{key}")
+        default = fields[key].default
+        kwargs[key] = _coerce(f"{name}.{key}", value, type(default))
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
+    from_env = isinstance(value, _EnvValue)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return str(value)
+    raise ConfigError(f"config key {key} must be {kind.__name__}, got {value!r}")
+
+
+def _validate(config: Config) -> None:
+    az = config.azure
+    if az.cloud not in CLOUDS:
+        raise ConfigError(f"config key azure.cloud must be one of {', '.join(CLOUDS)}")
+    if az.credential not in CREDENTIALS:
+        raise ConfigError(f"config key azure.credential must be one of {', '.join(CREDENTIALS)}")
+    if not _API_VERSION_RE.match(az.api_version):
+        raise ConfigError("config key azure.api_version must look like YYYY-MM-DD[-preview]")
+    check_endpoint(az.endpoint)
+    if az.request_timeout_seconds <= 0:
+        raise ConfigError("config key azure.request_timeout_seconds must be > 0")
+    if not config.database.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "config key database.url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+        )
+    poll = config.polling
+    positive = (
+        "interval_seconds",
+        "min_interval_seconds",
+        "tick_seconds",
+        "operation_interval_seconds",
+        "max_backoff_seconds",
+        "shutdown_timeout_seconds",
+    )
+    for key in positive:
+        if getattr(poll, key) <= 0:
+            raise ConfigError(f"config key polling.{key} must be > 0")
+    if poll.min_interval_seconds > poll.interval_seconds:
+        raise ConfigError("config key polling.min_interval_seconds must be <= interval_seconds")
+    if poll.concurrency < 1 or poll.batch_size < 1:
+        raise ConfigError("config keys polling.concurrency and polling.batch_size must be >= 1")
+    if poll.not_found_grace_seconds < 0:
+        raise ConfigError("config key polling.not_found_grace_seconds must be >= 0")
+    if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("config key log.level must be DEBUG, INFO, WARNING or ERROR")
+    if config.log.format not in ("text", "json"):
+        raise ConfigError("config key log.format must be text or json")
+
+
+def check_endpoint(url: str) -> None:
+    """The token goes over https only; plain http only to a loopback host (an emulator)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"config key azure.management_endpoint is not an http(s) URL: {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(
+            "config key azure.management_endpoint must be a bare scheme://host[:port]"
+        )
+    if parts.path not in ("", "/"):
+        raise ConfigError("config key azure.management_endpoint must not have a path")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(
+            "config key azure.management_endpoint: plain http is allowed only for a loopback host"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,280 @@
+"""The pure core: given what we know of a job (or operation) and what a poll observed,
+decide what changed, what to persist, and when to poll next.
+
+No I/O and no clock: `now` and the jitter draw are arguments, so every case is a
+table-driven unit test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from backupjobd import azure
+from backupjobd.azure import JobObservation, OperationObservation
+
+
+class Tracking(StrEnum):
+    """Whether the daemon still polls a job (or operation)."""
+
+    ACTIVE = "active"
+    FINISHED = "finished"
+    LOST = "lost"
+    FAILED = "failed"  # operations only: Azure reported the operation Failed/Canceled
+
+
+@dataclass(frozen=True, slots=True)
+class PollPolicy:
+    interval: timedelta = timedelta(seconds=30)
+    min_interval: timedelta = timedelta(seconds=5)
+    early_polls: int = 3
+    not_found_grace: timedelta = timedelta(minutes=5)
+    max_backoff: timedelta = timedelta(minutes=5)
+    operation_interval: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What the store knows about a job when a poll result comes in."""
+
+    status: str | None
+    poll_count: int = 0
+    consecutive_failures: int = 0
+    not_found_since: datetime | None = None
+    last_snapshot_hash: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """Azure answered with the job; `full` is False for list items (no extendedInfo)."""
+
+    job: JobObservation
+    full: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """Azure answered 404."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The poll failed; `transient` failures are retried with backoff."""
+
+    message: str
+    transient: bool
+    retry_after: float | None = None
+    status: int | None = None
+    code: str | None = None
+
+
+Outcome = Seen | Missing | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    content_hash: str
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobDecision:
+    status: str | None
+    tracking: Tracking
+    next_poll_at: datetime | None
+    transition: tuple[str | None, str] | None = None
+    snapshot: Snapshot | None = None
+    observation: JobObservation | None = None
+    consecutive_failures: int = 0
+    not_found_since: datetime | None = None
+    error: str | None = None
+    new_error: bool = False
+    unknown_status: bool = False
+    counts_as_poll: bool = True
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+def decide_job(
+    state: JobState, outcome: Outcome, now: datetime, policy: PollPolicy, jitter: float
+) -> JobDecision:
+    """The whole per-poll decision for a job. `jitter` is a uniform draw in [0, 1)."""
+    if isinstance(outcome, Seen):
+        return _decide_seen(state, outcome, now, policy)
+    if isinstance(outcome, Missing):
+        since = state.not_found_since or now
+        if now - since >= policy.not_found_grace:
+            return JobDecision(
+                status=state.status,
+                tracking=Tracking.LOST,
+                next_poll_at=None,
+                not_found_since=since,
+                error="Azure answered 404 for longer than the grace period",
+                new_error=True,
+            )
+        return JobDecision(
+            status=state.status,
+            tracking=Tracking.ACTIVE,
+            next_poll_at=now + policy.min_interval,
+            not_found_since=since,
+            consecutive_failures=state.consecutive_failures,
+        )
+    return _decide_failure(state, outcome, now, policy, jitter)
+
+
+def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy) -> JobDecision:
+    job = seen.job
+    transition = (state.status, job.status) if job.status != state.status else None
+    snapshot = None
+    if seen.full:
+        digest = azure.snapshot_hash(job.properties)
+        if digest != state.last_snapshot_hash:
+            snapshot = Snapshot(digest, job.properties)
+    if job.is_terminal and seen.full:
+        tracking, next_poll = Tracking.FINISHED, None
+    elif job.is_terminal:
+        # A list item said terminal: one full GET right away keeps extendedInfo and errors.
+        tracking, next_poll = Tracking.ACTIVE, now
+    else:
+        tracking, next_poll = Tracking.ACTIVE, now + next_interval(state.poll_count + 1, policy)
+    return JobDecision(
+        status=job.status,
+        tracking=tracking,
+        next_poll_at=next_poll,
+        transition=transition,
+        snapshot=snapshot,
+        observation=job,
+        unknown_status=transition is not None and job.status not in azure.KNOWN_STATUSES,
+    )
+
+
+def next_interval(polls_done: int, policy: PollPolicy) -> timedelta:
+    """Poll soon after registration (short jobs finish in seconds), then at the base interval."""
+    if polls_done < policy.early_polls:
+        return policy.min_interval
+    return max(policy.interval, policy.min_interval)
+
+
+def backoff(
+    failures: int, policy: PollPolicy, jitter: float, retry_after: float | None
+) -> timedelta:
+    """Exponential backoff with full jitter, capped, never sooner than Retry-After."""
+    cap = min(
+        policy.max_backoff.total_seconds(),
+        policy.min_interval.total_seconds() * (2 ** min(failures, 30)),
+    )
+    delay = max(cap * jitter, min(1.0, cap))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return timedelta(seconds=delay)
+
+
+def _decide_failure(
+    state: JobState, failure: Failure, now: datetime, policy: PollPolicy, jitter: float
+) -> JobDecision:
+    failures = state.consecutive_failures + 1
+    if failure.transient:
+        delay = backoff(failures, policy, jitter, failure.retry_after)
+    else:
+        # Permanent for now (403 until someone grants access, 400…): keep it visible, poll rarely.
+        delay = max(policy.max_backoff, timedelta(seconds=failure.retry_after or 0))
+    return JobDecision(
+        status=state.status,
+        tracking=Tracking.ACTIVE,
+        next_poll_at=now + delay,
+        consecutive_failures=failures,
+        not_found_since=state.not_found_since,
+        error=failure.message,
+        new_error=failure.message != state.last_error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OperationState:
+    status: str | None
+    poll_count: int = 0
+    consecutive_failures: int = 0
+    not_found_since: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSeen:
+    operation: OperationObservation
+
+
+OperationOutcome = OperationSeen | Missing | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class OperationDecision:
+    status: str | None
+    tracking: Tracking
+    next_poll_at: datetime | None
+    job_ids: tuple[str, ...] = ()
+    consecutive_failures: int = 0
+    not_found_since: datetime | None = None
+    error: str | None = None
+    new_error: bool = False
+
+
+def decide_operation(
+    state: OperationState,
+    outcome: OperationOutcome,
+    now: datetime,
+    policy: PollPolicy,
+    jitter: float,
+) -> OperationDecision:
+    """Poll an operation until it names its jobs (or fails); those jobs are then tracked."""
+    if isinstance(outcome, OperationSeen):
+        op = outcome.operation
+        if op.job_ids:
+            return OperationDecision(op.status, Tracking.FINISHED, None, job_ids=op.job_ids)
+        if op.status in azure.OPERATION_FAILED_STATUSES:
+            detail = ": ".join(p for p in (op.error_code, op.error_message) if p)
+            return OperationDecision(
+                op.status,
+                Tracking.FAILED,
+                None,
+                error=f"operation {op.status}" + (f": {detail}" if detail else ""),
+                new_error=True,
+            )
+        if op.status == azure.OPERATION_SUCCEEDED:
+            # Succeeded without a job (some operations start none): nothing more to learn.
+            return OperationDecision(op.status, Tracking.FINISHED, None)
+        return OperationDecision(op.status, Tracking.ACTIVE, now + policy.operation_interval)
+    if isinstance(outcome, Missing):
+        since = state.not_found_since or now
+        if now - since >= policy.not_found_grace:
+            return OperationDecision(
+                state.status,
+                Tracking.LOST,
+                None,
+                not_found_since=since,
+                error="Azure answered 404 for longer than the grace period",
+                new_error=True,
+            )
+        return OperationDecision(
+            state.status, Tracking.ACTIVE, now + policy.operation_interval, not_found_since=since
+        )
+    failures = state.consecutive_failures + 1
+    if outcome.transient:
+        delay = backoff(failures, policy, jitter, outcome.retry_after)
+        return OperationDecision(
+            state.status,
+            Tracking.ACTIVE,
+            now + delay,
+            consecutive_failures=failures,
+            error=outcome.message,
+            new_error=outcome.message != state.last_error,
+        )
+    return OperationDecision(
+        state.status,
+        Tracking.ACTIVE,
+        now + policy.max_backoff,
+        consecutive_failures=failures,
+        error=outcome.message,
+        new_error=outcome.message != state.last_error,
+    )

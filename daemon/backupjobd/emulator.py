@@ -1,0 +1,1246 @@
+"""In-process emulator of the Azure Resource Manager Azure Backup jobs API.
+
+Like Azurite for Storage: a real HTTP server speaking the ARM wire shapes, so tests, the demo
+and benchmarks exercise the real client code (auth headers, api-version, async-operation
+polling, paging, throttling and broken responses) without an Azure subscription. Job lifecycles
+run on an injectable clock so tests can advance time deterministically with no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import re
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VAULT_ID: Final = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-emulator"
+    "/providers/Microsoft.RecoveryServices/vaults/vault-emulator"
+)
+#: api-version written into URLs the emulator hands out when no request version is at hand.
+DEFAULT_API_VERSION: Final = "2025-08-01"
+DEFAULT_CONTAINER_NAME: Final = "IaasVMContainer;iaasvmcontainerv2;rg-emulator;vm-emulator"
+DEFAULT_PROTECTED_ITEM_NAME: Final = "VM;iaasvmcontainerv2;rg-emulator;vm-emulator"
+JOB_RESOURCE_TYPE: Final = "Microsoft.RecoveryServices/vaults/backupJobs"
+OPERATION_PENDING_END: Final = "0001-01-01T00:00:00"
+FAULT_KINDS: Final = frozenset({"429", "500", "502", "503", "504", "garbled", "truncated", "reset"})
+#: How long a cancelled job stays ``Cancelling`` before it reports ``Cancelled``.
+CANCELLING_SECONDS: Final = 1.0
+#: Fraction of a job's duration after which the snapshot task is done.
+SNAPSHOT_FRACTION: Final = 0.4
+
+_API_VERSION_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VAULT_PATTERN: Final = (
+    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.recoveryservices/vaults/(?P<vault>[^/]+)"
+)
+_VAULT_RE: Final = re.compile(rf"^{_VAULT_PATTERN}$", re.IGNORECASE)
+_ITEM_PATTERN: Final = (
+    r"/backupfabrics/(?P<fabric>[^/]+)/protectioncontainers/(?P<container>[^/]+)"
+    r"/protecteditems/(?P<item>[^/]+)"
+)
+_FILTER_CLAUSE_RE: Final = re.compile(r"^\s*(\w+)\s+eq\s+'([^']*)'\s*$", re.IGNORECASE)
+_FILTER_SPLIT_RE: Final = re.compile(r"\s+and\s+", re.IGNORECASE)
+_FILTER_TIME_FORMAT: Final = "%Y-%m-%d %I:%M:%S %p"
+_RUNNING_STATUSES: Final = frozenset({"inprogress", "cancelling"})
+_MANAGEMENT_TYPES: Final[Mapping[str, str]] = {
+    # Azure spells the enum value ``AzureIaasVM`` (lower-case "as") on the wire.
+    "azureiaasvmjob": "AzureIaasVM",
+    "azureiaasvmjobv2": "AzureIaasVM",
+    "azureworkloadjob": "AzureWorkload",
+    "azurestoragejob": "AzureStorage",
+    "dpmjob": "DPM",
+    "mabjob": "MAB",
+}
+
+JSONDict = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _iso(ts: float) -> str:
+    """ARM timestamps carry 7 fractional digits and a Z; clients must cope with that."""
+    ticks = round(ts * 10_000_000)
+    secs, frac = divmod(ticks, 10_000_000)
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:07d}Z"
+
+
+def _timespan(seconds: float) -> str:
+    """Raw REST job durations are .NET TimeSpans (``[d.]hh:mm:ss.fffffff``), not ISO 8601."""
+    ticks = max(0, round(seconds * 10_000_000))
+    whole, frac = divmod(ticks, 10_000_000)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours:02d}:{minutes:02d}:{secs:02d}.{frac:07d}"
+    return f"{days}.{text}" if days else text
+
+
+def _arm_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    """Every ARM failure uses the ``{"error": {"code", "message"}}`` envelope."""
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+def _vault_id(sub: str, rg: str, vault: str) -> str:
+    """Canonical casing of a vault ARM id built from the request's path segments."""
+    return (
+        f"/subscriptions/{sub}/resourceGroups/{rg}"
+        f"/providers/Microsoft.RecoveryServices/vaults/{vault}"
+    )
+
+
+def _base_url(request: web.Request) -> str:
+    """URLs handed out must point back at whatever address the client used."""
+    return f"{request.scheme}://{request.host}"
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    """ARM treats query parameter names case-insensitively (``$skipToken`` vs ``$skiptoken``)."""
+    wanted = name.lower()
+    for key, value in request.query.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ValidationError(ValueError):
+    """Bad admin input; becomes a 400 so test mistakes surface immediately."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """How an emulated job behaves; shared by admin-created and operation-created jobs."""
+
+    final_status: str = "Completed"
+    duration_seconds: float = 5.0
+    not_found_seconds: float = 0.0
+    operation: str = "Backup"
+    job_type: str = "AzureIaaSVMJob"
+    entity_friendly_name: str | None = None
+
+
+@dataclass(slots=True)
+class EmulatedJob:
+    """One job; its status is derived from the clock rather than stored."""
+
+    vault_id: str
+    job_id: str
+    spec: JobSpec
+    created_at: float
+    seq: int
+    activity_id: str
+    cancel_requested_at: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.vault_id.lower(), self.job_id.lower())
+
+    @property
+    def entity(self) -> str:
+        return self.spec.entity_friendly_name or f"vm-{self.job_id[:8].lower()}"
+
+
+@dataclass(slots=True)
+class EmulatedOperation:
+    """An async ARM operation whose jobs only exist once it has completed."""
+
+    operation_id: str
+    vault_id: str
+    created_at: float
+    delay_seconds: float
+    result: str
+    job_ids: list[str]
+    job_spec: JobSpec
+    container_name: str | None = None
+    protected_item_name: str | None = None
+    materialized: bool = False
+
+    @property
+    def done_at(self) -> float:
+        return self.created_at + self.delay_seconds
+
+
+@dataclass(slots=True)
+class Fault:
+    """A queued misbehaviour served instead of the next matching ARM answers."""
+
+    kind: str
+    remaining: int
+    retry_after: int = 1
+    path_contains: str | None = None
+
+    def matches(self, path: str) -> bool:
+        return self.path_contains is None or self.path_contains.lower() in path.lower()
+
+
+@dataclass(slots=True)
+class _Stats:
+    requests: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    faults_served: int = 0
+    job_gets: Counter[str] = field(default_factory=Counter)
+
+
+class EmulatorState:
+    """All jobs, operations, faults and counters of one emulator; the clock is injectable."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        page_size: int = 200,
+        required_token: str | None = None,
+        epoch: float | None = None,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        self.clock = clock
+        self.page_size = page_size
+        self.required_token = required_token
+        # Map the (possibly fake, monotonic) clock onto wall time for ARM timestamps.
+        self._clock_origin = clock()
+        self._wall_origin = time.time() if epoch is None else epoch
+        self._jobs: dict[tuple[str, str], EmulatedJob] = {}
+        self._by_vault: dict[str, dict[str, EmulatedJob]] = {}
+        self._operations: dict[str, EmulatedOperation] = {}
+        self._pending: list[tuple[float, int, EmulatedOperation]] = []
+        self._faults: deque[Fault] = deque()
+        self._stats = _Stats()
+        self._seq = itertools.count(1)
+
+    # ---- time
+
+    def now(self) -> float:
+        """Current clock reading; also brings completed operations' jobs into existence."""
+        now = self.clock()
+        while self._pending and self._pending[0][0] <= now:
+            self._materialize(heapq.heappop(self._pending)[2])
+        return now
+
+    def wall(self, t: float) -> float:
+        """Unix time corresponding to clock reading ``t``."""
+        return self._wall_origin + (t - self._clock_origin)
+
+    def clock_at_wall(self, wall: float) -> float:
+        return self._clock_origin + (wall - self._wall_origin)
+
+    # ---- jobs
+
+    def add_job(
+        self,
+        spec: JobSpec | None = None,
+        *,
+        vault_id: str = DEFAULT_VAULT_ID,
+        job_id: str | None = None,
+        created_at: float | None = None,
+    ) -> EmulatedJob:
+        """Create a job whose lifecycle starts now (or at ``created_at``)."""
+        job = EmulatedJob(
+            vault_id=vault_id,
+            job_id=job_id or str(uuid.uuid4()),
+            spec=spec or JobSpec(),
+            created_at=self.now() if created_at is None else created_at,
+            seq=next(self._seq),
+            activity_id=str(uuid.uuid4()),
+        )
+        if job.key in self._jobs:
+            raise ValidationError(f"job {job.job_id} already exists in {vault_id}")
+        self._insert(job)
+        return job
+
+    def _insert(self, job: EmulatedJob) -> None:
+        self._jobs[job.key] = job
+        self._by_vault.setdefault(job.key[0], {})[job.key[1]] = job
+
+    def find_job(self, vault_id: str, job_id: str) -> EmulatedJob | None:
+        """A job as ARM sees it: ``None`` while still inside its not-found window."""
+        now = self.now()
+        job = self._jobs.get((vault_id.lower(), job_id.lower()))
+        if job is None or not self._visible(job, now):
+            return None
+        return job
+
+    def find_job_any_vault(self, job_id: str, vault_id: str | None = None) -> EmulatedJob | None:
+        """Emulator truth regardless of visibility, for the admin API."""
+        self.now()
+        if vault_id is not None:
+            return self._jobs.get((vault_id.lower(), job_id.lower()))
+        wanted = job_id.lower()
+        return next((j for j in self._jobs.values() if j.key[1] == wanted), None)
+
+    def jobs_in_vault(self, vault_id: str) -> list[EmulatedJob]:
+        """Visible jobs of a vault in creation order, which keeps paging stable."""
+        now = self.now()
+        # Insertion order is sequence order, so no sort is needed.
+        vault = self._by_vault.get(vault_id.lower(), {})
+        return [j for j in vault.values() if self._visible(j, now)]
+
+    @staticmethod
+    def _visible(job: EmulatedJob, now: float) -> bool:
+        return now >= job.created_at + job.spec.not_found_seconds
+
+    def job_end(self, job: EmulatedJob) -> float | None:
+        """Clock time the job finished (or will finish); ``None`` if it never does."""
+        if job.cancel_requested_at is not None:
+            return job.cancel_requested_at + CANCELLING_SECONDS
+        if job.spec.final_status.lower() in _RUNNING_STATUSES:
+            return None
+        return job.created_at + job.spec.duration_seconds
+
+    def job_status(self, job: EmulatedJob, now: float | None = None) -> str:
+        now = self.now() if now is None else now
+        if job.cancel_requested_at is not None:
+            cancelled_at = job.cancel_requested_at + CANCELLING_SECONDS
+            return "Cancelling" if now < cancelled_at else "Cancelled"
+        end = self.job_end(job)
+        if end is None or now < end:
+            return "InProgress" if end is not None else job.spec.final_status
+        return job.spec.final_status
+
+    def cancel_job(self, job: EmulatedJob) -> bool:
+        """Start cancelling a running job; finished jobs are left alone (returns False)."""
+        now = self.now()
+        if self.job_status(job, now) != "InProgress":
+            return False
+        job.cancel_requested_at = now
+        return True
+
+    # ---- operations
+
+    def add_operation(
+        self,
+        *,
+        vault_id: str = DEFAULT_VAULT_ID,
+        delay_seconds: float = 1.0,
+        result: str = "Succeeded",
+        job_count: int = 1,
+        job_spec: JobSpec | None = None,
+        container_name: str | None = None,
+        protected_item_name: str | None = None,
+    ) -> EmulatedOperation:
+        """Queue an async operation; its job ids are allocated now, its jobs appear later."""
+        succeeded = result == "Succeeded"
+        op = EmulatedOperation(
+            operation_id=str(uuid.uuid4()),
+            vault_id=vault_id,
+            created_at=self.clock(),
+            delay_seconds=delay_seconds,
+            result=result,
+            job_ids=[str(uuid.uuid4()) for _ in range(job_count)] if succeeded else [],
+            job_spec=job_spec or JobSpec(),
+            container_name=container_name,
+            protected_item_name=protected_item_name,
+        )
+        self._operations[op.operation_id.lower()] = op
+        heapq.heappush(self._pending, (op.done_at, next(self._seq), op))
+        self.now()  # a zero-delay operation completes immediately
+        return op
+
+    def find_operation(self, vault_id: str, operation_id: str) -> EmulatedOperation | None:
+        self.now()
+        op = self._operations.get(operation_id.lower())
+        if op is None or op.vault_id.lower() != vault_id.lower():
+            return None
+        return op
+
+    def _materialize(self, op: EmulatedOperation) -> None:
+        op.materialized = True
+        for job_id in op.job_ids:
+            key = (op.vault_id.lower(), job_id.lower())
+            if key not in self._jobs:
+                self._insert(
+                    EmulatedJob(
+                        vault_id=op.vault_id,
+                        job_id=job_id,
+                        spec=op.job_spec,
+                        created_at=op.done_at,
+                        seq=next(self._seq),
+                        activity_id=str(uuid.uuid4()),
+                    )
+                )
+        logger.debug("operation %s completed with jobs %s", op.operation_id, op.job_ids)
+
+    # ---- faults and stats
+
+    def add_fault(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        retry_after: int = 1,
+        path_contains: str | None = None,
+    ) -> Fault:
+        """Queue ``count`` occurrences of a fault for ARM requests matching ``path_contains``."""
+        if kind not in FAULT_KINDS:
+            raise ValidationError(f"unknown fault kind {kind!r}")
+        fault = Fault(kind, count, retry_after, path_contains)
+        self._faults.append(fault)
+        return fault
+
+    def take_fault(self, path: str) -> Fault | None:
+        """Consume one occurrence of the oldest fault that applies to ``path``."""
+        for fault in self._faults:
+            if fault.matches(path):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                self._stats.faults_served += 1
+                return fault
+        return None
+
+    def record_request(self, kind: str) -> None:
+        self._stats.requests += 1
+        self._stats.by_kind[kind] += 1
+
+    def record_job_get(self, job_id: str) -> None:
+        self._stats.job_gets[job_id] += 1
+
+    def stats(self) -> JSONDict:
+        return {
+            "requests": self._stats.requests,
+            "by_kind": dict(self._stats.by_kind),
+            "faults_served": self._stats.faults_served,
+            "job_gets": dict(self._stats.job_gets),
+            "jobs": len(self._jobs),
+        }
+
+    def reset(self) -> None:
+        """Forget everything so one server can serve many independent tests."""
+        self._jobs.clear()
+        self._by_vault.clear()
+        self._operations.clear()
+        self._pending.clear()
+        self._faults.clear()
+        self._stats = _Stats()
+
+    # ---- rendering
+
+    def render_job(self, job: EmulatedJob, *, extended: bool = True) -> JSONDict:
+        """JobResource as ARM returns it for the job's current state."""
+        now = self.now()
+        status = self.job_status(job, now)
+        spec = job.spec
+        running = status.lower() in _RUNNING_STATUSES or (
+            status == spec.final_status and self.job_end(job) is None
+        )
+        end = None if running else self.job_end(job)
+        duration = (end if end is not None else now) - job.created_at
+        job_type_key = spec.job_type.lower()
+        operation = spec.operation
+        if job_type_key == "azureworkloadjob" and operation == "Backup" and not running:
+            operation = "Backup (Full)"
+        props: JSONDict = {
+            "jobType": spec.job_type,
+            "entityFriendlyName": job.entity,
+            "backupManagementType": _MANAGEMENT_TYPES.get(job_type_key, "Invalid"),
+            "operation": operation,
+            "status": status,
+            "startTime": _iso(self.wall(job.created_at)),
+            "activityId": job.activity_id,
+            "duration": _timespan(duration),
+            "actionsInfo": ["Cancellable"] if status == "InProgress" else [],
+        }
+        if end is not None:
+            props["endTime"] = _iso(self.wall(end))
+        if job_type_key.startswith("azureiaasvmjob"):
+            props["virtualMachineVersion"] = "Compute"
+            props["containerName"] = f"iaasvmcontainerv2;rg-emulator;{job.entity}"
+        if job_type_key in {"azureiaasvmjob", "azurestoragejob"}:
+            props["isUserTriggered"] = True
+        if job_type_key == "azureworkloadjob":
+            props["workloadType"] = "SQLDataBase"
+        errors = _error_details(status)
+        if errors:
+            props["errorDetails"] = errors
+        if extended:
+            props["extendedInfo"] = self._extended_info(job, status, now, end)
+        return {
+            "id": f"{job.vault_id}/backupJobs/{job.job_id}",
+            "name": job.job_id,
+            "type": JOB_RESOURCE_TYPE,
+            "properties": props,
+        }
+
+    def _extended_info(
+        self, job: EmulatedJob, status: str, now: float, end: float | None
+    ) -> JSONDict:
+        duration = job.spec.duration_seconds
+        reference = min(now, end) if end is not None else now
+        elapsed = max(0.0, reference - job.created_at)
+        if end is not None and job.cancel_requested_at is None:
+            fraction = 1.0
+        elif duration <= 0:
+            fraction = 0.99
+        else:
+            fraction = min(elapsed / duration, 0.99 if end is None else 1.0)
+        if job.cancel_requested_at is not None:
+            fraction = min(fraction, 0.99)
+        split = job.created_at + duration * SNAPSHOT_FRACTION
+        lower_status = status.lower()
+        failed = lower_status == "failed"
+        cancelled = lower_status in {"cancelled", "cancelling"}
+
+        def task_status(started: bool, done: bool) -> str:
+            if done:
+                return "Completed"
+            if not started:
+                return "NotStarted"
+            if failed:
+                return "Failed"
+            if cancelled:
+                return "Cancelled"
+            return "InProgress"
+
+        snap_done = fraction >= SNAPSHOT_FRACTION
+        transfer_done = fraction >= 1.0
+        transfer_pct = max(0.0, (fraction - SNAPSHOT_FRACTION) / (1 - SNAPSHOT_FRACTION)) * 100
+        if failed and end is not None:
+            # A failed job fails in its transfer step, after the snapshot was taken.
+            snap_done, transfer_done = True, False
+        snapshot: JSONDict = {
+            "taskId": "Take Snapshot",
+            "status": task_status(True, snap_done),
+            "startTime": _iso(self.wall(job.created_at)),
+            "duration": _timespan(min(elapsed, duration * SNAPSHOT_FRACTION)),
+        }
+        if snap_done:
+            snapshot["endTime"] = _iso(self.wall(split))
+        transfer: JSONDict = {
+            "taskId": "Transfer data to vault",
+            "status": task_status(snap_done, transfer_done),
+            "progressPercentage": round(100.0 if transfer_done else transfer_pct, 2),
+            "duration": _timespan(max(0.0, reference - split)) if snap_done else "00:00:00",
+        }
+        if snap_done:
+            transfer["startTime"] = _iso(self.wall(split))
+        if transfer_done and end is not None:
+            transfer["endTime"] = _iso(self.wall(end))
+        size_mb = int(hashlib.sha256(job.job_id.encode()).hexdigest()[:6], 16) % 4000 + 100
+        return {
+            "tasksList": [snapshot, transfer],
+            "propertyBag": {
+                "VM Name": job.entity,
+                "Backup Size": f"{int(size_mb * min(fraction, 1.0))} MB",
+            },
+            "progressPercentage": round(fraction * 100, 2),
+        }
+
+    def render_operation(self, op: EmulatedOperation) -> JSONDict:
+        """OperationStatus body; jobs are only announced once the operation is done."""
+        now = self.now()
+        body: JSONDict = {
+            "id": op.operation_id,
+            "name": op.operation_id,
+            "status": "InProgress",
+            "startTime": _iso(self.wall(op.created_at)),
+            "endTime": OPERATION_PENDING_END,
+        }
+        if now < op.done_at:
+            return body
+        body["status"] = op.result
+        body["endTime"] = _iso(self.wall(op.done_at))
+        if op.result != "Succeeded":
+            body["error"] = {
+                "code": "UserErrorBackupOperationInProgress",
+                "message": "Taking backup is not allowed as another backup operation is "
+                "already in progress on this item.",
+            }
+        elif len(op.job_ids) == 1:
+            body["properties"] = {
+                "objectType": "OperationStatusJobExtendedInfo",
+                "jobId": op.job_ids[0],
+            }
+        elif op.job_ids:
+            body["properties"] = {
+                "objectType": "OperationStatusJobsExtendedInfo",
+                "jobIds": list(op.job_ids),
+                "failedJobsError": {},
+            }
+        return body
+
+
+def _error_details(status: str) -> list[JSONDict]:
+    lower = status.lower()
+    if lower == "failed":
+        return [
+            {
+                "errorCode": 400239,
+                "errorString": "Backup failed as the snapshot transfer to the vault timed out.",
+                "errorTitle": "UserErrorSnapshotTransferTimedOut",
+                "recommendations": ["Retry the backup operation after some time."],
+            }
+        ]
+    if lower == "completedwithwarnings":
+        return [
+            {
+                "errorCode": 400218,
+                "errorString": "Backup completed but some disks were skipped.",
+                "errorTitle": "UserErrorSomeDisksSkipped",
+                "recommendations": ["Check the disk exclusion settings of the policy."],
+            }
+        ]
+    return []
+
+
+# --------------------------------------------------------------------------- app wiring
+
+STATE_KEY: Final = web.AppKey("backupjobd_emulator_state", EmulatorState)
+
+_Handler = Callable[[web.Request, EmulatorState, re.Match[str]], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    kind: str
+    handler: _Handler
+
+
+def _vault_from(match: re.Match[str]) -> str:
+    return _vault_id(match["sub"], match["rg"], match["vault"])
+
+
+def _not_found(kind: str, name: str, match: re.Match[str]) -> web.Response:
+    return _arm_error(
+        404,
+        "ResourceNotFound",
+        f"The Resource 'Microsoft.RecoveryServices/vaults/{match['vault']}/{kind}/{name}' "
+        f"under resource group '{match['rg']}' was not found.",
+    )
+
+
+def _api_version(request: web.Request) -> str:
+    return _query(request, "api-version") or DEFAULT_API_VERSION
+
+
+async def _get_job(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    job_id = match["job"]
+    job = state.find_job(_vault_from(match), job_id)
+    state.record_job_get(job.job_id if job is not None else job_id)
+    if job is None:
+        return _not_found("backupJobs", job_id, match)
+    return web.json_response(state.render_job(job))
+
+
+async def _cancel_job(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    job = state.find_job(_vault_from(match), match["job"])
+    if job is None:
+        return _not_found("backupJobs", match["job"], match)
+    if not state.cancel_job(job):
+        logger.debug("cancel of job %s ignored: already finished", job.job_id)
+    op_id = str(uuid.uuid4())
+    location = (
+        f"{_base_url(request)}{job.vault_id}/backupJobs/{job.job_id}/operationResults/{op_id}"
+        f"?api-version={quote(_api_version(request))}"
+    )
+    return web.Response(status=202, headers={"Location": location, "Retry-After": "1"})
+
+
+async def _cancel_result(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    if state.find_job(_vault_from(match), match["job"]) is None:
+        return _not_found("backupJobs", match["job"], match)
+    return web.Response(status=204)
+
+
+async def _get_operation(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    op = state.find_operation(_vault_from(match), match["op"])
+    if op is None:
+        return _not_found("backupOperations", match["op"], match)
+    return web.json_response(state.render_operation(op))
+
+
+async def _operation_result(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    op = state.find_operation(_vault_from(match), match["op"])
+    if op is None:
+        return _not_found("operationResults", match["op"], match)
+    if state.now() < op.done_at:
+        return web.Response(
+            status=202,
+            headers={"Location": str(request.url), "Retry-After": "1"},
+        )
+    return web.Response(status=204)
+
+
+def _job_type_for_item(item_name: str) -> str:
+    prefix = item_name.split(";", 1)[0].lower()
+    if prefix in {"sqldatabase", "saphanadatabase", "saphanadbinstance", "sapasedatabase"}:
+        return "AzureWorkloadJob"
+    if prefix == "azurefileshare":
+        return "AzureStorageJob"
+    return "AzureIaaSVMJob"
+
+
+def _item_urls(
+    base: str, vault_id: str, container: str, item: str, op_id: str, api_version: str
+) -> tuple[str, str]:
+    """(Azure-AsyncOperation, Location) for an item-level operation."""
+    item_path = (
+        f"{base}{vault_id}/backupFabrics/Azure/protectionContainers/{container}"
+        f"/protectedItems/{item}"
+    )
+    suffix = f"{op_id}?api-version={quote(api_version)}"
+    return f"{item_path}/operationsStatus/{suffix}", f"{item_path}/operationResults/{suffix}"
+
+
+async def _trigger_backup(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    container, item = match["container"], match["item"]
+    vault_id = _vault_from(match)
+    op = state.add_operation(
+        vault_id=vault_id,
+        delay_seconds=1.0,
+        job_spec=JobSpec(
+            duration_seconds=5.0,
+            job_type=_job_type_for_item(item),
+            entity_friendly_name=item.rsplit(";", 1)[-1],
+        ),
+        container_name=container,
+        protected_item_name=item,
+    )
+    status_url, result_url = _item_urls(
+        _base_url(request), vault_id, container, item, op.operation_id, _api_version(request)
+    )
+    logger.info("backup triggered for %s: operation %s", item, op.operation_id)
+    return web.Response(
+        status=202,
+        headers={"Azure-AsyncOperation": status_url, "Location": result_url, "Retry-After": "1"},
+    )
+
+
+def _parse_filter_time(value: str) -> float:
+    try:
+        parsed = datetime.strptime(value, _FILTER_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise ValidationError(
+            f"time {value!r} is not in the format 'yyyy-MM-dd hh:mm:ss tt'"
+        ) from exc
+    return parsed.timestamp()
+
+
+def _parse_filter(text: str) -> list[tuple[str, str]]:
+    """Parse the OData-ish ``field eq 'value' and ...`` subset that the Backup RP accepts."""
+    known = {"status", "operation", "backupmanagementtype", "jobid", "starttime", "endtime"}
+    clauses: list[tuple[str, str]] = []
+    if not text.strip():
+        return clauses
+    for part in _FILTER_SPLIT_RE.split(text.strip()):
+        found = _FILTER_CLAUSE_RE.match(part)
+        if found is None:
+            raise ValidationError(f"cannot parse filter clause {part!r}")
+        name, value = found[1].lower(), found[2]
+        if name not in known:
+            raise ValidationError(f"unsupported filter field {found[1]!r}")
+        if name in {"starttime", "endtime"}:
+            _parse_filter_time(value)
+        clauses.append((name, value))
+    return clauses
+
+
+def _job_matches(state: EmulatorState, job: EmulatedJob, clauses: list[tuple[str, str]]) -> bool:
+    for name, value in clauses:
+        wanted = value.lower()
+        if name == "status":
+            ok = state.job_status(job).lower() == wanted
+        elif name == "operation":
+            ok = job.spec.operation.lower() == wanted
+        elif name == "backupmanagementtype":
+            ok = _MANAGEMENT_TYPES.get(job.spec.job_type.lower(), "Invalid").lower() == wanted
+        elif name == "jobid":
+            ok = job.job_id.lower() == wanted
+        elif name == "starttime":
+            ok = state.wall(job.created_at) >= _parse_filter_time(value)
+        else:  # endtime: upper bound of the window on the job's start
+            ok = state.wall(job.created_at) <= _parse_filter_time(value)
+        if not ok:
+            return False
+    return True
+
+
+async def _list_jobs(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    filter_text = _query(request, "$filter") or ""
+    token = _query(request, "$skiptoken")
+    try:
+        clauses = _parse_filter(filter_text)
+    except ValidationError as exc:
+        return _arm_error(400, "BMSUserErrorInvalidFilter", str(exc))
+    after = 0
+    if token:
+        if not token.isdigit():
+            return _arm_error(400, "BMSUserErrorInvalidSkipToken", f"bad $skiptoken {token!r}")
+        after = int(token)
+    # The skip token is the creation sequence of the last job served, so jobs appearing or
+    # changing status between pages never cause duplicates.
+    jobs = [
+        j
+        for j in state.jobs_in_vault(_vault_from(match))
+        if j.seq > after and _job_matches(state, j, clauses)
+    ]
+    page = jobs[: state.page_size]
+    body: JSONDict = {"value": [state.render_job(j, extended=False) for j in page]}
+    if len(jobs) > len(page):
+        params = [f"api-version={quote(_api_version(request), safe='')}"]
+        if filter_text:
+            params.append(f"$filter={quote(filter_text, safe='')}")
+        params.append(f"$skiptoken={page[-1].seq}")
+        body["nextLink"] = f"{_base_url(request)}{request.path}?{'&'.join(params)}"
+    return web.json_response(body)
+
+
+_V = _VAULT_PATTERN
+_ROUTES: Final = (
+    _Route("GET", re.compile(rf"^{_V}/backupjobs$", re.I), "job_list", _list_jobs),
+    _Route("GET", re.compile(rf"^{_V}/backupjobs/(?P<job>[^/]+)$", re.I), "job_get", _get_job),
+    _Route(
+        "POST", re.compile(rf"^{_V}/backupjobs/(?P<job>[^/]+)/cancel$", re.I), "cancel", _cancel_job
+    ),
+    _Route(
+        "GET",
+        re.compile(rf"^{_V}/backupjobs/(?P<job>[^/]+)/operationresults/(?P<op>[^/]+)$", re.I),
+        "cancel_result",
+        _cancel_result,
+    ),
+    _Route(
+        "GET",
+        re.compile(rf"^{_V}/backupoperations/(?P<op>[^/]+)$", re.I),
+        "operation_get",
+        _get_operation,
+    ),
+    _Route(
+        "GET",
+        re.compile(rf"^{_V}{_ITEM_PATTERN}/operationsstatus/(?P<op>[^/]+)$", re.I),
+        "operation_get",
+        _get_operation,
+    ),
+    _Route(
+        "GET",
+        re.compile(rf"^{_V}{_ITEM_PATTERN}/operationresults/(?P<op>[^/]+)$", re.I),
+        "operation_result",
+        _operation_result,
+    ),
+    _Route("POST", re.compile(rf"^{_V}{_ITEM_PATTERN}/backup$", re.I), "trigger", _trigger_backup),
+)
+
+
+def _check_auth(request: web.Request, state: EmulatorState) -> web.Response | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        reason = "The request is missing a bearer token in the Authorization header."
+    elif state.required_token is not None and token != state.required_token:
+        reason = "The access token is invalid."
+    else:
+        return None
+    return _arm_error(
+        401,
+        "AuthenticationFailed",
+        f"Authentication failed. {reason}",
+        **{"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/"'},
+    )
+
+
+def _check_api_version(request: web.Request) -> web.Response | None:
+    version = _query(request, "api-version")
+    if version is None:
+        return _arm_error(
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )
+    if not _API_VERSION_RE.match(version):
+        return _arm_error(
+            400,
+            "InvalidApiVersionParameter",
+            f"The api-version '{version}' is invalid. The supported format is "
+            "'yyyy-mm-dd' or 'yyyy-mm-dd-preview'.",
+        )
+    return None
+
+
+async def _serve_fault(
+    fault: Fault,
+    request: web.Request,
+    answer: Callable[[], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    logger.info("emulator fault %s served for %s %s", fault.kind, request.method, request.path)
+    if fault.kind == "429":
+        return _arm_error(
+            429,
+            "TooManyRequests",
+            "The request is being throttled as the limit has been reached for operation "
+            "type - 'Read'.",
+            **{"Retry-After": str(fault.retry_after)},
+        )
+    if fault.kind in {"500", "502", "503", "504"}:
+        codes = {
+            "500": "InternalServerError",
+            "502": "BadGateway",
+            "503": "ServiceUnavailable",
+            "504": "GatewayTimeout",
+        }
+        return _arm_error(int(fault.kind), codes[fault.kind], "Injected fault.")
+    if fault.kind == "garbled":
+        return web.Response(
+            status=200,
+            body=b"<html><body>502 Bad Gateway \x00\xff</body></html>",
+            content_type="application/json",
+        )
+    if fault.kind == "truncated":
+        real = await answer()
+        body = real.body if isinstance(real, web.Response) else None
+        raw = body if isinstance(body, bytes) and len(body) > 2 else b'{"value": [{"id": "x"}]}'
+        return web.Response(status=200, body=raw[: len(raw) // 2], content_type="application/json")
+    # reset: drop the connection without any answer; writing the response then fails quietly.
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500)
+
+
+async def _arm_entry(request: web.Request) -> web.StreamResponse:
+    """Single entry for every ARM path, so routing can be case-insensitive like ARM."""
+    state = request.app[STATE_KEY]
+    path = request.path.rstrip("/") or "/"
+    route: _Route | None = None
+    match: re.Match[str] | None = None
+    method_mismatch = False
+    for candidate in _ROUTES:
+        found = candidate.pattern.match(path)
+        if found is None:
+            continue
+        if candidate.method != request.method:
+            method_mismatch = True
+            continue
+        route, match = candidate, found
+        break
+    state.record_request(route.kind if route is not None else "unknown")
+
+    async def answer() -> web.StreamResponse:
+        denied = _check_auth(request, state) or _check_api_version(request)
+        if denied is not None:
+            return denied
+        if route is None or match is None:
+            if method_mismatch:
+                return _arm_error(
+                    405, "MethodNotAllowed", f"The method {request.method} is not allowed."
+                )
+            return _arm_error(
+                404, "InvalidResourceType", f"No route for {request.method} {request.path}."
+            )
+        return await route.handler(request, state, match)
+
+    fault = state.take_fault(request.path)
+    if fault is not None:
+        return await _serve_fault(fault, request, answer)
+    return await answer()
+
+
+# --------------------------------------------------------------------------- admin API
+
+_JOB_FIELDS: Final = {
+    "final_status",
+    "duration_seconds",
+    "not_found_seconds",
+    "operation",
+    "job_type",
+    "entity_friendly_name",
+}
+
+
+def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValidationError(f"{key} must be a non-negative number")
+    return float(value)
+
+
+def _integer(body: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValidationError(f"{key} must be an integer >= {minimum}")
+    return value
+
+
+def _string(body: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    value = body.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{key} must be a non-empty string")
+    return value
+
+
+def _require_object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be a JSON object")
+    return value
+
+
+def _reject_unknown(body: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationError(f"unknown {what} field(s): {', '.join(unknown)}")
+
+
+def _parse_job_spec(body: Mapping[str, Any]) -> JobSpec:
+    return JobSpec(
+        final_status=_string(body, "final_status", "Completed") or "Completed",
+        duration_seconds=_number(body, "duration_seconds", 5.0),
+        not_found_seconds=_number(body, "not_found_seconds", 0.0),
+        operation=_string(body, "operation", "Backup") or "Backup",
+        job_type=_string(body, "job_type", "AzureIaaSVMJob") or "AzureIaaSVMJob",
+        entity_friendly_name=_string(body, "entity_friendly_name", None),
+    )
+
+
+def _parse_vault(body: Mapping[str, Any]) -> str:
+    vault_id = _string(body, "vault_id", DEFAULT_VAULT_ID) or DEFAULT_VAULT_ID
+    found = _VAULT_RE.match(vault_id.rstrip("/"))
+    if found is None:
+        raise ValidationError(f"vault_id {vault_id!r} is not a Recovery Services vault ARM id")
+    return _vault_id(found["sub"], found["rg"], found["vault"])
+
+
+def _parse_arm_name(body: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    value = _string(body, key, default)
+    if value is not None and ("/" in value or "?" in value or "#" in value):
+        raise ValidationError(f"{key} must not contain '/', '?' or '#'")
+    return value
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"body is not valid JSON: {exc}") from exc
+
+
+def _admin_error(exc: ValidationError) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=400)
+
+
+async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    try:
+        raw = await _json_body(request)
+        items = raw if isinstance(raw, list) else [raw]
+        parsed: list[tuple[str, str | None, JobSpec]] = []
+        for item in items:
+            body = _require_object(item, "job")
+            _reject_unknown(body, _JOB_FIELDS | {"vault_id", "job_id"}, "job")
+            job_id = _string(body, "job_id", None)
+            if job_id is not None and not _NAME_RE.match(job_id):
+                raise ValidationError(f"job_id {job_id!r} is not a valid job name")
+            parsed.append((_parse_vault(body), job_id, _parse_job_spec(body)))
+        seen: set[tuple[str, str]] = set()
+        for vault_id, job_id, _ in parsed:
+            if job_id is None:
+                continue
+            key = (vault_id.lower(), job_id.lower())
+            if key in seen or state.find_job_any_vault(job_id, vault_id) is not None:
+                raise ValidationError(f"job {job_id} already exists in {vault_id}")
+            seen.add(key)
+    except ValidationError as exc:
+        return _admin_error(exc)
+    created = [state.add_job(spec, vault_id=v, job_id=j) for v, j, spec in parsed]
+    logger.debug("admin created %d job(s)", len(created))
+    return web.json_response(
+        {
+            "jobs": [
+                {
+                    "job_id": job.job_id,
+                    "vault_id": job.vault_id,
+                    "id": f"{job.vault_id}/backupJobs/{job.job_id}",
+                }
+                for job in created
+            ]
+        },
+        status=201,
+    )
+
+
+async def _admin_add_operation(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    allowed = {
+        "vault_id",
+        "delay_seconds",
+        "result",
+        "job_count",
+        "item_level",
+        "jobs",
+        "container_name",
+        "protected_item_name",
+        "api_version",
+    }
+    try:
+        body = _require_object(await _json_body(request), "operation")
+        _reject_unknown(body, allowed, "operation")
+        vault_id = _parse_vault(body)
+        result = body.get("result", "Succeeded")
+        if result not in {"Succeeded", "Failed"}:
+            raise ValidationError("result must be 'Succeeded' or 'Failed'")
+        item_level = body.get("item_level", False)
+        if not isinstance(item_level, bool):
+            raise ValidationError("item_level must be a boolean")
+        jobs_body = _require_object(body.get("jobs", {}), "jobs")
+        _reject_unknown(jobs_body, _JOB_FIELDS, "jobs")
+        api_version = _string(body, "api_version", DEFAULT_API_VERSION) or DEFAULT_API_VERSION
+        if not _API_VERSION_RE.match(api_version):
+            raise ValidationError("api_version must look like yyyy-mm-dd[-preview]")
+        container = _parse_arm_name(body, "container_name", DEFAULT_CONTAINER_NAME)
+        item = _parse_arm_name(body, "protected_item_name", DEFAULT_PROTECTED_ITEM_NAME)
+        op = state.add_operation(
+            vault_id=vault_id,
+            delay_seconds=_number(body, "delay_seconds", 1.0),
+            result=result,
+            job_count=_integer(body, "job_count", 1, 1),
+            job_spec=_parse_job_spec(jobs_body),
+            container_name=container if item_level else None,
+            protected_item_name=item if item_level else None,
+        )
+    except ValidationError as exc:
+        return _admin_error(exc)
+    base = _base_url(request)
+    if item_level and container is not None and item is not None:
+        status_url, result_url = _item_urls(
+            base, vault_id, container, item, op.operation_id, api_version
+        )
+    else:
+        suffix = f"{op.operation_id}?api-version={quote(api_version)}"
+        status_url = f"{base}{vault_id}/backupOperations/{suffix}"
+        result_url = f"{base}{vault_id}/backupOperationResults/{suffix}"
+    return web.json_response(
+        {
+            "operation_id": op.operation_id,
+            "azure_async_operation": status_url,
+            "location": result_url,
+            "job_ids": list(op.job_ids),
+        },
+        status=201,
+    )
+
+
+async def _admin_add_fault(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    try:
+        body = _require_object(await _json_body(request), "fault")
+        _reject_unknown(body, {"kind", "count", "retry_after", "path_contains"}, "fault")
+        kind = body.get("kind")
+        if isinstance(kind, int) and not isinstance(kind, bool):
+            kind = str(kind)
+        if not isinstance(kind, str) or kind not in FAULT_KINDS:
+            raise ValidationError(f"kind must be one of {sorted(FAULT_KINDS)}")
+        fault = state.add_fault(
+            kind,
+            count=_integer(body, "count", 1, 1),
+            retry_after=_integer(body, "retry_after", 1, 0),
+            path_contains=_string(body, "path_contains", None),
+        )
+    except ValidationError as exc:
+        return _admin_error(exc)
+    return web.json_response(
+        {
+            "kind": fault.kind,
+            "count": fault.remaining,
+            "retry_after": fault.retry_after,
+            "path_contains": fault.path_contains,
+        },
+        status=201,
+    )
+
+
+async def _admin_stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[STATE_KEY].stats())
+
+
+async def _admin_reset(request: web.Request) -> web.StreamResponse:
+    request.app[STATE_KEY].reset()
+    logger.info("emulator state reset")
+    return web.json_response({"reset": True})
+
+
+async def _admin_get_job(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    job = state.find_job_any_vault(request.match_info["job_id"], request.query.get("vault_id"))
+    if job is None:
+        return web.json_response({"error": "no such job"}, status=404)
+    return web.json_response(
+        {
+            "job_id": job.job_id,
+            "vault_id": job.vault_id,
+            "final_status": job.spec.final_status,
+            "status": state.job_status(job),
+        }
+    )
+
+
+def build_emulator_app(state: EmulatorState | None = None) -> web.Application:
+    """The emulator as an aiohttp app, for TestServer or any runner."""
+    app = web.Application()
+    app[STATE_KEY] = state if state is not None else EmulatorState()
+    app.router.add_post("/admin/jobs", _admin_add_jobs)
+    app.router.add_get("/admin/jobs/{job_id}", _admin_get_job)
+    app.router.add_post("/admin/operations", _admin_add_operation)
+    app.router.add_post("/admin/faults", _admin_add_fault)
+    app.router.add_get("/admin/stats", _admin_stats)
+    app.router.add_post("/admin/reset", _admin_reset)
+    app.router.add_route("*", "/{tail:.*}", _arm_entry)
+    return app
+
+
+async def run_emulator(
+    host: str = "127.0.0.1",
+    port: int = 8443,
+    *,
+    required_token: str | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve the emulator until cancelled; ``ready`` receives the bound port (for port 0)."""
+    app = build_emulator_app(EmulatorState(required_token=required_token))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        actual_port = int(runner.addresses[0][1]) if runner.addresses else port
+        logger.info("emulator listening on http://%s:%d", host, actual_port)
+        if ready is not None:
+            ready(actual_port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,262 @@
+"""Pure parsing of every registration form in the brief into job or operation registrations.
+
+Everything a user hands us is validated here, before anything is stored or put into a
+URL: job ids must be GUIDs, vault paths must be well formed, and an operation URL must
+point at the configured management endpoint (otherwise registering it would send our
+token to whoever owns that host).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from backupjobd import azure
+from backupjobd.azure import VaultRef
+from backupjobd.errors import InvalidInput
+
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+MAX_DOCUMENTS = 10_000
+MAX_URL_LENGTH = 8192
+
+_OPERATION_STATUS_TYPES = frozenset(
+    {"OperationStatusJobExtendedInfo", "OperationStatusJobsExtendedInfo"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRegistration:
+    vault: VaultRef
+    job_id: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRegistration:
+    vault: VaultRef
+    operation_id: str
+    url: str
+    source: str
+
+
+Registration = JobRegistration | OperationRegistration
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """The management endpoint the token may be sent to: scheme, host and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput(f"not an http(s) URL: {azure._clip(url)}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname.lower(), port)
+
+    def allows(self, url: str) -> bool:
+        try:
+            other = Endpoint.from_url(url)
+        except (InvalidInput, ValueError):
+            return False
+        return other == self
+
+
+def parse_json_documents(text: str) -> list[Any]:
+    """One JSON document, or an array of them, from stdin."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise InvalidInput(f"input is larger than {MAX_DOCUMENT_BYTES} bytes")
+    if not text.strip():
+        raise InvalidInput("no JSON document on stdin")
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    docs = doc if isinstance(doc, list) else [doc]
+    if not docs:
+        raise InvalidInput("empty JSON array: nothing to register")
+    if len(docs) > MAX_DOCUMENTS:
+        raise InvalidInput(f"more than {MAX_DOCUMENTS} documents in one request")
+    return docs
+
+
+def parse_documents(
+    docs: list[Any], endpoint: Endpoint, vault_hint: VaultRef | None
+) -> list[Registration]:
+    """Every document must parse; one bad document rejects the whole batch."""
+    out: list[Registration] = []
+    for index, doc in enumerate(docs):
+        try:
+            out.extend(parse_document(doc, endpoint, vault_hint))
+        except InvalidInput as exc:
+            if len(docs) == 1:
+                raise
+            raise InvalidInput(f"document {index + 1}: {exc}") from None
+    return dedupe(out)
+
+
+def parse_document(doc: Any, endpoint: Endpoint, vault_hint: VaultRef | None) -> list[Registration]:
+    """Recognise one registration form (see the brief) and validate it."""
+    if isinstance(doc, str):
+        return [_from_string(doc, endpoint, "cli")]
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"expected a JSON object or string, got {type(doc).__name__}")
+    lowered = {str(k).lower(): v for k, v in doc.items()}
+    vault = _vault_field(lowered, vault_hint)
+    headers = lowered.get("headers")
+    if isinstance(headers, dict):
+        return [_from_headers(headers, endpoint)]
+    if "azure-asyncoperation" in lowered or _is_url(lowered.get("location")):
+        return [_from_headers(doc, endpoint)]
+    for key in ("operation_url", "operationurl"):
+        if key in lowered:
+            return [operation_from_url(_need_str(lowered[key], key), endpoint, "operation-url")]
+    props = lowered.get("properties")
+    if "status" in lowered and isinstance(props, dict | None) and _is_operation_status(doc):
+        return _from_operation_status(doc, vault)
+    if isinstance(props, dict) and "jobtype" in {str(k).lower() for k in props}:
+        return [_from_job_resource(doc, vault)]
+    for key in ("job_id", "jobid"):
+        if key in lowered:
+            job_id = azure.validate_job_id(lowered[key])
+            if vault is None:
+                raise InvalidInput("a job id needs a vault: give --vault or a vault_id field")
+            return [JobRegistration(vault, job_id, "job-id")]
+    if "id" in lowered and isinstance(lowered["id"], str):
+        return [_from_string(lowered["id"], endpoint, "job-arm-id")]
+    raise InvalidInput(
+        "unrecognised document: expected an operation status, a job resource, a job ARM id, "
+        "an operation URL or a job_id with a vault"
+    )
+
+
+def operation_from_url(url: str, endpoint: Endpoint, source: str) -> OperationRegistration:
+    """An `Azure-AsyncOperation`/`Location` URL, only on the configured endpoint."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidInput("operation URL is empty")
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidInput(f"operation URL is longer than {MAX_URL_LENGTH} characters")
+    if any(not ch.isprintable() or ch.isspace() for ch in url):
+        raise InvalidInput("operation URL contains control or space characters")
+    try:
+        parts = urlsplit(url)
+        target = Endpoint.from_url(url)
+    except ValueError:
+        raise InvalidInput(f"not a valid URL: {azure._clip(url)}") from None
+    if parts.username or parts.password:
+        raise InvalidInput("operation URL must not carry credentials")
+    if target != endpoint:
+        raise InvalidInput(
+            f"operation URL host {target.scheme}://{target.host}:{target.port} is not the "
+            f"configured management endpoint {endpoint.scheme}://{endpoint.host}:{endpoint.port}"
+        )
+    if "%2f" in parts.path.lower() or "/../" in parts.path + "/" or "/./" in parts.path + "/":
+        raise InvalidInput("operation URL path contains traversal or encoded slashes")
+    vault, op_id = azure.parse_operation_path(parts.path)
+    return OperationRegistration(vault, op_id, url, source)
+
+
+def job_from_arm_id(value: str) -> JobRegistration:
+    vault, job_id = azure.parse_job_arm_id(value)
+    return JobRegistration(vault, job_id, "job-arm-id")
+
+
+def dedupe(regs: list[Registration]) -> list[Registration]:
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Registration] = []
+    for reg in regs:
+        ident = (
+            ("job", reg.vault.key, reg.job_id)
+            if isinstance(reg, JobRegistration)
+            else ("op", reg.vault.key, reg.operation_id.lower())
+        )
+        if ident not in seen:
+            seen.add(ident)
+            out.append(reg)
+    return out
+
+
+def _from_string(value: str, endpoint: Endpoint, source: str) -> Registration:
+    text = value.strip()
+    if text.lower().startswith(("http://", "https://")) or "://" in text:
+        return operation_from_url(text, endpoint, "operation-url")
+    return JobRegistration(*azure.parse_job_arm_id(text), source="job-arm-id")
+
+
+def _from_headers(headers: Mapping[Any, Any], endpoint: Endpoint) -> OperationRegistration:
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    for name in ("azure-asyncoperation", "location"):
+        value = lowered.get(name)
+        if isinstance(value, list) and value:
+            value = value[0]
+        if value is not None:
+            return operation_from_url(_need_str(value, name), endpoint, "operation-headers")
+    raise InvalidInput("headers carry neither Azure-AsyncOperation nor Location")
+
+
+def _is_operation_status(doc: dict[str, Any]) -> bool:
+    props = doc.get("properties")
+    if isinstance(props, dict):
+        return props.get("objectType") in _OPERATION_STATUS_TYPES or (
+            "jobId" in props or "jobIds" in props
+        )
+    return doc.get("status") in ("InProgress", "Succeeded", "Failed", "Canceled")
+
+
+def _from_operation_status(doc: dict[str, Any], vault: VaultRef | None) -> list[Registration]:
+    try:
+        op = azure.parse_operation_status(doc)
+    except azure.BodyError as exc:
+        raise InvalidInput(f"bad operation status: {exc}") from None
+    if op.status in azure.OPERATION_FAILED_STATUSES:
+        detail = ": ".join(p for p in (op.error_code, op.error_message) if p)
+        suffix = f" ({detail})" if detail else ""
+        raise InvalidInput(f"the operation {op.status.lower()}{suffix}")
+    if not op.job_ids:
+        raise InvalidInput(
+            f"the operation status is {op.status} and names no job; "
+            "register its Azure-AsyncOperation URL instead"
+        )
+    op_vault = azure.vault_prefix(doc["id"]) if isinstance(doc.get("id"), str) else None
+    vault = op_vault or vault
+    if vault is None:
+        raise InvalidInput("an operation status body needs a vault: give --vault")
+    return [JobRegistration(vault, job_id, "operation-status") for job_id in op.job_ids]
+
+
+def _from_job_resource(doc: dict[str, Any], vault: VaultRef | None) -> JobRegistration:
+    raw_id = doc.get("id")
+    if isinstance(raw_id, str) and raw_id:
+        found_vault, job_id = azure.parse_job_arm_id(raw_id)
+        return JobRegistration(found_vault, job_id, "job-resource")
+    job_id = azure.validate_job_id(doc.get("name"))
+    if vault is None:
+        raise InvalidInput("a job resource without an ARM id needs a vault: give --vault")
+    return JobRegistration(vault, job_id, "job-resource")
+
+
+def _vault_field(lowered: dict[str, Any], hint: VaultRef | None) -> VaultRef | None:
+    for key in ("vault_id", "vaultid", "vault"):
+        if key in lowered and lowered[key] is not None:
+            return azure.vault_from_id(_need_str(lowered[key], key))
+    return hint
+
+
+def _need_str(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _is_url(value: object) -> bool:
+    if isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, str) and "://" in value

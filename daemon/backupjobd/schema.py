@@ -1,0 +1,141 @@
+"""The database schema as SQLAlchemy Core tables.
+
+Alembic migrations (`migrations/`) are the only way it reaches a database; a test
+checks that these tables and the migrated schema agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite keeps no zone; PostgreSQL uses timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("vault_key", String(300), nullable=False),
+    Column("vault_id", String(300), nullable=False),
+    Column("job_id", String(36), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("status", String(64), nullable=True),
+    Column("tracking", String(16), nullable=False),
+    Column("job_type", String(64), nullable=True),
+    Column("operation", String(128), nullable=True),
+    Column("entity_friendly_name", String(512), nullable=True),
+    Column("backup_management_type", String(64), nullable=True),
+    Column("start_time", UTCDateTime(), nullable=True),
+    Column("end_time", UTCDateTime(), nullable=True),
+    Column("registered_at", UTCDateTime(), nullable=False),
+    Column("last_polled_at", UTCDateTime(), nullable=True),
+    Column("next_poll_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("poll_count", Integer(), nullable=False, default=0),
+    Column("error_count", Integer(), nullable=False, default=0),
+    Column("consecutive_failures", Integer(), nullable=False, default=0),
+    Column("not_found_since", UTCDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    Column("last_error_at", UTCDateTime(), nullable=True),
+    Column("last_snapshot_hash", String(64), nullable=True),
+    Column("operation_pk", PK, ForeignKey("operations.pk"), nullable=True),
+    Column("version", Integer(), nullable=False, default=0),
+    UniqueConstraint("vault_key", "job_id"),
+    Index("ix_jobs_due", "tracking", "next_poll_at"),
+    Index("ix_jobs_job_id", "job_id"),
+)
+
+transitions = Table(
+    "transitions",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("job_pk", PK, ForeignKey("jobs.pk"), nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("from_status", String(64), nullable=True),
+    Column("to_status", String(64), nullable=False),
+    Column("observed_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("job_pk", "seq"),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("job_pk", PK, ForeignKey("jobs.pk"), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("observed_at", UTCDateTime(), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("properties", Text(), nullable=False),
+    UniqueConstraint("job_pk", "content_hash"),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("vault_key", String(300), nullable=False),
+    Column("vault_id", String(300), nullable=False),
+    Column("operation_id", String(200), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("status", String(32), nullable=True),
+    Column("tracking", String(16), nullable=False),
+    Column("registered_at", UTCDateTime(), nullable=False),
+    Column("last_polled_at", UTCDateTime(), nullable=True),
+    Column("next_poll_at", UTCDateTime(), nullable=True),
+    Column("poll_count", Integer(), nullable=False, default=0),
+    Column("consecutive_failures", Integer(), nullable=False, default=0),
+    Column("not_found_since", UTCDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    Column("job_ids", Text(), nullable=True),
+    Column("version", Integer(), nullable=False, default=0),
+    UniqueConstraint("vault_key", "operation_id"),
+    Index("ix_operations_due", "tracking", "next_poll_at"),
+)

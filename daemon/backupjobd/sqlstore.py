@@ -1,0 +1,445 @@
+"""The SQLAlchemy implementation of the store, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Dialect quirks stay here: SQLite runs in WAL mode with a busy timeout and takes its
+write lock at BEGIN (so two processes never deadlock on a lock upgrade); PostgreSQL
+serialises migrations with an advisory lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from importlib.resources import files
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Row, and_, event, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from backupjobd import schema
+from backupjobd.azure import vault_from_id
+from backupjobd.decisions import JobDecision, OperationDecision, Tracking
+from backupjobd.errors import StoreError
+from backupjobd.registration import JobRegistration, Registration
+from backupjobd.store import (
+    JobRecord,
+    OperationRecord,
+    RegisterResult,
+    SnapshotRecord,
+    Store,
+    TransitionRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+_MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": any constant shared by every replica
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(files("backupjobd.migrations")))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+class SqlStore(Store):
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self._engine = engine
+        self._url = url
+
+    @classmethod
+    def from_url(cls, url: str, busy_timeout_ms: int = 5000) -> SqlStore:
+        return cls(create_engine(url, busy_timeout_ms), url)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def migrate(self) -> None:
+        cfg = alembic_config(self._url)
+
+        def upgrade(conn: Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(upgrade)
+        except SQLAlchemyError as exc:
+            raise _translate(exc, "migrating the database") from exc
+
+    async def check_schema(self) -> None:
+        head = ScriptDirectory.from_config(alembic_config(self._url)).get_current_head()
+
+        def current(conn: Connection) -> str | None:
+            return MigrationContext.configure(conn).get_current_revision()
+
+        try:
+            async with self._engine.connect() as conn:
+                revision = await conn.run_sync(current)
+        except SQLAlchemyError as exc:
+            raise _translate(exc, "reading the schema version") from exc
+        if revision != head:
+            raise StoreError(f"database schema is at {revision}, expected {head}: run migrate")
+
+    async def register(
+        self, registrations: Sequence[Registration], now: datetime
+    ) -> list[RegisterResult]:
+        try:
+            async with self._engine.begin() as conn:
+                return [await self._register_one(conn, reg, now, None) for reg in registrations]
+        except SQLAlchemyError as exc:
+            raise _translate(exc, "registering") from exc
+
+    async def _register_one(
+        self, conn: AsyncConnection, reg: Registration, now: datetime, operation_pk: int | None
+    ) -> RegisterResult:
+        if isinstance(reg, JobRegistration):
+            t = schema.jobs
+            found = await conn.scalar(
+                select(t.c.pk).where(t.c.vault_key == reg.vault.key, t.c.job_id == reg.job_id)
+            )
+            if found is None:
+                await conn.execute(
+                    insert(t).values(
+                        vault_key=reg.vault.key,
+                        vault_id=reg.vault.id,
+                        job_id=reg.job_id,
+                        source=reg.source,
+                        tracking=Tracking.ACTIVE.value,
+                        registered_at=now,
+                        next_poll_at=now,
+                        poll_count=0,
+                        error_count=0,
+                        consecutive_failures=0,
+                        operation_pk=operation_pk,
+                        version=0,
+                    )
+                )
+            return RegisterResult("job", reg.vault.id, reg.job_id, found is None)
+        o = schema.operations
+        found = await conn.scalar(
+            select(o.c.pk).where(
+                o.c.vault_key == reg.vault.key, o.c.operation_id == reg.operation_id
+            )
+        )
+        if found is None:
+            await conn.execute(
+                insert(o).values(
+                    vault_key=reg.vault.key,
+                    vault_id=reg.vault.id,
+                    operation_id=reg.operation_id,
+                    url=reg.url,
+                    source=reg.source,
+                    tracking=Tracking.ACTIVE.value,
+                    registered_at=now,
+                    next_poll_at=now,
+                    poll_count=0,
+                    consecutive_failures=0,
+                    version=0,
+                )
+            )
+        return RegisterResult("operation", reg.vault.id, reg.operation_id, found is None)
+
+    async def due_jobs(
+        self, now: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[JobRecord]:
+        t = schema.jobs
+        query = (
+            select(t)
+            .where(t.c.tracking == Tracking.ACTIVE.value, t.c.next_poll_at <= now)
+            .order_by(t.c.next_poll_at)
+            .limit(limit + len(exclude))
+        )
+        rows = await self._read(query, "reading due jobs")
+        return [_job(r) for r in rows if r.pk not in exclude][:limit]
+
+    async def due_operations(
+        self, now: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[OperationRecord]:
+        o = schema.operations
+        query = (
+            select(o)
+            .where(o.c.tracking == Tracking.ACTIVE.value, o.c.next_poll_at <= now)
+            .order_by(o.c.next_poll_at)
+            .limit(limit + len(exclude))
+        )
+        rows = await self._read(query, "reading due operations")
+        return [_operation(r) for r in rows if r.pk not in exclude][:limit]
+
+    async def apply_job(self, record: JobRecord, decision: JobDecision, now: datetime) -> bool:
+        t = schema.jobs
+        values: dict[str, Any] = {
+            "status": decision.status,
+            "tracking": decision.tracking.value,
+            "next_poll_at": decision.next_poll_at,
+            "last_polled_at": now,
+            "poll_count": t.c.poll_count + (1 if decision.counts_as_poll else 0),
+            "consecutive_failures": decision.consecutive_failures,
+            "not_found_since": decision.not_found_since,
+            "version": t.c.version + 1,
+        }
+        if decision.tracking is not Tracking.ACTIVE:
+            values["finished_at"] = now
+        obs = decision.observation
+        if obs is not None:
+            values.update(
+                job_type=obs.job_type or record.job_type,
+                operation=obs.operation or record.operation,
+                entity_friendly_name=obs.entity_friendly_name or record.entity_friendly_name,
+                backup_management_type=obs.backup_management_type or record.backup_management_type,
+                start_time=obs.start_time or record.start_time,
+                end_time=obs.end_time,
+            )
+        if decision.error is not None:
+            values.update(last_error=decision.error, last_error_at=now)
+            values["error_count"] = t.c.error_count + 1
+        elif decision.observation is not None:
+            values["last_error"] = None
+        if decision.snapshot is not None:
+            values["last_snapshot_hash"] = decision.snapshot.content_hash
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(t)
+                    .where(and_(t.c.pk == record.pk, t.c.version == record.version))
+                    .values(**values)
+                )
+                if result.rowcount != 1:
+                    return False
+                if decision.transition is not None:
+                    await self._append_transition(conn, record.pk, decision.transition, now)
+                if decision.snapshot is not None:
+                    await self._keep_snapshot(conn, record.pk, decision, now)
+            return True
+        except SQLAlchemyError as exc:
+            raise _translate(exc, f"saving job {record.job_id}") from exc
+
+    async def _append_transition(
+        self, conn: AsyncConnection, job_pk: int, change: tuple[str | None, str], now: datetime
+    ) -> None:
+        tr = schema.transitions
+        last = await conn.scalar(select(func.max(tr.c.seq)).where(tr.c.job_pk == job_pk))
+        await conn.execute(
+            insert(tr).values(
+                job_pk=job_pk,
+                seq=(last or 0) + 1,
+                from_status=change[0],
+                to_status=change[1],
+                observed_at=now,
+            )
+        )
+
+    async def _keep_snapshot(
+        self, conn: AsyncConnection, job_pk: int, decision: JobDecision, now: datetime
+    ) -> None:
+        snap = decision.snapshot
+        assert snap is not None and decision.status is not None
+        s = schema.snapshots
+        exists = await conn.scalar(
+            select(s.c.pk).where(s.c.job_pk == job_pk, s.c.content_hash == snap.content_hash)
+        )
+        if exists is None:
+            await conn.execute(
+                insert(s).values(
+                    job_pk=job_pk,
+                    content_hash=snap.content_hash,
+                    observed_at=now,
+                    status=decision.status,
+                    properties=json.dumps(snap.properties, sort_keys=True),
+                )
+            )
+
+    async def apply_operation(
+        self, record: OperationRecord, decision: OperationDecision, now: datetime
+    ) -> list[RegisterResult] | None:
+        o = schema.operations
+        values: dict[str, Any] = {
+            "status": decision.status,
+            "tracking": decision.tracking.value,
+            "next_poll_at": decision.next_poll_at,
+            "last_polled_at": now,
+            "poll_count": o.c.poll_count + 1,
+            "consecutive_failures": decision.consecutive_failures,
+            "not_found_since": decision.not_found_since,
+            "version": o.c.version + 1,
+        }
+        if decision.error is not None:
+            values["last_error"] = decision.error
+        if decision.job_ids:
+            values["job_ids"] = json.dumps(list(decision.job_ids))
+        vault = vault_from_id(record.vault_id)
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(o)
+                    .where(and_(o.c.pk == record.pk, o.c.version == record.version))
+                    .values(**values)
+                )
+                if result.rowcount != 1:
+                    return None
+                return [
+                    await self._register_one(
+                        conn, JobRegistration(vault, job_id, "operation"), now, record.pk
+                    )
+                    for job_id in decision.job_ids
+                ]
+        except SQLAlchemyError as exc:
+            raise _translate(exc, f"saving operation {record.operation_id}") from exc
+
+    async def list_jobs(
+        self, status: str | None = None, limit: int | None = None
+    ) -> list[JobRecord]:
+        t = schema.jobs
+        query = select(t).order_by(t.c.registered_at, t.c.pk)
+        if status is not None:
+            if status.lower() in {s.value for s in Tracking}:
+                query = query.where(t.c.tracking == status.lower())
+            else:
+                query = query.where(func.lower(t.c.status) == status.lower())
+        if limit is not None:
+            query = query.limit(limit)
+        return [_job(r) for r in await self._read(query, "listing jobs")]
+
+    async def find_jobs(self, job_id: str) -> list[JobRecord]:
+        t = schema.jobs
+        rows = await self._read(select(t).where(t.c.job_id == job_id.lower()), "reading a job")
+        return [_job(r) for r in rows]
+
+    async def history(self, job_pk: int) -> tuple[list[TransitionRecord], list[SnapshotRecord]]:
+        tr, s = schema.transitions, schema.snapshots
+        transitions = await self._read(
+            select(tr).where(tr.c.job_pk == job_pk).order_by(tr.c.seq), "reading transitions"
+        )
+        snapshots = await self._read(
+            select(s).where(s.c.job_pk == job_pk).order_by(s.c.observed_at, s.c.pk),
+            "reading snapshots",
+        )
+        return (
+            [
+                TransitionRecord(r.seq, r.from_status, r.to_status, r.observed_at)
+                for r in transitions
+            ],
+            [SnapshotRecord(r.observed_at, r.status, json.loads(r.properties)) for r in snapshots],
+        )
+
+    async def list_operations(self) -> list[OperationRecord]:
+        o = schema.operations
+        rows = await self._read(select(o).order_by(o.c.registered_at, o.c.pk), "listing operations")
+        return [_operation(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        t, o = schema.jobs, schema.operations
+        rows = await self._read(
+            select(t.c.tracking, func.count().label("count")).group_by(t.c.tracking),
+            "counting jobs",
+        )
+        out: dict[str, int] = {f"jobs_{r.tracking}": int(r.count) for r in rows}
+        ops = await self._read(
+            select(func.count().label("count")).where(o.c.tracking == Tracking.ACTIVE.value),
+            "counting operations",
+        )
+        out["operations_active"] = int(ops[0].count)
+        return out
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def _read(self, query: Any, doing: str) -> Sequence[Row[Any]]:
+        try:
+            async with self._engine.connect() as conn:
+                result = await conn.execute(query)
+                rows = result.fetchall()
+                await conn.rollback()
+                return rows
+        except SQLAlchemyError as exc:
+            raise _translate(exc, doing) from exc
+
+
+def _translate(exc: SQLAlchemyError, doing: str) -> StoreError:
+    """One line that says what is wrong, without the SQL or its parameters."""
+    if isinstance(exc, OperationalError | DBAPIError) and exc.orig is not None:
+        detail = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+    else:
+        detail = type(exc).__name__
+    return StoreError(f"database error while {doing}: {detail}")
+
+
+def _job(row: Row[Any]) -> JobRecord:
+    return JobRecord(
+        pk=row.pk,
+        vault_id=row.vault_id,
+        job_id=row.job_id,
+        source=row.source,
+        status=row.status,
+        tracking=Tracking(row.tracking),
+        job_type=row.job_type,
+        operation=row.operation,
+        entity_friendly_name=row.entity_friendly_name,
+        backup_management_type=row.backup_management_type,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        registered_at=row.registered_at,
+        last_polled_at=row.last_polled_at,
+        next_poll_at=row.next_poll_at,
+        finished_at=row.finished_at,
+        poll_count=row.poll_count,
+        error_count=row.error_count,
+        consecutive_failures=row.consecutive_failures,
+        not_found_since=row.not_found_since,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
+        last_snapshot_hash=row.last_snapshot_hash,
+        version=row.version,
+    )
+
+
+def _operation(row: Row[Any]) -> OperationRecord:
+    return OperationRecord(
+        pk=row.pk,
+        vault_id=row.vault_id,
+        operation_id=row.operation_id,
+        url=row.url,
+        source=row.source,
+        status=row.status,
+        tracking=Tracking(row.tracking),
+        registered_at=row.registered_at,
+        last_polled_at=row.last_polled_at,
+        next_poll_at=row.next_poll_at,
+        poll_count=row.poll_count,
+        consecutive_failures=row.consecutive_failures,
+        not_found_since=row.not_found_since,
+        last_error=row.last_error,
+        job_ids=tuple(json.loads(row.job_ids)) if row.job_ids else (),
+        version=row.version,
+    )

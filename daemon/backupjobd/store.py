@@ -1,0 +1,231 @@
+"""The store interface: what the daemon and the CLI need from the database.
+
+One implementation (`sqlstore.SqlStore`) serves SQLite and PostgreSQL; one contract
+test suite runs against both.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from backupjobd.decisions import JobDecision, JobState, OperationDecision, OperationState, Tracking
+from backupjobd.registration import Registration
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    pk: int
+    vault_id: str
+    job_id: str
+    source: str
+    status: str | None
+    tracking: Tracking
+    job_type: str | None
+    operation: str | None
+    entity_friendly_name: str | None
+    backup_management_type: str | None
+    start_time: datetime | None
+    end_time: datetime | None
+    registered_at: datetime
+    last_polled_at: datetime | None
+    next_poll_at: datetime | None
+    finished_at: datetime | None
+    poll_count: int
+    error_count: int
+    consecutive_failures: int
+    not_found_since: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    last_snapshot_hash: str | None
+    version: int
+
+    @property
+    def finished(self) -> bool:
+        return self.tracking is Tracking.FINISHED
+
+    def state(self) -> JobState:
+        return JobState(
+            status=self.status,
+            poll_count=self.poll_count,
+            consecutive_failures=self.consecutive_failures,
+            not_found_since=self.not_found_since,
+            last_snapshot_hash=self.last_snapshot_hash,
+            last_error=self.last_error,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "vault_id": self.vault_id,
+            "status": self.status,
+            "job_type": self.job_type,
+            "operation": self.operation,
+            "entity_friendly_name": self.entity_friendly_name,
+            "backup_management_type": self.backup_management_type,
+            "start_time": iso(self.start_time),
+            "end_time": iso(self.end_time),
+            "finished": self.finished,
+            "tracking": self.tracking.value,
+            "source": self.source,
+            "registered_at": iso(self.registered_at),
+            "last_polled_at": iso(self.last_polled_at),
+            "next_poll_at": iso(self.next_poll_at),
+            "finished_at": iso(self.finished_at),
+            "poll_count": self.poll_count,
+            "error_count": self.error_count,
+            "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    seq: int
+    from_status: str | None
+    to_status: str
+    observed_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+            "observed_at": iso(self.observed_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    observed_at: datetime
+    status: str
+    properties: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "observed_at": iso(self.observed_at),
+            "status": self.status,
+            "properties": self.properties,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRecord:
+    pk: int
+    vault_id: str
+    operation_id: str
+    url: str
+    source: str
+    status: str | None
+    tracking: Tracking
+    registered_at: datetime
+    last_polled_at: datetime | None
+    next_poll_at: datetime | None
+    poll_count: int
+    consecutive_failures: int
+    not_found_since: datetime | None
+    last_error: str | None
+    job_ids: tuple[str, ...]
+    version: int
+
+    def state(self) -> OperationState:
+        return OperationState(
+            status=self.status,
+            poll_count=self.poll_count,
+            consecutive_failures=self.consecutive_failures,
+            not_found_since=self.not_found_since,
+            last_error=self.last_error,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation_id": self.operation_id,
+            "vault_id": self.vault_id,
+            "status": self.status,
+            "tracking": self.tracking.value,
+            "registered_at": iso(self.registered_at),
+            "last_polled_at": iso(self.last_polled_at),
+            "poll_count": self.poll_count,
+            "job_ids": list(self.job_ids),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterResult:
+    """`kind` is "job" or "operation"; `created` is False when it was already tracked."""
+
+    kind: str
+    vault_id: str
+    ident: str
+    created: bool
+
+
+class Store(abc.ABC):
+    """Durable job state. Every write is one transaction; nothing is reported before commit."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> None:
+        """Bring the schema to the Alembic head."""
+
+    @abc.abstractmethod
+    async def check_schema(self) -> None:
+        """Raise StoreError unless the schema is at the Alembic head."""
+
+    @abc.abstractmethod
+    async def register(
+        self, registrations: Sequence[Registration], now: datetime
+    ) -> list[RegisterResult]:
+        """Insert what is not yet tracked; already tracked ones are reported, not changed."""
+
+    @abc.abstractmethod
+    async def due_jobs(
+        self, now: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[JobRecord]:
+        """Active jobs whose next poll time has come, soonest first."""
+
+    @abc.abstractmethod
+    async def due_operations(
+        self, now: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[OperationRecord]:
+        """Active operations whose next poll time has come."""
+
+    @abc.abstractmethod
+    async def apply_job(self, record: JobRecord, decision: JobDecision, now: datetime) -> bool:
+        """Persist a decision atomically (state, transition, snapshot) if the job is still at
+        `record.version`; False means someone else changed it first and nothing was written."""
+
+    @abc.abstractmethod
+    async def apply_operation(
+        self, record: OperationRecord, decision: OperationDecision, now: datetime
+    ) -> list[RegisterResult] | None:
+        """Persist an operation decision and register the jobs it yielded, in one transaction.
+        None means a concurrent change won and nothing was written."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, status: str | None = None, limit: int | None = None
+    ) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    async def find_jobs(self, job_id: str) -> list[JobRecord]:
+        """Every tracked job with this id (one per vault; almost always one)."""
+
+    @abc.abstractmethod
+    async def history(self, job_pk: int) -> tuple[list[TransitionRecord], list[SnapshotRecord]]: ...
+
+    @abc.abstractmethod
+    async def list_operations(self) -> list[OperationRecord]: ...
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Jobs by tracking state and operations still active, for logs and status lines."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
