@@ -361,15 +361,15 @@ class SqlStore(Store):
     async def counts(self) -> dict[str, int]:
         t, o = schema.jobs, schema.operations
         rows = await self._read(
-            select(t.c.tracking, func.count().label("count")).group_by(t.c.tracking),
+            select(t.c.tracking, func.count().label("n")).group_by(t.c.tracking),
             "counting jobs",
         )
-        out: dict[str, int] = {f"jobs_{r.tracking}": int(r.count) for r in rows}
+        out: dict[str, int] = {f"jobs_{r.tracking}": int(r.n) for r in rows}
         ops = await self._read(
-            select(func.count().label("count")).where(o.c.tracking == Tracking.ACTIVE.value),
+            select(func.count().label("n")).where(o.c.tracking == Tracking.ACTIVE.value),
             "counting operations",
         )
-        out["operations_active"] = int(ops[0].count)
+        out["operations_active"] = int(ops[0].n)
         return out
 
     async def close(self) -> None:
