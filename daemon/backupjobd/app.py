@@ -1,0 +1,195 @@
+"""The composition root: config → store → token provider → ARM client → tracker → scheduler.
+
+Only this module (and the CLI entry point) touches the process environment, signals and
+the real clock; every component gets its collaborators as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from backupjobd.arm import ArmClient
+from backupjobd.config import Config
+from backupjobd.credentials import TokenProvider, build_token_provider
+from backupjobd.decisions import PollPolicy
+from backupjobd.registration import Endpoint
+from backupjobd.sqlstore import SqlStore
+from backupjobd.tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def poll_policy(config: Config) -> PollPolicy:
+    p = config.polling
+    return PollPolicy(
+        interval=timedelta(seconds=p.interval_seconds),
+        min_interval=timedelta(seconds=p.min_interval_seconds),
+        early_polls=p.early_polls,
+        not_found_grace=timedelta(seconds=p.not_found_grace_seconds),
+        max_backoff=timedelta(seconds=p.max_backoff_seconds),
+        operation_interval=timedelta(seconds=p.operation_interval_seconds),
+    )
+
+
+def management_endpoint(config: Config) -> Endpoint:
+    return Endpoint.from_url(config.azure.endpoint)
+
+
+async def open_store(config: Config) -> SqlStore:
+    """A store whose schema is at head (migrations are idempotent and serialised)."""
+    store = SqlStore.from_url(config.database.url, config.database.busy_timeout_ms)
+    try:
+        await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: SqlStore
+    tokens: TokenProvider
+    arm: ArmClient
+    tracker: Tracker
+
+
+@asynccontextmanager
+async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runtime]:
+    tokens = build_token_provider(config.azure, env)
+    store = await open_store(config)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=config.polling.concurrency * 2),
+        trust_env=False,
+    )
+    try:
+        arm = ArmClient(
+            session,
+            tokens,
+            config.azure.endpoint,
+            config.azure.api_version,
+            config.azure.request_timeout_seconds,
+        )
+        tracker = Tracker(
+            store,
+            arm,
+            poll_policy(config),
+            utcnow,
+            concurrency=config.polling.concurrency,
+            batch_size=config.polling.batch_size,
+        )
+        yield Runtime(config, store, tokens, arm, tracker)
+    finally:
+        await session.close()
+        await tokens.close()
+        await store.close()
+
+
+async def serve(config: Config, env: Mapping[str, str]) -> int:
+    """Run until SIGTERM/SIGINT; the first signal drains, a second one aborts."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            logger.info("received %s: draining", signal.Signals(signum).name)
+            stop.set()
+        else:
+            logger.warning("received a second signal: aborting")
+            if main_task is not None:
+                main_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with runtime(config, env) as rt:
+            counts = await rt.store.counts()
+            logger.info(
+                "backupjobd serving %s with %s; resuming %d jobs and %d operations",
+                config.azure.endpoint,
+                _redact_url(config.database.url),
+                counts.get("jobs_active", 0),
+                counts.get("operations_active", 0),
+                extra={"action": "start"},
+            )
+            scheduler = AsyncIOScheduler(event_loop=loop, timezone=UTC)
+            scheduler.add_job(
+                rt.tracker.tick,
+                "interval",
+                seconds=config.polling.tick_seconds,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=utcnow(),
+                id="dispatch",
+            )
+            scheduler.add_job(
+                _heartbeat,
+                "interval",
+                args=[rt],
+                seconds=HEARTBEAT_SECONDS,
+                max_instances=1,
+                coalesce=True,
+                id="heartbeat",
+            )
+            rt.tracker.start()
+            scheduler.start()
+            try:
+                await stop.wait()
+            finally:
+                scheduler.shutdown(wait=False)
+                drained = await rt.tracker.drain(config.polling.shutdown_timeout_seconds)
+            if drained:
+                logger.info("stopped cleanly", extra={"action": "stop"})
+            else:
+                logger.warning("stopped with polls still in flight; they will be repeated")
+        return 0
+    except asyncio.CancelledError:
+        return 1
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _heartbeat(rt: Runtime) -> None:
+    try:
+        counts = await rt.store.counts()
+    except Exception as exc:
+        logger.warning("heartbeat could not read the store: %s", exc)
+        return
+    logger.info(
+        "tracking %d jobs (%d finished, %d lost), %d operations pending, %d polls so far",
+        counts.get("jobs_active", 0),
+        counts.get("jobs_finished", 0),
+        counts.get("jobs_lost", 0),
+        counts.get("operations_active", 0),
+        rt.tracker.polls,
+        extra={"action": "heartbeat"},
+    )
+
+
+def _redact_url(url: str) -> str:
+    """Database URLs may carry a password; logs get the scheme and location only."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

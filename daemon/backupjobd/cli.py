@@ -1,0 +1,294 @@
+"""The `backupjobd` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn, TextIO
+
+from backupjobd import __version__, app, azure, config, logs, registration
+from backupjobd.errors import BackupJobdError, ConfigError, InvalidInput
+from backupjobd.registration import Registration
+from backupjobd.store import JobRecord, Store, iso
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="backupjobd", description="Track Azure Backup jobs until they finish.")
+    parser.add_argument("--config", metavar="FILE", help="TOML config (default $BACKUPJOBD_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"backupjobd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("serve", help="run the daemon in the foreground (logs to stderr)")
+    sub.add_parser("migrate", help="bring the database schema to head")
+
+    reg = sub.add_parser("register", help="start tracking jobs or operations")
+    reg.add_argument("stdin", nargs="?", choices=["-"], help="read JSON document(s) from stdin")
+    reg.add_argument("--job-id", action="append", default=[], metavar="ID", help="job GUID")
+    reg.add_argument("--vault", metavar="VAULT_ID", help="vault ARM id for --job-id or bodies")
+    reg.add_argument("--operation-url", action="append", default=[], metavar="URL")
+    reg.add_argument("--job", action="append", default=[], metavar="ARM_ID", help="job ARM id")
+    reg.add_argument("--json", action="store_true", help="print results as JSON")
+
+    jobs = sub.add_parser("jobs", help="inspect tracked jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
+    lst = jobs_sub.add_parser("list", help="list tracked jobs")
+    lst.add_argument("--status", help="an Azure status, or active / finished / lost")
+    lst.add_argument("--limit", type=int, help="at most this many jobs")
+    lst.add_argument("--json", action="store_true")
+    for name, text in (("show", "one job's current state"), ("history", "transitions, snapshots")):
+        cmd = jobs_sub.add_parser(name, help=text)
+        cmd.add_argument("job_id", metavar="JOB_ID", help="job GUID or job ARM id")
+        cmd.add_argument("--vault", metavar="VAULT_ID", help="when the GUID is in several vaults")
+        cmd.add_argument("--json", action="store_true")
+
+    ops = sub.add_parser("operations", help="inspect operations waiting to name their jobs")
+    ops_sub = ops.add_subparsers(dest="operations_command", required=True, parser_class=_Parser)
+    ops_list = ops_sub.add_parser("list", help="list registered operations")
+    ops_list.add_argument("--json", action="store_true")
+
+    emu = sub.add_parser("emulator", help="run the bundled Azure Backup jobs API emulator")
+    emu.add_argument("--port", type=int, default=8443)
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--token", help="accept only this bearer token (default: any)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ)
+    try:
+        if args.command == "emulator":
+            return _run_emulator(args)
+        cfg = config.load(config.resolve_path(args.config, env), env)
+        logs.configure(cfg.log.level, cfg.log.format)
+        if args.command == "serve":
+            return asyncio.run(app.serve(cfg, env))
+        return asyncio.run(_dispatch(args, cfg, env))
+    except (InvalidInput, ConfigError) as exc:
+        print(f"backupjobd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BackupJobdError as exc:
+        print(f"backupjobd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[str, str]) -> int:
+    if args.command == "register":
+        regs = _registrations(args, cfg, sys.stdin)
+    store = await app.open_store(cfg)
+    try:
+        if args.command == "migrate":
+            print("database schema is at head")
+            return EXIT_OK
+        if args.command == "register":
+            return await _register(store, regs, args.json)
+        if args.command == "operations":
+            return await _operations(store, args.json)
+        if args.jobs_command == "list":
+            jobs = await store.list_jobs(status=args.status, limit=args.limit)
+            if args.json:
+                _print_json([job.to_json() for job in jobs])
+            else:
+                _print_table(jobs)
+            return EXIT_OK
+        job = await _one_job(store, args.job_id, args.vault)
+        if args.jobs_command == "show":
+            if args.json:
+                _print_json(job.to_json())
+            else:
+                _print_job(job)
+            return EXIT_OK
+        transitions, snapshots = await store.history(job.pk)
+        if args.json:
+            _print_json(
+                {
+                    "job": job.to_json(),
+                    "transitions": [t.to_json() for t in transitions],
+                    "snapshots": [s.to_json() for s in snapshots],
+                }
+            )
+        else:
+            _print_history(job, transitions, snapshots)
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+def _registrations(
+    args: argparse.Namespace, cfg: config.Config, stdin: TextIO
+) -> list[Registration]:
+    """Everything given on the command line, validated before anything is stored."""
+    endpoint = app.management_endpoint(cfg)
+    vault = azure.vault_from_id(args.vault) if args.vault else None
+    regs: list[Registration] = []
+    if args.stdin == "-":
+        docs = registration.parse_json_documents(stdin.read())
+        regs.extend(registration.parse_documents(docs, endpoint, vault))
+    for job_id in args.job_id:
+        if vault is None:
+            raise InvalidInput("--job-id needs --vault")
+        regs.append(registration.JobRegistration(vault, azure.validate_job_id(job_id), "job-id"))
+    for url in args.operation_url:
+        regs.append(registration.operation_from_url(url, endpoint, "operation-url"))
+    for arm_id in args.job:
+        regs.append(registration.job_from_arm_id(arm_id))
+    if not regs:
+        raise InvalidInput(
+            "nothing to register: give -, --job-id/--vault, --operation-url or --job"
+        )
+    return registration.dedupe(regs)
+
+
+async def _register(store: Store, regs: list[Registration], as_json: bool) -> int:
+    results = await store.register(regs, app.utcnow())
+    if as_json:
+        _print_json([r.__dict__ | {"created": r.created} for r in results])
+        return EXIT_OK
+    for r in results:
+        vault = r.vault_id.rsplit("/", 1)[-1]
+        if r.kind == "job":
+            verb = "registered" if r.created else "already tracked:"
+            print(f"{verb} job {r.ident} in vault {vault}")
+        elif r.created:
+            print(
+                f"registered operation {r.ident} in vault {vault}: jobs follow once it names them"
+            )
+        else:
+            print(f"already tracked: operation {r.ident} in vault {vault}")
+    return EXIT_OK
+
+
+async def _operations(store: Store, as_json: bool) -> int:
+    ops = await store.list_operations()
+    if as_json:
+        _print_json([op.to_json() for op in ops])
+        return EXIT_OK
+    rows = [
+        [
+            op.operation_id,
+            op.status or "-",
+            op.tracking.value,
+            ",".join(op.job_ids) or "-",
+            str(op.poll_count),
+            op.vault_id.rsplit("/", 1)[-1],
+        ]
+        for op in ops
+    ]
+    _table(["OPERATION", "STATUS", "TRACKING", "JOBS", "POLLS", "VAULT"], rows)
+    return EXIT_OK
+
+
+async def _one_job(store: Store, job_ref: str, vault_arg: str | None) -> JobRecord:
+    vault: azure.VaultRef | None
+    if "/" in job_ref:
+        vault, job_id = azure.parse_job_arm_id(job_ref)
+    else:
+        job_id = azure.validate_job_id(job_ref)
+        vault = azure.vault_from_id(vault_arg) if vault_arg else None
+    found = await store.find_jobs(job_id)
+    if vault is not None:
+        found = [j for j in found if j.vault_id.lower() == vault.key]
+    if not found:
+        raise InvalidInput(f"job {job_id} is not tracked")
+    if len(found) > 1:
+        raise InvalidInput(f"job {job_id} is tracked in {len(found)} vaults: give --vault")
+    return found[0]
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _print_table(jobs: list[JobRecord]) -> None:
+    rows = [
+        [
+            job.job_id,
+            job.status or "-",
+            job.tracking.value,
+            job.operation or "-",
+            job.entity_friendly_name or "-",
+            job.vault_id.rsplit("/", 1)[-1],
+            str(job.poll_count),
+            _short(iso(job.start_time)),
+            _short(iso(job.end_time)),
+        ]
+        for job in jobs
+    ]
+    _table(
+        ["JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS", "START", "END"],
+        rows,
+    )
+    print(f"{len(jobs)} job(s)")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+
+
+def _print_job(job: JobRecord) -> None:
+    for key, value in job.to_json().items():
+        print(f"{key + ':':24}{'-' if value is None else value}")
+
+
+def _print_history(job: JobRecord, transitions: list[Any], snapshots: list[Any]) -> None:
+    print(f"job {job.job_id} ({job.operation or '?'} of {job.entity_friendly_name or '?'})")
+    print(f"vault {job.vault_id}")
+    print(f"status {job.status or '-'}, tracking {job.tracking.value}, {job.poll_count} polls")
+    print()
+    _table(
+        ["OBSERVED", "FROM", "TO"],
+        [[_short(iso(t.observed_at)), t.from_status or "(new)", t.to_status] for t in transitions],
+    )
+    print()
+    print(f"{len(snapshots)} distinct snapshot(s):")
+    for snap in snapshots:
+        ext = snap.properties.get("extendedInfo") or {}
+        tasks = ext.get("tasksList") or [] if isinstance(ext, dict) else []
+        summary = ", ".join(
+            f"{t.get('taskId')}={t.get('status')}" for t in tasks if isinstance(t, dict)
+        )
+        print(f"  {_short(iso(snap.observed_at))}  {snap.status:<22} {summary}")
+
+
+def _short(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
+
+
+def _run_emulator(args: argparse.Namespace) -> int:
+    from backupjobd.emulator import run_emulator
+
+    logs.configure("INFO", "text")
+    try:
+        asyncio.run(run_emulator(args.host, args.port, required_token=args.token))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(
+            f"backupjobd: error: emulator cannot listen on {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The polling loop: a dispatcher moves due jobs and operations from the store onto a queue,
+a pool of async pollers observes each one through the ARM client, the pure core decides,
+and the store commits the decision.
+
+A failed tick or poll is logged and retried later; it never stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from backupjobd import azure
+from backupjobd.arm import ArmClient
+from backupjobd.decisions import (
+    Failure,
+    JobDecision,
+    Missing,
+    OperationOutcome,
+    OperationSeen,
+    Outcome,
+    PollPolicy,
+    Seen,
+    Tracking,
+    decide_job,
+    decide_operation,
+)
+from backupjobd.errors import BackupJobdError, NotFound, PermanentError, TransientError
+from backupjobd.store import JobRecord, OperationRecord, Store
+
+logger = logging.getLogger(__name__)
+
+WorkItem = JobRecord | OperationRecord
+
+
+class Tracker:
+    def __init__(
+        self,
+        store: Store,
+        arm: ArmClient,
+        policy: PollPolicy,
+        clock: Callable[[], datetime],
+        *,
+        concurrency: int = 16,
+        batch_size: int = 500,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._arm = arm
+        self._policy = policy
+        self._clock = clock
+        self._concurrency = concurrency
+        self._batch_size = batch_size
+        self._rng = rng or random.Random()
+        self._queue: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self._jobs_in_flight: set[int] = set()
+        self._ops_in_flight: set[int] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._tick_lock = asyncio.Lock()
+        self.last_tick_monotonic: float | None = None
+        self.polls = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._jobs_in_flight or self._ops_in_flight)
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"poller-{i}")
+            for i in range(self._concurrency)
+        ]
+
+    async def tick(self) -> int:
+        """Queue whatever is due and not already queued. Never raises."""
+        async with self._tick_lock:
+            try:
+                return await self._dispatch()
+            except BackupJobdError as exc:
+                logger.warning("dispatch failed: %s", exc, extra={"action": "dispatch"})
+            except Exception:
+                logger.exception("dispatch failed", extra={"action": "dispatch"})
+            finally:
+                self.last_tick_monotonic = time.monotonic()
+            return 0
+
+    async def _dispatch(self) -> int:
+        now = self._clock()
+        room = max(0, self._batch_size - self._queue.qsize())
+        if room == 0:
+            return 0
+        ops = await self._store.due_operations(now, room, self._ops_in_flight)
+        for op in ops:
+            self._ops_in_flight.add(op.pk)
+            self._queue.put_nowait(op)
+        jobs = await self._store.due_jobs(now, room - len(ops), self._jobs_in_flight)
+        for job in jobs:
+            self._jobs_in_flight.add(job.pk)
+            self._queue.put_nowait(job)
+        return len(ops) + len(jobs)
+
+    async def run_until_idle(self, deadline_seconds: float) -> None:
+        """Tick and process until nothing is due or in flight (tests and one-shot runs)."""
+        async with asyncio.timeout(deadline_seconds):
+            while True:
+                queued = await self.tick()
+                if queued == 0 and not self.busy:
+                    return
+                await self._queue.join()
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if isinstance(item, JobRecord):
+                    await self.poll_job(item)
+                else:
+                    await self.poll_operation(item)
+            except asyncio.CancelledError:
+                raise
+            except BackupJobdError as exc:
+                logger.warning("poll not saved, will retry: %s", exc, extra=_fields(item))
+            except Exception:
+                logger.exception("poll failed, will retry", extra=_fields(item))
+            finally:
+                if isinstance(item, JobRecord):
+                    self._jobs_in_flight.discard(item.pk)
+                else:
+                    self._ops_in_flight.discard(item.pk)
+                self._queue.task_done()
+
+    async def poll_job(self, record: JobRecord) -> JobDecision:
+        vault = azure.vault_from_id(record.vault_id)
+        outcome: Outcome
+        try:
+            outcome = Seen(await self._arm.get_job(vault, record.job_id))
+        except NotFound:
+            outcome = Missing()
+        except TransientError as exc:
+            outcome = Failure(str(exc), transient=True, retry_after=exc.retry_after)
+        except PermanentError as exc:
+            outcome = Failure(str(exc), transient=False, status=exc.status, code=exc.code)
+        self.polls += 1
+        now = self._clock()
+        decision = decide_job(record.state(), outcome, now, self._policy, self._rng.random())
+        if not await self._store.apply_job(record, decision, now):
+            logger.info("job changed concurrently; poll discarded", extra=_fields(record))
+            return decision
+        self._log_job(record, outcome, decision)
+        return decision
+
+    def _log_job(self, record: JobRecord, outcome: Outcome, decision: JobDecision) -> None:
+        fields = _fields(record)
+        logger.debug(
+            "polled job %s: %s", record.job_id, type(outcome).__name__.lower(), extra=fields
+        )
+        if decision.transition is not None:
+            old, new = decision.transition
+            logger.info(
+                "job %s %s: %s -> %s",
+                record.job_id,
+                decision.observation.operation if decision.observation else "",
+                old or "(new)",
+                new,
+                extra={**fields, "action": "transition", "from_status": old, "to_status": new},
+            )
+        if decision.unknown_status:
+            logger.warning(
+                "job %s reports an unknown status %r; still polling",
+                record.job_id,
+                decision.status,
+                extra={**fields, "action": "unknown_status"},
+            )
+        if decision.tracking is Tracking.FINISHED:
+            logger.info(
+                "job %s finished: %s",
+                record.job_id,
+                decision.status,
+                extra={**fields, "action": "finish"},
+            )
+        elif decision.tracking is Tracking.LOST:
+            logger.warning(
+                "job %s lost: Azure does not know it",
+                record.job_id,
+                extra={**fields, "action": "lost"},
+            )
+        elif decision.error is not None and decision.new_error:
+            logger.warning(
+                "job %s: %s",
+                record.job_id,
+                decision.error,
+                extra={**fields, "action": "poll_error"},
+            )
+
+    async def poll_operation(self, record: OperationRecord) -> None:
+        vault = azure.vault_from_id(record.vault_id)
+        outcome: OperationOutcome
+        try:
+            outcome = OperationSeen(await self._arm.get_operation(vault, record.operation_id))
+        except NotFound:
+            outcome = Missing()
+        except TransientError as exc:
+            outcome = Failure(str(exc), transient=True, retry_after=exc.retry_after)
+        except PermanentError as exc:
+            outcome = Failure(str(exc), transient=False, status=exc.status, code=exc.code)
+        self.polls += 1
+        now = self._clock()
+        decision = decide_operation(record.state(), outcome, now, self._policy, self._rng.random())
+        registered = await self._store.apply_operation(record, decision, now)
+        fields = {"job_id": None, "vault": record.vault_id, "operation_id": record.operation_id}
+        if registered is None:
+            logger.info("operation changed concurrently; poll discarded", extra=fields)
+            return
+        for result in registered:
+            logger.info(
+                "operation %s started job %s%s",
+                record.operation_id,
+                result.ident,
+                "" if result.created else " (already tracked)",
+                extra={**fields, "job_id": result.ident, "action": "operation_resolved"},
+            )
+        if decision.tracking is Tracking.FINISHED and not decision.job_ids:
+            logger.info(
+                "operation %s succeeded without starting a job",
+                record.operation_id,
+                extra={**fields, "action": "operation_resolved"},
+            )
+        elif decision.error is not None and decision.new_error:
+            level = logging.WARNING
+            logger.log(
+                level,
+                "operation %s: %s",
+                record.operation_id,
+                decision.error,
+                extra={**fields, "action": "operation_error"},
+            )
+
+    async def drain(self, grace_seconds: float) -> bool:
+        """Stop taking work; let in-flight polls finish (and commit) within the grace time."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, JobRecord):
+                self._jobs_in_flight.discard(item.pk)
+            else:
+                self._ops_in_flight.discard(item.pk)
+            self._queue.task_done()
+        drained = True
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self._queue.join()
+        except TimeoutError:
+            drained = False
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        return drained
+
+
+def _fields(item: WorkItem) -> dict[str, object]:
+    if isinstance(item, JobRecord):
+        return {"job_id": item.job_id, "vault": item.vault_id, "action": "poll_job"}
+    return {"job_id": None, "vault": item.vault_id, "action": "poll_operation"}
