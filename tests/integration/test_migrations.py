@@ -7,6 +7,7 @@ they apply from nothing, are idempotent, reverse cleanly and agree with `schema.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,5 +136,5 @@ async def test_sqlite_database_is_in_wal_mode(tmp_path: Path) -> None:
     finally:
         await store.close()
     # WAL is persistent: it is recorded in the file itself, not just on our connections.
-    with sqlite3.connect(path) as raw:
+    with closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
