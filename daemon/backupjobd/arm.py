@@ -20,6 +20,7 @@ import aiohttp
 from backupjobd import azure
 from backupjobd.azure import JobObservation, OperationObservation, VaultRef
 from backupjobd.credentials import TokenProvider
+from backupjobd.decisions import MAX_RETRY_AFTER_SECONDS
 from backupjobd.errors import NotFound, PermanentError, TransientError
 from backupjobd.registration import Endpoint
 
@@ -96,7 +97,7 @@ class ArmClient:
                     timeout=self._timeout,
                     allow_redirects=False,
                 ) as resp:
-                    raw = await resp.content.read(_MAX_BODY_BYTES + 1)
+                    raw = await _read_body(resp)
                     status = resp.status
                     retry_after = self._retry_after(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -130,15 +131,25 @@ class ArmClient:
         if not value:
             return None
         value = value.strip()
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+        if value.isdigit():
+            return min(float(value), MAX_RETRY_AFTER_SECONDS)
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return max(0.0, when.timestamp() - self._wall_clock())
+        if when.tzinfo is None:
+            return None
+        return min(max(0.0, when.timestamp() - self._wall_clock()), MAX_RETRY_AFTER_SECONDS)
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, but never more than the cap (plus one byte, to detect overflow)."""
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > _MAX_BODY_BYTES:
+            break
+    return bytes(buf)
 
 
 def _arm_error(raw: bytes) -> tuple[str | None, str | None]:

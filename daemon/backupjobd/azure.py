@@ -54,7 +54,8 @@ _ISO_DURATION_RE = re.compile(
     r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _TIMESPAN_RE = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d+):(?P<m>\d{2}):(?P<s>\d{2}(?:\.\d+)?)$")
-# Fields Azure recomputes on every read; they do not make a snapshot distinct.
+# Fields Azure recomputes on every read (of the job and of each task); they do not make a
+# snapshot distinct.
 VOLATILE_PROPERTIES = frozenset({"duration"})
 
 
@@ -142,9 +143,10 @@ def validate_job_id(value: object) -> str:
 
 
 def validate_operation_id(value: str) -> str:
+    """GUID ids are compared case-insensitively (lower-cased); others (base64) kept exact."""
     if not OPERATION_ID_RE.match(value):
         raise InvalidInput(f"not a valid operation id: {_clip(value)}")
-    return value
+    return value.lower() if GUID_RE.match(value) else value
 
 
 def parse_operation_path(path: str) -> tuple[VaultRef, str]:
@@ -174,7 +176,10 @@ def parse_time(value: object) -> datetime | None:
         raise BodyError(f"bad timestamp: {_clip(value)}") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise BodyError(f"timestamp out of range: {_clip(value)}") from None
     if parsed.year in _SENTINEL_YEARS and parsed.month == 1 and parsed.day == 1:
         return None
     return parsed
@@ -278,6 +283,15 @@ def parse_operation_status(body: object) -> OperationObservation:
 def snapshot_hash(properties: dict[str, Any]) -> str:
     """Content hash of a job's properties, ignoring fields Azure recomputes on every read."""
     stable = {k: v for k, v in properties.items() if k not in VOLATILE_PROPERTIES}
+    ext = stable.get("extendedInfo")
+    if isinstance(ext, dict) and isinstance(ext.get("tasksList"), list):
+        tasks = [
+            {k: v for k, v in t.items() if k not in VOLATILE_PROPERTIES}
+            if isinstance(t, dict)
+            else t
+            for t in ext["tasksList"]
+        ]
+        stable["extendedInfo"] = {**ext, "tasksList": tasks}
     canonical = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -192,13 +193,16 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
             except ValueError:
                 pass
     elif kind is float:
+        number: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_env:
+            number = float(value)
+        elif from_env:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
+                number = None
+        if number is not None and math.isfinite(number):
+            return number
     elif kind is str and isinstance(value, str):
         return str(value)
     raise ConfigError(f"config key {key} must be {kind.__name__}, got {value!r}")
@@ -252,6 +256,10 @@ def check_endpoint(url: str) -> None:
         raise ConfigError(
             "config key azure.management_endpoint must be a bare scheme://host[:port]"
         )
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise ConfigError("config key azure.management_endpoint has an invalid port") from None
     if parts.path not in ("", "/"):
         raise ConfigError("config key azure.management_endpoint must not have a path")
     if parts.scheme == "http" and not is_loopback(parts.hostname):

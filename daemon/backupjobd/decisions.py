@@ -7,6 +7,7 @@ table-driven unit test.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -14,6 +15,9 @@ from typing import Any
 
 from backupjobd import azure
 from backupjobd.azure import JobObservation, OperationObservation
+
+# Azure's Retry-After is honoured up to a day; beyond that it is a bogus header, not a plan.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
 
 
 class Tracking(StrEnum):
@@ -166,8 +170,8 @@ def backoff(
         policy.min_interval.total_seconds() * (2 ** min(failures, 30)),
     )
     delay = max(cap * jitter, min(1.0, cap))
-    if retry_after is not None:
-        delay = max(delay, retry_after)
+    if retry_after is not None and math.isfinite(retry_after):
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
     return timedelta(seconds=delay)
 
 
@@ -179,7 +183,7 @@ def _decide_failure(
         delay = backoff(failures, policy, jitter, failure.retry_after)
     else:
         # Permanent for now (403 until someone grants access, 400…): keep it visible, poll rarely.
-        delay = max(policy.max_backoff, timedelta(seconds=failure.retry_after or 0))
+        delay = max(policy.max_backoff, backoff(failures, policy, 0.0, failure.retry_after))
     return JobDecision(
         status=state.status,
         tracking=Tracking.ACTIVE,
@@ -267,6 +271,7 @@ def decide_operation(
             Tracking.ACTIVE,
             now + delay,
             consecutive_failures=failures,
+            not_found_since=state.not_found_since,
             error=outcome.message,
             new_error=outcome.message != state.last_error,
         )

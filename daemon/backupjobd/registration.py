@@ -77,7 +77,7 @@ def parse_json_documents(text: str) -> list[Any]:
         raise InvalidInput("no JSON document on stdin")
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     docs = doc if isinstance(doc, list) else [doc]
     if not docs:
@@ -176,7 +176,7 @@ def dedupe(regs: list[Registration]) -> list[Registration]:
         ident = (
             ("job", reg.vault.key, reg.job_id)
             if isinstance(reg, JobRegistration)
-            else ("op", reg.vault.key, reg.operation_id.lower())
+            else ("op", reg.vault.key, reg.operation_id)
         )
         if ident not in seen:
             seen.add(ident)
@@ -205,7 +205,8 @@ def _from_headers(headers: Mapping[Any, Any], endpoint: Endpoint) -> OperationRe
 def _is_operation_status(doc: dict[str, Any]) -> bool:
     props = doc.get("properties")
     if isinstance(props, dict):
-        return props.get("objectType") in _OPERATION_STATUS_TYPES or (
+        object_type = props.get("objectType")
+        return (isinstance(object_type, str) and object_type in _OPERATION_STATUS_TYPES) or (
             "jobId" in props or "jobIds" in props
         )
     return doc.get("status") in ("InProgress", "Succeeded", "Failed", "Canceled")

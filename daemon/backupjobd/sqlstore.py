@@ -38,7 +38,12 @@ from backupjobd.store import (
 
 logger = logging.getLogger(__name__)
 
+_READ_ONLY = "backupjobd_read_only"
 _MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": any constant shared by every replica
+# `jobs list --status` accepts these tracking states besides Azure statuses ("Failed" is a status).
+JOB_TRACKING_FILTERS = frozenset(
+    {Tracking.ACTIVE.value, Tracking.FINISHED.value, Tracking.LOST.value}
+)
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -64,7 +69,10 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the lock up front so a read-then-write never fails to upgrade;
+            # readers keep WAL's concurrency.
+            read_only = conn.get_execution_options().get(_READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True)
@@ -106,6 +114,7 @@ class SqlStore(Store):
 
         try:
             async with self._engine.connect() as conn:
+                await conn.execution_options(**{_READ_ONLY: True})
                 revision = await conn.run_sync(current)
         except SQLAlchemyError as exc:
             raise _translate(exc, "reading the schema version") from exc
@@ -323,7 +332,7 @@ class SqlStore(Store):
         t = schema.jobs
         query = select(t).order_by(t.c.registered_at, t.c.pk)
         if status is not None:
-            if status.lower() in {s.value for s in Tracking}:
+            if status.lower() in JOB_TRACKING_FILTERS:
                 query = query.where(t.c.tracking == status.lower())
             else:
                 query = query.where(func.lower(t.c.status) == status.lower())
@@ -378,6 +387,7 @@ class SqlStore(Store):
     async def _read(self, query: Any, doing: str) -> Sequence[Row[Any]]:
         try:
             async with self._engine.connect() as conn:
+                await conn.execution_options(**{_READ_ONLY: True})
                 result = await conn.execute(query)
                 rows = result.fetchall()
                 await conn.rollback()

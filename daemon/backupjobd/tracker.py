@@ -29,7 +29,13 @@ from backupjobd.decisions import (
     decide_job,
     decide_operation,
 )
-from backupjobd.errors import BackupJobdError, NotFound, PermanentError, TransientError
+from backupjobd.errors import (
+    BackupJobdError,
+    CredentialError,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
 from backupjobd.store import JobRecord, OperationRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -141,6 +147,8 @@ class Tracker:
             outcome = Missing()
         except TransientError as exc:
             outcome = Failure(str(exc), transient=True, retry_after=exc.retry_after)
+        except CredentialError as exc:
+            outcome = Failure(str(exc), transient=True)
         except PermanentError as exc:
             outcome = Failure(str(exc), transient=False, status=exc.status, code=exc.code)
         self.polls += 1
@@ -204,6 +212,8 @@ class Tracker:
             outcome = Missing()
         except TransientError as exc:
             outcome = Failure(str(exc), transient=True, retry_after=exc.retry_after)
+        except CredentialError as exc:
+            outcome = Failure(str(exc), transient=True)
         except PermanentError as exc:
             outcome = Failure(str(exc), transient=False, status=exc.status, code=exc.code)
         self.polls += 1

@@ -33,7 +33,7 @@ _pg_unreachable: str | None = None
 
 
 def _pg_unavailable(reason: str) -> None:
-    message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} is unreachable: {reason}"
+    message = f"PostgreSQL at {make_url(PG_URL).render_as_string()} is unavailable: {reason}"
     if REQUIRE_PG:
         pytest.fail(f"{message} (BACKUPJOBD_REQUIRE_PG=1)", pytrace=False)
     pytest.skip(f"{message}; set BACKUPJOBD_TEST_PG_URL or start PostgreSQL")

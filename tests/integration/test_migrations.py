@@ -46,9 +46,7 @@ async def _tables(store: SqlStore) -> set[str]:
 
 async def _revision(store: SqlStore) -> str | None:
     async with store.engine.connect() as conn:
-        return await conn.run_sync(
-            lambda c: MigrationContext.configure(c).get_current_revision()
-        )
+        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
 
 
 def test_exactly_one_head_and_a_linear_history() -> None:
@@ -69,7 +67,7 @@ async def test_upgrade_from_empty_to_head_and_migrate_twice_is_a_noop(
     assert await _revision(empty_store) is None
 
     await empty_store.migrate()
-    assert APP_TABLES <= await _tables(empty_store)
+    assert await _tables(empty_store) >= APP_TABLES
     assert await _revision(empty_store) == _head(db_url)
 
     [created] = await empty_store.register([JobRegistration(VAULT, JOB_ID, "cli")], T0)
@@ -117,7 +115,7 @@ async def test_downgrade_to_base_then_upgrade_again(store: SqlStore, db_url: str
         await store.check_schema()
 
     await store.migrate()
-    assert APP_TABLES <= await _tables(store)
+    assert await _tables(store) >= APP_TABLES
     assert await _revision(store) == _head(db_url)
     await store.check_schema()
     assert await store.list_jobs() == []

@@ -1,7 +1,6 @@
-"""The pure per-poll decision: transitions, tracking, snapshots, 404 grace, backoff."""
-
 from __future__ import annotations
 
+# The pure per-poll decision: transitions, tracking, snapshots, 404 grace, backoff.
 import copy
 import itertools
 from datetime import UTC, datetime, timedelta
@@ -422,9 +421,7 @@ def test_operation_succeeded_with_job_id() -> None:
 
 def test_operation_succeeded_with_job_ids() -> None:
     other = "11111111-2222-3333-4444-555555555555"
-    seen = op(
-        "Succeeded", objectType="OperationStatusJobsExtendedInfo", jobIds=[JOB_GUID, other]
-    )
+    seen = op("Succeeded", objectType="OperationStatusJobsExtendedInfo", jobIds=[JOB_GUID, other])
     decision = decide_operation(OperationState("InProgress"), seen, NOW, POLICY, 0.5)
     assert decision.tracking is Tracking.FINISHED
     assert decision.job_ids == (JOB_GUID, other)
@@ -509,13 +506,6 @@ def test_operation_permanent_failure_polls_after_max_backoff() -> None:
     assert decision.error == "Forbidden"
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: decide_operation drops not_found_since on a Failure (decide_job keeps it), so a "
-        "5xx between 404s restarts the 404 grace period and the operation is never marked lost"
-    ),
-    strict=True,
-)
 def test_operation_failure_during_404_grace_keeps_first_404_time() -> None:
     since = NOW - timedelta(minutes=4)
     state = OperationState(None, not_found_since=since)
