@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+# The commented example config documents every key with its default; keep them in step.
+
+import dataclasses
+from pathlib import Path
+
+from backupjobd import config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "backupjobd.toml"
+
+
+def test_example_config_loads_and_matches_the_built_in_defaults() -> None:
+    loaded = config.load(EXAMPLE, {})
+    defaults = config.build({}, {})
+    assert dataclasses.replace(loaded, source="") == dataclasses.replace(defaults, source="")
+
+
+def test_example_config_names_every_key() -> None:
+    text = EXAMPLE.read_text()
+    for section in (config.AzureConfig, config.DatabaseConfig, config.PollingConfig):
+        for field in dataclasses.fields(section):
+            assert f"\n{field.name} = " in text, field.name
