@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 # The commented example config documents every key with its default; keep them in step.
-
 import dataclasses
 from pathlib import Path
 
