@@ -25,7 +25,7 @@ test-fast: venv
 	$(BIN)/pytest -q tests/unit
 
 lint: venv
-	$(BIN)/ruff check daemon tests bench scripts migrations
+	$(BIN)/ruff check daemon tests scripts migrations
 	$(BIN)/mypy
 
 clean:
