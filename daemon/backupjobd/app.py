@@ -18,9 +18,10 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from backupjobd.arm import ArmClient
+from backupjobd.budget import ReadBudget
 from backupjobd.config import Config
 from backupjobd.credentials import TokenProvider, build_token_provider
-from backupjobd.decisions import PollPolicy
+from backupjobd.decisions import PollPolicy, StuckRules
 from backupjobd.registration import Endpoint
 from backupjobd.sqlstore import SqlStore
 from backupjobd.tracker import Tracker
@@ -43,7 +44,20 @@ def poll_policy(config: Config) -> PollPolicy:
         not_found_grace=timedelta(seconds=p.not_found_grace_seconds),
         max_backoff=timedelta(seconds=p.max_backoff_seconds),
         operation_interval=timedelta(seconds=p.operation_interval_seconds),
+        stuck=StuckRules(
+            default=timedelta(seconds=config.stuck.after_seconds),
+            by_key=tuple(
+                (key, timedelta(seconds=value)) for key, value in config.stuck.thresholds.items()
+            ),
+        ),
     )
+
+
+def read_budget(config: Config) -> ReadBudget | None:
+    t = config.throttle
+    if not t.enabled:
+        return None
+    return ReadBudget(t.reads_burst, t.reads_per_second, reserve=t.reserve_reads)
 
 
 def management_endpoint(config: Config) -> Endpoint:
@@ -85,6 +99,8 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
             config.azure.endpoint,
             config.azure.api_version,
             config.azure.request_timeout_seconds,
+            budget=read_budget(config),
+            max_concurrent_requests=config.polling.concurrency,
         )
         tracker = Tracker(
             store,

@@ -7,6 +7,7 @@ The token only ever goes to the configured endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -19,14 +20,16 @@ import aiohttp
 
 from backupjobd import azure
 from backupjobd.azure import JobObservation, OperationObservation, VaultRef
+from backupjobd.budget import ReadBudget
 from backupjobd.credentials import TokenProvider
 from backupjobd.decisions import MAX_RETRY_AFTER_SECONDS
-from backupjobd.errors import NotFound, PermanentError, TransientError
+from backupjobd.errors import BackupJobdError, NotFound, PermanentError, TransientError
 from backupjobd.registration import Endpoint
 
 logger = logging.getLogger(__name__)
 
 _MAX_BODY_BYTES = 16 * 1024 * 1024
+REMAINING_READS_HEADER = "x-ms-ratelimit-remaining-subscription-reads"
 
 
 class ArmClient:
@@ -38,8 +41,13 @@ class ArmClient:
         api_version: str,
         timeout_seconds: float = 30.0,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        budget: ReadBudget | None = None,
+        max_concurrent_requests: int = 16,
     ) -> None:
         self._session = session
+        self._budget = budget
+        self._in_flight = asyncio.Semaphore(max_concurrent_requests)
         self._tokens = tokens
         self._endpoint = endpoint.rstrip("/")
         self._allowed = Endpoint.from_url(self._endpoint)
@@ -58,8 +66,12 @@ class ArmClient:
         op = quote(azure.validate_operation_id(operation_id), safe="")
         return f"{self._vault_url(vault)}/backupOperations/{op}"
 
+    @property
+    def budget(self) -> ReadBudget | None:
+        return self._budget
+
     async def get_job(self, vault: VaultRef, job_id: str) -> JobObservation:
-        body = await self._get_json(self.job_url(vault, job_id))
+        body = await self._get_json(self.job_url(vault, job_id), vault.subscription_id)
         try:
             job = azure.parse_job_resource(body)
         except azure.BodyError as exc:
@@ -69,7 +81,7 @@ class ArmClient:
         return job
 
     async def get_operation(self, vault: VaultRef, operation_id: str) -> OperationObservation:
-        body = await self._get_json(self.operation_url(vault, operation_id))
+        body = await self._get_json(self.operation_url(vault, operation_id), vault.subscription_id)
         try:
             return azure.parse_operation_status(body)
         except azure.BodyError as exc:
@@ -82,30 +94,45 @@ class ArmClient:
             f"/providers/Microsoft.RecoveryServices/vaults/{quote(vault.name, safe='')}"
         )
 
-    async def _get_json(self, url: str) -> Any:
+    async def _get_json(self, url: str, subscription_id: str) -> Any:
         if not self._allowed.allows(url):  # defence in depth: URLs are built from the endpoint
             raise PermanentError("refusing to send the token to a host other than the endpoint")
         params = {"api-version": self._api_version}
         for attempt in (1, 2):
             token = await self._tokens.token(force_refresh=attempt == 2)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            if self._budget is not None:
+                await self._budget.acquire(subscription_id)
             try:
-                async with self._session.get(
-                    url,
-                    params=params,
-                    headers=headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as resp:
+                async with (
+                    self._in_flight,
+                    self._session.get(
+                        url,
+                        params=params,
+                        headers=headers,
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                    ) as resp,
+                ):
                     raw = await _read_body(resp)
                     status = resp.status
                     retry_after = self._retry_after(resp.headers.get("Retry-After"))
+                    remaining = resp.headers.get(REMAINING_READS_HEADER)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise TransientError(f"request failed: {type(exc).__name__}") from None
+            if self._budget is not None:
+                if remaining is not None and remaining.strip().isdigit():
+                    self._budget.observe_remaining(subscription_id, int(remaining))
+                if status == 429:
+                    self._budget.throttled(subscription_id, retry_after)
             if status == 401 and attempt == 1:
                 logger.info("ARM answered 401; refreshing the token once")
                 continue
-            return self._interpret(status, raw, retry_after)
+            try:
+                return self._interpret(status, raw, retry_after)
+            except BackupJobdError as exc:
+                _scrub(exc, token)
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _interpret(self, status: int, raw: bytes, retry_after: float | None) -> Any:
@@ -140,6 +167,13 @@ class ArmClient:
         if when.tzinfo is None:
             return None
         return min(max(0.0, when.timestamp() - self._wall_clock()), MAX_RETRY_AFTER_SECONDS)
+
+
+def _scrub(exc: BackupJobdError, token: str) -> None:
+    """A server that echoes the Authorization header must not put our token into a log line
+    or the database: errors carry text from Azure's body, so redact the token there."""
+    if token and exc.args and isinstance(exc.args[0], str) and token in exc.args[0]:
+        exc.args = (exc.args[0].replace(token, "[redacted]"),)
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:

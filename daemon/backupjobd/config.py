@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import re
 import tomllib
@@ -92,6 +93,22 @@ class PollingConfig:
 
 
 @dataclass(frozen=True)
+class ThrottleConfig:
+    """The ARM read budget we keep to, per subscription (Azure: 250 burst, 25 per second)."""
+
+    enabled: bool = True
+    reads_burst: int = 250
+    reads_per_second: float = 25.0
+    reserve_reads: int = 10
+
+
+@dataclass(frozen=True)
+class StuckConfig:
+    after_seconds: float = 21600.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "text"
@@ -102,6 +119,8 @@ class Config:
     azure: AzureConfig = field(default_factory=AzureConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     polling: PollingConfig = field(default_factory=PollingConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    stuck: StuckConfig = field(default_factory=StuckConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "built-in defaults"
 
@@ -110,6 +129,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "azure": AzureConfig,
     "database": DatabaseConfig,
     "polling": PollingConfig,
+    "throttle": ThrottleConfig,
+    "stuck": StuckConfig,
     "log": LogConfig,
 }
 
@@ -172,9 +193,15 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"unknown config key {name}.{key}")
-        default = fields[key].default
-        kwargs[key] = _coerce(f"{name}.{key}", value, type(default))
+        kwargs[key] = _coerce(f"{name}.{key}", value, _field_type(fields[key]))
     return cls(**kwargs)
+
+
+def _field_type(spec: dataclasses.Field[Any]) -> type[Any]:
+    if spec.default is not dataclasses.MISSING:
+        return type(spec.default)
+    assert spec.default_factory is not dataclasses.MISSING
+    return type(spec.default_factory())
 
 
 def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
@@ -205,6 +232,19 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
             return number
     elif kind is str and isinstance(value, str):
         return str(value)
+    elif kind is dict:
+        table = value
+        if from_env:
+            try:
+                table = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"config key {key} must be a JSON object") from None
+        if isinstance(table, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in table.values()
+        ):
+            return {str(k): float(v) for k, v in table.items()}
+        raise ConfigError(f"config key {key} must be a table of positive numbers")
     raise ConfigError(f"config key {key} must be {kind.__name__}, got {value!r}")
 
 
@@ -241,6 +281,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("config keys polling.concurrency and polling.batch_size must be >= 1")
     if poll.not_found_grace_seconds < 0:
         raise ConfigError("config key polling.not_found_grace_seconds must be >= 0")
+    throttle = config.throttle
+    if throttle.reads_burst < 1 or throttle.reads_per_second <= 0 or throttle.reserve_reads < 0:
+        raise ConfigError(
+            "config keys throttle.reads_burst and throttle.reads_per_second must be > 0"
+        )
+    if config.stuck.after_seconds <= 0:
+        raise ConfigError("config key stuck.after_seconds must be > 0")
     if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("config key log.level must be DEBUG, INFO, WARNING or ERROR")
     if config.log.format not in ("text", "json"):

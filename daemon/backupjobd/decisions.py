@@ -30,6 +30,27 @@ class Tracking(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class StuckRules:
+    """How long a job may stay running before it is flagged stuck, by operation and job type.
+
+    Keys are `Operation` or `Operation/JobType` (e.g. `Restore/AzureWorkloadJob`); the most
+    specific wins, then `default`. Azure relabels finished SQL jobs `Backup (Full)`, so the
+    parenthesised suffix is ignored when matching.
+    """
+
+    default: timedelta | None = timedelta(hours=6)
+    by_key: tuple[tuple[str, timedelta], ...] = ()
+
+    def threshold(self, operation: str | None, job_type: str | None) -> timedelta | None:
+        rules = {k.lower(): v for k, v in self.by_key}
+        op = (operation or "").split("(")[0].strip().lower()
+        for key in (f"{op}/{(job_type or '').lower()}", op):
+            if key in rules:
+                return rules[key]
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
 class PollPolicy:
     interval: timedelta = timedelta(seconds=30)
     min_interval: timedelta = timedelta(seconds=5)
@@ -37,6 +58,7 @@ class PollPolicy:
     not_found_grace: timedelta = timedelta(minutes=5)
     max_backoff: timedelta = timedelta(minutes=5)
     operation_interval: timedelta = timedelta(seconds=5)
+    stuck: StuckRules = StuckRules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +71,8 @@ class JobState:
     not_found_since: datetime | None = None
     last_snapshot_hash: str | None = None
     last_error: str | None = None
+    started_at: datetime | None = None
+    stuck_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +121,8 @@ class JobDecision:
     error: str | None = None
     new_error: bool = False
     unknown_status: bool = False
+    stuck_since: datetime | None = None
+    newly_stuck: bool = False
     counts_as_poll: bool = True
     log_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +150,7 @@ def decide_job(
             next_poll_at=now + policy.min_interval,
             not_found_since=since,
             consecutive_failures=state.consecutive_failures,
+            stuck_since=state.stuck_since,
         )
     return _decide_failure(state, outcome, now, policy, jitter)
 
@@ -143,6 +170,11 @@ def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy)
         tracking, next_poll = Tracking.ACTIVE, now
     else:
         tracking, next_poll = Tracking.ACTIVE, now + next_interval(state.poll_count + 1, policy)
+    stuck_since = None
+    limit = policy.stuck.threshold(job.operation, job.job_type)
+    started = job.start_time or state.started_at
+    if not job.is_terminal and limit is not None and started is not None and now - started > limit:
+        stuck_since = state.stuck_since or now
     return JobDecision(
         status=job.status,
         tracking=tracking,
@@ -151,6 +183,8 @@ def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy)
         snapshot=snapshot,
         observation=job,
         unknown_status=transition is not None and job.status not in azure.KNOWN_STATUSES,
+        stuck_since=stuck_since,
+        newly_stuck=stuck_since is not None and state.stuck_since is None,
     )
 
 
@@ -190,6 +224,7 @@ def _decide_failure(
         next_poll_at=now + delay,
         consecutive_failures=failures,
         not_found_since=state.not_found_since,
+        stuck_since=state.stuck_since,
         error=failure.message,
         new_error=failure.message != state.last_error,
     )

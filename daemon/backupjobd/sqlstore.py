@@ -216,6 +216,7 @@ class SqlStore(Store):
             "poll_count": t.c.poll_count + (1 if decision.counts_as_poll else 0),
             "consecutive_failures": decision.consecutive_failures,
             "not_found_since": decision.not_found_since,
+            "stuck_since": decision.stuck_since,
             "version": t.c.version + 1,
         }
         if decision.tracking is not Tracking.ACTIVE:
@@ -327,10 +328,12 @@ class SqlStore(Store):
             raise _translate(exc, f"saving operation {record.operation_id}") from exc
 
     async def list_jobs(
-        self, status: str | None = None, limit: int | None = None
+        self, status: str | None = None, limit: int | None = None, stuck: bool = False
     ) -> list[JobRecord]:
         t = schema.jobs
         query = select(t).order_by(t.c.registered_at, t.c.pk)
+        if stuck:
+            query = query.where(t.c.stuck_since.is_not(None))
         if status is not None:
             if status.lower() in JOB_TRACKING_FILTERS:
                 query = query.where(t.c.tracking == status.lower())
@@ -431,6 +434,7 @@ def _job(row: Row[Any]) -> JobRecord:
         last_error_at=row.last_error_at,
         last_snapshot_hash=row.last_snapshot_hash,
         version=row.version,
+        stuck_since=row.stuck_since,
     )
 
 

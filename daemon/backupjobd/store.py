@@ -46,6 +46,7 @@ class JobRecord:
     last_error_at: datetime | None
     last_snapshot_hash: str | None
     version: int
+    stuck_since: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -59,6 +60,8 @@ class JobRecord:
             not_found_since=self.not_found_since,
             last_snapshot_hash=self.last_snapshot_hash,
             last_error=self.last_error,
+            started_at=self.start_time or self.registered_at,
+            stuck_since=self.stuck_since,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +86,8 @@ class JobRecord:
             "error_count": self.error_count,
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at),
+            "stuck": self.stuck_since is not None,
+            "stuck_since": iso(self.stuck_since),
         }
 
 
@@ -210,7 +215,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_jobs(
-        self, status: str | None = None, limit: int | None = None
+        self, status: str | None = None, limit: int | None = None, stuck: bool = False
     ) -> list[JobRecord]: ...
 
     @abc.abstractmethod

@@ -175,6 +175,14 @@ class Tracker:
                 new,
                 extra={**fields, "action": "transition", "from_status": old, "to_status": new},
             )
+        if decision.newly_stuck:
+            logger.warning(
+                "job %s looks stuck: still %s since %s",
+                record.job_id,
+                decision.status,
+                record.start_time.isoformat() if record.start_time else "registration",
+                extra={**fields, "action": "stuck"},
+            )
         if decision.unknown_status:
             logger.warning(
                 "job %s reports an unknown status %r; still polling",

@@ -414,7 +414,7 @@ async def test_get_json_refuses_foreign_urls_without_any_request(
     with ArmMock() as m:
         m.get(re.compile(".*"), payload=job_body())
         with pytest.raises(PermanentError, match="refusing"):
-            await client._get_json(url)
+            await client._get_json(url, VAULT.subscription_id)
         assert sent(m) == []
     assert tokens.calls == []  # no token was even fetched
 
@@ -425,7 +425,7 @@ async def test_endpoint_host_case_and_default_port_are_the_same_endpoint(
     arm = ArmClient(session, tokens, "https://Management.Azure.com:443", API)
     with ArmMock() as m:
         m.get(ANY_URL, payload=job_body())
-        assert (await arm._get_json(JOB_URL))["name"] == JOB
+        assert (await arm._get_json(JOB_URL, VAULT.subscription_id))["name"] == JOB
 
 
 # ------------------------------------------------------------------ AzureIdentityTokenProvider

@@ -1,0 +1,136 @@
+"""The ARM read budget: one token bucket per subscription, shared by every poller.
+
+Azure Resource Manager refills 25 reads/s into a bucket of 250 per subscription (per
+principal, per region) and answers 429 beyond it. Staying inside the bucket ourselves
+costs nothing; being throttled costs minutes. The bucket also follows what Azure says:
+`x-ms-ratelimit-remaining-subscription-reads` lowers our count when Azure's is lower (other
+clients share the budget), and a 429's `Retry-After` pauses the whole subscription, so
+the daemon backs off as a whole rather than job by job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+    paused_until: float = 0.0
+    reads: int = 0
+    throttled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    subscription_id: str
+    tokens: float
+    paused_for: float
+    reads: int
+    throttled: int
+
+
+class ReadBudget:
+    def __init__(
+        self,
+        burst: float = 250.0,
+        refill_per_second: float = 25.0,
+        *,
+        reserve: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._burst = burst
+        self._rate = refill_per_second
+        self._reserve = min(reserve, burst / 2)
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _bucket(self, subscription_id: str) -> _Bucket:
+        key = subscription_id.lower()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(tokens=self._burst, updated=self._clock())
+            self._buckets[key] = bucket
+        return bucket
+
+    def _refill(self, bucket: _Bucket, now: float) -> None:
+        if now > bucket.updated:
+            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+            bucket.updated = now
+
+    def delay(self, subscription_id: str) -> float:
+        """Seconds until a read may be sent for this subscription (0 = now); takes no token."""
+        bucket = self._bucket(subscription_id)
+        now = self._clock()
+        self._refill(bucket, now)
+        wait = max(0.0, bucket.paused_until - now)
+        if bucket.tokens < 1.0:
+            wait = max(wait, (1.0 - bucket.tokens) / self._rate)
+        return wait
+
+    def try_take(self, subscription_id: str) -> bool:
+        bucket = self._bucket(subscription_id)
+        if self.delay(subscription_id) > 0:
+            return False
+        bucket.tokens -= 1.0
+        bucket.reads += 1
+        return True
+
+    async def acquire(self, subscription_id: str) -> None:
+        """Wait for a read token; subscriptions never wait for each other."""
+        key = subscription_id.lower()
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # FIFO among the pollers of one subscription
+            # Waiting here is the rate limit itself (the refill is a function of time), and a
+            # 429 arriving meanwhile can extend it, hence the loop.
+            while not self.try_take(key):  # noqa: ASYNC110
+                await asyncio.sleep(self.delay(key))
+
+    def observe_remaining(self, subscription_id: str, remaining: int) -> None:
+        """Azure's count is the truth when it is lower than ours (others share the budget)."""
+        bucket = self._bucket(subscription_id)
+        self._refill(bucket, self._clock())
+        ceiling = max(0.0, float(remaining) - self._reserve)
+        if ceiling < bucket.tokens:
+            bucket.tokens = ceiling
+
+    def throttled(self, subscription_id: str, retry_after: float | None) -> None:
+        """A 429: pause every read of this subscription until Retry-After has passed."""
+        bucket = self._bucket(subscription_id)
+        now = self._clock()
+        self._refill(bucket, now)
+        pause = retry_after if retry_after is not None else max(1.0, self._burst / self._rate)
+        if now + pause > bucket.paused_until:
+            logger.warning(
+                "ARM throttled subscription %s: pausing its reads for %.0f s",
+                subscription_id,
+                pause,
+                extra={"action": "throttled"},
+            )
+        bucket.paused_until = max(bucket.paused_until, now + pause)
+        bucket.tokens = 0.0
+        bucket.throttled += 1
+
+    def snapshot(self) -> list[BucketState]:
+        now = self._clock()
+        out = []
+        for key, bucket in sorted(self._buckets.items()):
+            self._refill(bucket, now)
+            out.append(
+                BucketState(
+                    key,
+                    bucket.tokens,
+                    max(0.0, bucket.paused_until - now),
+                    bucket.reads,
+                    bucket.throttled,
+                )
+            )
+        return out
