@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +31,10 @@ from backupjobd.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 60.0
+STATUS_LOG_SECONDS = 60.0
+# A daemon records a heartbeat this often; `wait` treats one silent for 3 beats as gone.
+HEARTBEAT_SECONDS = 5.0
+LIVENESS_WINDOW = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 
 
 def utcnow() -> datetime:
@@ -159,9 +165,20 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 id="dispatch",
             )
             scheduler.add_job(
-                _heartbeat,
+                _status_line,
                 "interval",
                 args=[rt],
+                seconds=STATUS_LOG_SECONDS,
+                max_instances=1,
+                coalesce=True,
+                id="status",
+            )
+            instance = _Instance(uuid.uuid4().hex, socket.gethostname(), os.getpid(), utcnow())
+            await instance.beat(rt.store)
+            scheduler.add_job(
+                instance.beat,
+                "interval",
+                args=[rt.store],
                 seconds=HEARTBEAT_SECONDS,
                 max_instances=1,
                 coalesce=True,
@@ -174,6 +191,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
             finally:
                 scheduler.shutdown(wait=False)
                 drained = await rt.tracker.drain(config.polling.shutdown_timeout_seconds)
+                await instance.beat(rt.store, stopped=True)
             if drained:
                 logger.info("stopped cleanly", extra={"action": "stop"})
             else:
@@ -186,7 +204,23 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
             loop.remove_signal_handler(signum)
 
 
-async def _heartbeat(rt: Runtime) -> None:
+@dataclass
+class _Instance:
+    instance_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+
+    async def beat(self, store: SqlStore, stopped: bool = False) -> None:
+        try:
+            await store.heartbeat(
+                self.instance_id, self.hostname, self.pid, self.started_at, utcnow(), stopped
+            )
+        except Exception as exc:
+            logger.warning("could not record the heartbeat: %s", exc)
+
+
+async def _status_line(rt: Runtime) -> None:
     try:
         counts = await rt.store.counts()
     except Exception as exc:

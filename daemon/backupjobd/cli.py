@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
-from backupjobd import __version__, app, azure, config, logs, registration
+from backupjobd import __version__, app, azure, config, logs, registration, waiter
 from backupjobd.errors import BackupJobdError, ConfigError, InvalidInput
 from backupjobd.registration import Registration
 from backupjobd.store import JobRecord, Store, iso
@@ -46,12 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     lst = jobs_sub.add_parser("list", help="list tracked jobs")
     lst.add_argument("--status", help="an Azure status, or active / finished / lost")
     lst.add_argument("--limit", type=int, help="at most this many jobs")
+    lst.add_argument("--stuck", action="store_true", help="only jobs flagged stuck")
     lst.add_argument("--json", action="store_true")
     for name, text in (("show", "one job's current state"), ("history", "transitions, snapshots")):
         cmd = jobs_sub.add_parser(name, help=text)
         cmd.add_argument("job_id", metavar="JOB_ID", help="job GUID or job ARM id")
         cmd.add_argument("--vault", metavar="VAULT_ID", help="when the GUID is in several vaults")
         cmd.add_argument("--json", action="store_true")
+
+    wait = sub.add_parser(
+        "wait",
+        help="block until jobs are terminal (exit 0 Completed, 3 CompletedWithWarnings, "
+        "4 Failed, 5 Cancelled, 6 lost, 124 timeout; the worst of several)",
+    )
+    wait.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="job GUID or job ARM id")
+    wait.add_argument("--vault", metavar="VAULT_ID", help="vault of GUIDs (tracks them if new)")
+    wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
+    wait.add_argument("--json", action="store_true", help="print the final jobs as JSON")
 
     ops = sub.add_parser("operations", help="inspect operations waiting to name their jobs")
     ops_sub = ops.add_subparsers(dest="operations_command", required=True, parser_class=_Parser)
@@ -98,8 +110,10 @@ async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[s
             return await _register(store, regs, args.json)
         if args.command == "operations":
             return await _operations(store, args.json)
+        if args.command == "wait":
+            return await _wait(args, cfg, env, store)
         if args.jobs_command == "list":
-            jobs = await store.list_jobs(status=args.status, limit=args.limit)
+            jobs = await store.list_jobs(status=args.status, limit=args.limit, stuck=args.stuck)
             if args.json:
                 _print_json([job.to_json() for job in jobs])
             else:
@@ -207,6 +221,45 @@ async def _one_job(store: Store, job_ref: str, vault_arg: str | None) -> JobReco
     if len(found) > 1:
         raise InvalidInput(f"job {job_id} is tracked in {len(found)} vaults: give --vault")
     return found[0]
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+async def _wait(
+    args: argparse.Namespace, cfg: config.Config, env: Mapping[str, str], store: Store
+) -> int:
+    vault = azure.vault_from_id(args.vault) if args.vault else None
+    targets = []
+    for ref in args.job_ids:
+        if "/" in ref:
+            job_vault, job_id = azure.parse_job_arm_id(ref)
+            targets.append(waiter.Target(job_vault, job_id))
+        else:
+            targets.append(waiter.Target(vault, azure.validate_job_id(ref)))
+    code, jobs = await waiter.wait(cfg, env, store, targets, args.timeout)
+    if args.json:
+        _print_json([job.to_json() for job in jobs])
+    else:
+        for job in jobs:
+            outcome = waiter.outcome_code(job)
+            state = job.tracking.value if job.tracking.value == "lost" else job.status or "unseen"
+            suffix = "" if outcome is not None else " (still running: timed out waiting)"
+            print(f"job {job.job_id}: {state}{suffix}")
+    if code == waiter.EXIT_TIMEOUT:
+        print(
+            f"backupjobd: timed out after {args.timeout:g} s waiting for "
+            f"{sum(1 for j in jobs if waiter.outcome_code(j) is None)} job(s)",
+            file=sys.stderr,
+        )
+    return code
 
 
 def _print_json(value: Any) -> None:

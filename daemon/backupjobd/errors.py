@@ -48,6 +48,10 @@ class NotFound(PermanentError):
 class StoreError(BackupJobdError):
     """The database could not complete the request."""
 
+    def __init__(self, message: str | None = None, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
 
 class CredentialError(BackupJobdError):
     """No access token could be obtained."""

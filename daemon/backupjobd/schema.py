@@ -117,6 +117,17 @@ snapshots = Table(
     UniqueConstraint("job_pk", "content_hash"),
 )
 
+instances = Table(
+    "instances",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("stopped_at", UTCDateTime(), nullable=True),
+)
+
 operations = Table(
     "operations",
     metadata,

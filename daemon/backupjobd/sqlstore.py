@@ -19,7 +19,13 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Row, and_, event, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from backupjobd import schema
@@ -384,6 +390,45 @@ class SqlStore(Store):
         out["operations_active"] = int(ops[0].n)
         return out
 
+    async def heartbeat(
+        self,
+        instance_id: str,
+        hostname: str,
+        pid: int,
+        started_at: datetime,
+        now: datetime,
+        stopped: bool = False,
+    ) -> None:
+        i = schema.instances
+        values: dict[str, Any] = {"last_seen_at": now, "stopped_at": now if stopped else None}
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(i).where(i.c.instance_id == instance_id).values(**values)
+                )
+                if result.rowcount == 0:
+                    await conn.execute(
+                        insert(i).values(
+                            instance_id=instance_id,
+                            hostname=hostname[:255],
+                            pid=pid,
+                            started_at=started_at,
+                            **values,
+                        )
+                    )
+        except SQLAlchemyError as exc:
+            raise _translate(exc, "recording a heartbeat") from exc
+
+    async def live_instances(self, seen_since: datetime) -> int:
+        i = schema.instances
+        rows = await self._read(
+            select(func.count().label("n")).where(
+                i.c.last_seen_at >= seen_since, i.c.stopped_at.is_(None)
+            ),
+            "reading heartbeats",
+        )
+        return int(rows[0].n)
+
     async def close(self) -> None:
         await self._engine.dispose()
 
@@ -405,7 +450,12 @@ def _translate(exc: SQLAlchemyError, doing: str) -> StoreError:
         detail = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
     else:
         detail = type(exc).__name__
-    return StoreError(f"database error while {doing}: {detail}")
+    # Locked database, full disk, lost connection: worth retrying. Constraint violations and
+    # programming errors are not.
+    transient = isinstance(exc, OperationalError | DisconnectionError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+    return StoreError(f"database error while {doing}: {detail}", transient=transient)
 
 
 def _job(row: Row[Any]) -> JobRecord:

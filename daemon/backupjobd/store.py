@@ -233,4 +233,20 @@ class Store(abc.ABC):
         """Jobs by tracking state and operations still active, for logs and status lines."""
 
     @abc.abstractmethod
+    async def heartbeat(
+        self,
+        instance_id: str,
+        hostname: str,
+        pid: int,
+        started_at: datetime,
+        now: datetime,
+        stopped: bool = False,
+    ) -> None:
+        """Record that a daemon instance is alive (or, with `stopped`, that it has stopped)."""
+
+    @abc.abstractmethod
+    async def live_instances(self, seen_since: datetime) -> int:
+        """How many daemons sent a heartbeat since `seen_since` and have not stopped."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...

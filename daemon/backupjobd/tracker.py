@@ -11,8 +11,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from backupjobd import azure
 from backupjobd.arm import ArmClient
@@ -34,6 +35,7 @@ from backupjobd.errors import (
     CredentialError,
     NotFound,
     PermanentError,
+    StoreError,
     TransientError,
 )
 from backupjobd.store import JobRecord, OperationRecord, Store
@@ -41,6 +43,7 @@ from backupjobd.store import JobRecord, OperationRecord, Store
 logger = logging.getLogger(__name__)
 
 WorkItem = JobRecord | OperationRecord
+T = TypeVar("T")
 
 
 class Tracker:
@@ -54,7 +57,9 @@ class Tracker:
         concurrency: int = 16,
         batch_size: int = 500,
         rng: random.Random | None = None,
+        store_retry_seconds: float = 60.0,
     ) -> None:
+        self._store_retry_seconds = store_retry_seconds
         self._store = store
         self._arm = arm
         self._policy = policy
@@ -154,7 +159,10 @@ class Tracker:
         self.polls += 1
         now = self._clock()
         decision = decide_job(record.state(), outcome, now, self._policy, self._rng.random())
-        if not await self._store.apply_job(record, decision, now):
+        applied = await self._persist(
+            lambda: self._store.apply_job(record, decision, now), _fields(record)
+        )
+        if not applied:
             logger.info("job changed concurrently; poll discarded", extra=_fields(record))
             return decision
         self._log_job(record, outcome, decision)
@@ -227,7 +235,9 @@ class Tracker:
         self.polls += 1
         now = self._clock()
         decision = decide_operation(record.state(), outcome, now, self._policy, self._rng.random())
-        registered = await self._store.apply_operation(record, decision, now)
+        registered = await self._persist(
+            lambda: self._store.apply_operation(record, decision, now), _fields(record)
+        )
         fields = {"job_id": None, "vault": record.vault_id, "operation_id": record.operation_id}
         if registered is None:
             logger.info("operation changed concurrently; poll discarded", extra=fields)
@@ -255,6 +265,29 @@ class Tracker:
                 decision.error,
                 extra={**fields, "action": "operation_error"},
             )
+
+    async def _persist(self, write: Callable[[], Awaitable[T]], fields: dict[str, object]) -> T:
+        """Commit an observation, retrying a locked database or a full disk with backoff.
+
+        A failed transaction wrote nothing, so retrying cannot record anything twice; after
+        the deadline the observation is dropped and the job, still due, is polled again.
+        """
+        deadline = time.monotonic() + self._store_retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                return await write()
+            except StoreError as exc:
+                if not exc.transient or time.monotonic() + delay > deadline:
+                    raise
+                logger.warning(
+                    "database write failed (%s); retrying in %.1f s",
+                    exc,
+                    delay,
+                    extra={**fields, "action": "store_retry"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def drain(self, grace_seconds: float) -> bool:
         """Stop taking work; let in-flight polls finish (and commit) within the grace time."""
