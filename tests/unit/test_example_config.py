@@ -17,6 +17,14 @@ def test_example_config_loads_and_matches_the_built_in_defaults() -> None:
 
 def test_example_config_names_every_key() -> None:
     text = EXAMPLE.read_text()
-    for section in (config.AzureConfig, config.DatabaseConfig, config.PollingConfig):
+    sections = (
+        config.AzureConfig,
+        config.DatabaseConfig,
+        config.PollingConfig,
+        config.ThrottleConfig,
+        config.StuckConfig,
+        config.LogConfig,
+    )
+    for section in sections:
         for field in dataclasses.fields(section):
             assert f"\n{field.name} = " in text, field.name
