@@ -42,12 +42,19 @@ class StuckRules:
     by_key: tuple[tuple[str, timedelta], ...] = ()
 
     def threshold(self, operation: str | None, job_type: str | None) -> timedelta | None:
-        rules = {k.lower(): v for k, v in self.by_key}
-        op = (operation or "").split("(")[0].strip().lower()
-        for key in (f"{op}/{(job_type or '').lower()}", op):
+        rules = {_rule_key(k): v for k, v in self.by_key}
+        op = _rule_key(operation or "")
+        for key in (f"{op}/{(job_type or '').strip().lower()}", op):
             if key in rules:
                 return rules[key]
         return self.default
+
+
+def _rule_key(key: str) -> str:
+    """`Backup (Full)/AzureWorkloadJob` → `backup/azureworkloadjob`: how rules are compared."""
+    op, sep, job_type = key.partition("/")
+    op = op.split("(")[0].strip().lower()
+    return f"{op}/{job_type.strip().lower()}" if sep else op
 
 
 @dataclass(frozen=True, slots=True)

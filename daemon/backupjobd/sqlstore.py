@@ -109,7 +109,7 @@ class SqlStore(Store):
         try:
             async with self._engine.begin() as conn:
                 await conn.run_sync(upgrade)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, "migrating the database") from exc
 
     async def check_schema(self) -> None:
@@ -122,7 +122,7 @@ class SqlStore(Store):
             async with self._engine.connect() as conn:
                 await conn.execution_options(**{_READ_ONLY: True})
                 revision = await conn.run_sync(current)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, "reading the schema version") from exc
         if revision != head:
             raise StoreError(f"database schema is at {revision}, expected {head}: run migrate")
@@ -133,7 +133,7 @@ class SqlStore(Store):
         try:
             async with self._engine.begin() as conn:
                 return [await self._register_one(conn, reg, now, None) for reg in registrations]
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, "registering") from exc
 
     async def _register_one(
@@ -258,7 +258,7 @@ class SqlStore(Store):
                 if decision.snapshot is not None:
                     await self._keep_snapshot(conn, record.pk, decision, now)
             return True
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, f"saving job {record.job_id}") from exc
 
     async def _append_transition(
@@ -330,7 +330,7 @@ class SqlStore(Store):
                     )
                     for job_id in decision.job_ids
                 ]
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, f"saving operation {record.operation_id}") from exc
 
     async def list_jobs(
@@ -416,7 +416,7 @@ class SqlStore(Store):
                             **values,
                         )
                     )
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, "recording a heartbeat") from exc
 
     async def live_instances(self, seen_since: datetime) -> int:
@@ -440,12 +440,17 @@ class SqlStore(Store):
                 rows = result.fetchall()
                 await conn.rollback()
                 return rows
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, doing) from exc
 
 
-def _translate(exc: SQLAlchemyError, doing: str) -> StoreError:
+def _translate(exc: SQLAlchemyError | OSError, doing: str) -> StoreError:
     """One line that says what is wrong, without the SQL or its parameters."""
+    if isinstance(exc, OSError):  # asyncpg raises these raw when it cannot connect
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        return StoreError(
+            f"database error while {doing}: {type(exc).__name__}: {detail}", transient=True
+        )
     if isinstance(exc, OperationalError | DBAPIError) and exc.orig is not None:
         detail = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
     else:
