@@ -25,17 +25,20 @@ OPERATION_SUCCEEDED = "Succeeded"
 OPERATION_FAILED_STATUSES = frozenset({"Failed", "Canceled", "Cancelled", "Invalid"})
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-GUID_RE = re.compile(rf"^{_GUID}$")
-_RG = r"[-\w.()]{1,90}"
+GUID_RE = re.compile(rf"^{_GUID}\Z", re.ASCII)
+# Azure allows Unicode letters in resource group names; everything else is ASCII (re.ASCII
+# also keeps IGNORECASE from matching look-alikes such as the Kelvin sign for "k").
+_RG = r"(?u:[-\w.()]){1,90}"
 _VAULT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,49}"
 _VAULT_PREFIX = (
     rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<rg>{_RG})"
     rf"/providers/Microsoft\.RecoveryServices/vaults/(?P<vault>{_VAULT})"
 )
-VAULT_ID_RE = re.compile(rf"^{_VAULT_PREFIX}/?$", re.IGNORECASE)
-VAULT_PREFIX_RE = re.compile(rf"^{_VAULT_PREFIX}(?=/|$)", re.IGNORECASE)
-JOB_ID_RE = re.compile(rf"^{_VAULT_PREFIX}/backupJobs/(?P<job>{_GUID})/?$", re.IGNORECASE)
-OPERATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=-]{0,199}$")
+_FLAGS = re.IGNORECASE | re.ASCII
+VAULT_ID_RE = re.compile(rf"^{_VAULT_PREFIX}/?\Z", _FLAGS)
+VAULT_PREFIX_RE = re.compile(rf"^{_VAULT_PREFIX}(?=/|\Z)", _FLAGS)
+JOB_ID_RE = re.compile(rf"^{_VAULT_PREFIX}/backupJobs/(?P<job>{_GUID})/?\Z", _FLAGS)
+OPERATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=-]{0,199}\Z", re.ASCII)
 _ITEM_SEGMENT = r"[^/?#]+"
 OPERATION_PATH_RE = re.compile(
     rf"^{_VAULT_PREFIX}"
@@ -43,8 +46,8 @@ OPERATION_PATH_RE = re.compile(
     rf"/protectedItems/{_ITEM_SEGMENT}/(?:operationsStatus|operationResults)"
     r"|/backupOperations|/backupOperationResults"
     r"|/backupJobs/" + _GUID + r"/operationResults"
-    r")/(?P<op>[^/?#]+)/?$",
-    re.IGNORECASE,
+    r")/(?P<op>[^/?#]+)/?\Z",
+    _FLAGS,
 )
 
 # Timestamps Azure uses to mean "not set" (operation endTime while running; PowerShell's EndTime).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=8443)
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--token", help="accept only this bearer token (default: any)")
+    emu.add_argument("--read-burst", type=int, metavar="N", help="per-subscription read budget")
+    emu.add_argument("--read-refill", type=float, default=25.0, metavar="R", help="reads/s back")
+    emu.add_argument(
+        "--replay", action="append", default=[], metavar="FILE", help="serve this recording"
+    )
     return parser
 
 
@@ -170,7 +176,7 @@ def _registrations(
 async def _register(store: Store, regs: list[Registration], as_json: bool) -> int:
     results = await store.register(regs, app.utcnow())
     if as_json:
-        _print_json([r.__dict__ | {"created": r.created} for r in results])
+        _print_json([dataclasses.asdict(r) for r in results])
         return EXIT_OK
     for r in results:
         vault = r.vault_id.rsplit("/", 1)[-1]
@@ -331,9 +337,21 @@ def _run_emulator(args: argparse.Namespace) -> int:
 
     logs.configure("INFO", "text")
     try:
-        asyncio.run(run_emulator(args.host, args.port, required_token=args.token))
+        asyncio.run(
+            run_emulator(
+                args.host,
+                args.port,
+                required_token=args.token,
+                replay_files=args.replay,
+                read_burst=args.read_burst,
+                read_refill_per_second=args.read_refill,
+            )
+        )
     except KeyboardInterrupt:
         pass
+    except ValueError as exc:  # a recording that cannot be loaded, a bad budget
+        print(f"backupjobd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(
             f"backupjobd: error: emulator cannot listen on {args.host}:{args.port}: {exc}",

@@ -298,7 +298,7 @@ def check_endpoint(url: str) -> None:
     """The token goes over https only; plain http only to a loopback host (an emulator)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"config key azure.management_endpoint is not an http(s) URL: {url!r}")
+        raise ConfigError("config key azure.management_endpoint is not an http(s) URL")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigError(
             "config key azure.management_endpoint must be a bare scheme://host[:port]"

@@ -284,7 +284,8 @@ def decide_operation(
                 op.status,
                 Tracking.FAILED,
                 None,
-                error=f"operation {op.status}" + (f": {detail}" if detail else ""),
+                error=f"operation {azure._clip(op.status, 40)}"
+                + (f": {azure._clip(detail, 300)}" if detail else ""),
                 new_error=True,
             )
         if op.status == azure.OPERATION_SUCCEEDED:

@@ -14,17 +14,22 @@ import heapq
 import itertools
 import json
 import logging
+import math
+import random
 import re
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
 from aiohttp import web
+
+from backupjobd.replay import DEFAULT_RETRY_AFTER_CAP, ReplayServer, load_replay
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,12 @@ DEFAULT_PROTECTED_ITEM_NAME: Final = "VM;iaasvmcontainerv2;rg-emulator;vm-emulat
 JOB_RESOURCE_TYPE: Final = "Microsoft.RecoveryServices/vaults/backupJobs"
 OPERATION_PENDING_END: Final = "0001-01-01T00:00:00"
 FAULT_KINDS: Final = frozenset({"429", "500", "502", "503", "504", "garbled", "truncated", "reset"})
+#: Kinds drawn by random faults when the admin request names none.
+DEFAULT_RANDOM_FAULT_KINDS: Final = ("500", "503", "garbled", "truncated", "429")
+#: ARM's documented read budget: 250 requests of burst, refilled at 25 per second.
+ARM_READ_BURST: Final = 250
+ARM_READ_REFILL_PER_SECOND: Final = 25.0
+READS_REMAINING_HEADER: Final = "x-ms-ratelimit-remaining-subscription-reads"
 #: How long a cancelled job stays ``Cancelling`` before it reports ``Cancelled``.
 CANCELLING_SECONDS: Final = 1.0
 #: Fraction of a job's duration after which the snapshot task is done.
@@ -55,6 +66,7 @@ _ITEM_PATTERN: Final = (
     r"/backupfabrics/(?P<fabric>[^/]+)/protectioncontainers/(?P<container>[^/]+)"
     r"/protecteditems/(?P<item>[^/]+)"
 )
+_SUBSCRIPTION_RE: Final = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
 _FILTER_CLAUSE_RE: Final = re.compile(r"^\s*(\w+)\s+eq\s+'([^']*)'\s*$", re.IGNORECASE)
 _FILTER_SPLIT_RE: Final = re.compile(r"\s+and\s+", re.IGNORECASE)
 _FILTER_TIME_FORMAT: Final = "%Y-%m-%d %I:%M:%S %p"
@@ -196,11 +208,72 @@ class Fault:
 
 
 @dataclass(slots=True)
+class RandomFaults:
+    """Each ARM request independently misbehaves with probability ``rate`` (seeded)."""
+
+    rate: float
+    kinds: tuple[str, ...]
+    retry_after: int
+    seed: int | None
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw(self) -> Fault | None:
+        if self.rate <= 0 or self.rng.random() >= self.rate:
+            return None
+        return Fault(self.rng.choice(self.kinds), 1, self.retry_after)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class ReadBudget:
+    """ARM's per-subscription read token bucket, so clients can be tested against it.
+
+    Every read takes one token; tokens come back at ``refill_per_second`` up to ``burst``.
+    """
+
+    def __init__(self, burst: int, refill_per_second: float) -> None:
+        if burst < 1:
+            raise ValueError("read_burst must be >= 1")
+        if not refill_per_second > 0 or not math.isfinite(refill_per_second):
+            raise ValueError("read_refill_per_second must be > 0")
+        self.burst = burst
+        self.refill_per_second = refill_per_second
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, subscription: str, now: float) -> tuple[bool, int, int]:
+        """(allowed, whole tokens left, seconds until one token is back when refused)."""
+        bucket = self._buckets.get(subscription)
+        if bucket is None:
+            bucket = self._buckets[subscription] = _Bucket(float(self.burst), now)
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.refill_per_second)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True, int(bucket.tokens), 0
+        wait = math.ceil((1.0 - bucket.tokens) / self.refill_per_second)
+        return False, 0, max(1, wait)
+
+    def refill(self) -> None:
+        self._buckets.clear()
+
+
+@dataclass(slots=True)
 class _Stats:
     requests: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
     faults_served: int = 0
+    faults_by_kind: Counter[str] = field(default_factory=Counter)
     job_gets: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    reads_by_subscription: Counter[str] = field(default_factory=Counter)
 
 
 class EmulatorState:
@@ -213,12 +286,20 @@ class EmulatorState:
         page_size: int = 200,
         required_token: str | None = None,
         epoch: float | None = None,
+        read_burst: int | None = None,
+        read_refill_per_second: float = ARM_READ_REFILL_PER_SECOND,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.clock = clock
         self.page_size = page_size
         self.required_token = required_token
+        self.read_budget: ReadBudget | None = None
+        self.read_refill_per_second = read_refill_per_second
+        self.configure_reads(read_burst, read_refill_per_second)
+        self.random_faults: RandomFaults | None = None
+        #: When set, ARM requests are answered from recordings instead of the model.
+        self.replay: ReplayServer | None = None
         # Map the (possibly fake, monotonic) clock onto wall time for ARM timestamps.
         self._clock_origin = clock()
         self._wall_origin = time.time() if epoch is None else epoch
@@ -400,15 +481,76 @@ class EmulatorState:
         return fault
 
     def take_fault(self, path: str) -> Fault | None:
-        """Consume one occurrence of the oldest fault that applies to ``path``."""
+        """Consume the oldest queued fault that applies to ``path``, else draw a random one."""
+        chosen: Fault | None = None
         for fault in self._faults:
             if fault.matches(path):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
-                self._stats.faults_served += 1
-                return fault
-        return None
+                chosen = fault
+                break
+        if chosen is None and self.random_faults is not None:
+            chosen = self.random_faults.draw()
+        if chosen is not None:
+            self._stats.faults_served += 1
+            self._stats.faults_by_kind[chosen.kind] += 1
+        return chosen
+
+    def set_random_faults(
+        self,
+        rate: float,
+        kinds: Iterable[str] = DEFAULT_RANDOM_FAULT_KINDS,
+        *,
+        retry_after: int = 1,
+        seed: int | None = None,
+    ) -> RandomFaults | None:
+        """Make every ARM request fail with probability ``rate``; 0 turns it off."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValidationError("rate must be between 0 and 1")
+        chosen = tuple(kinds)
+        unknown = sorted(set(chosen) - FAULT_KINDS)
+        if not chosen or unknown:
+            raise ValidationError(f"kinds must be a non-empty subset of {sorted(FAULT_KINDS)}")
+        self.random_faults = RandomFaults(rate, chosen, retry_after, seed) if rate > 0 else None
+        return self.random_faults
+
+    # ---- read budget
+
+    def configure_reads(self, burst: int | None, refill_per_second: float | None = None) -> None:
+        """Enable (or with ``None`` disable) the per-subscription read budget; buckets refill."""
+        if refill_per_second is not None:
+            self.read_refill_per_second = refill_per_second
+        self.read_budget = None if burst is None else ReadBudget(burst, self.read_refill_per_second)
+
+    def take_read(self, path: str) -> tuple[bool, int, int] | None:
+        """Charge one read to the path's subscription; None when no budget is set."""
+        found = _SUBSCRIPTION_RE.match(path)
+        subscription = found[1].lower() if found else ""
+        self._stats.reads_by_subscription[subscription] += 1
+        if self.read_budget is None:
+            return None
+        verdict = self.read_budget.take(subscription, self.clock())
+        if not verdict[0]:
+            self._stats.throttled += 1
+        return verdict
+
+    # ---- replay
+
+    def load_replay(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        retry_after_cap: int | None = DEFAULT_RETRY_AFTER_CAP,
+    ) -> ReplayServer:
+        """Answer ARM requests from these recordings (see ``backupjobd.replay``)."""
+        self.replay = load_replay(paths, retry_after_cap=retry_after_cap)
+        logger.info(
+            "replaying %d recording(s), %d resources",
+            len(self.replay.recordings),
+            self.replay.summary()["keys"],
+        )
+        return self.replay
 
     def record_request(self, kind: str) -> None:
         self._stats.requests += 1
@@ -418,13 +560,19 @@ class EmulatorState:
         self._stats.job_gets[job_id] += 1
 
     def stats(self) -> JSONDict:
-        return {
+        stats: JSONDict = {
             "requests": self._stats.requests,
             "by_kind": dict(self._stats.by_kind),
             "faults_served": self._stats.faults_served,
+            "faults_by_kind": dict(self._stats.faults_by_kind),
             "job_gets": dict(self._stats.job_gets),
             "jobs": len(self._jobs),
+            "throttled": self._stats.throttled,
+            "reads_by_subscription": dict(self._stats.reads_by_subscription),
         }
+        if self.replay is not None:
+            stats["replay"] = self.replay.summary()
+        return stats
 
     def reset(self) -> None:
         """Forget everything so one server can serve many independent tests."""
@@ -433,6 +581,11 @@ class EmulatorState:
         self._operations.clear()
         self._pending.clear()
         self._faults.clear()
+        self.random_faults = None
+        if self.read_budget is not None:
+            self.read_budget.refill()
+        if self.replay is not None:
+            self.replay.rewind()
         self._stats = _Stats()
 
     # ---- rendering
@@ -932,9 +1085,47 @@ async def _serve_fault(
     return web.Response(status=500)
 
 
+def _throttled(retry_after: int) -> web.Response:
+    return _arm_error(
+        429,
+        "SubscriptionRequestsThrottled",
+        "Number of 'read' requests for subscription exceeded the limit. "
+        f"Please try again after '{retry_after}' seconds.",
+        **{"Retry-After": str(retry_after), READS_REMAINING_HEADER: "0"},
+    )
+
+
+async def _replay_answer(request: web.Request, state: EmulatorState) -> web.StreamResponse:
+    assert state.replay is not None
+    recorded = state.replay.next_answer(request.method, request.path)
+    if recorded is None:
+        return _arm_error(
+            404,
+            "ResourceNotFound",
+            f"{request.method} {request.path} is not in the replayed recordings.",
+        )
+    return state.replay.render(recorded, _base_url(request))
+
+
 async def _arm_entry(request: web.Request) -> web.StreamResponse:
-    """Single entry for every ARM path, so routing can be case-insensitive like ARM."""
+    """Single entry for every ARM path, so routing can be case-insensitive like ARM.
+
+    Order: the read budget (ARM's gateway throttles first), then injected faults, then the
+    answer (auth and api-version checks, then the model or the replayed recording).
+    """
     state = request.app[STATE_KEY]
+    budget = state.take_read(request.path) if request.method == "GET" else None
+    if budget is not None and not budget[0]:
+        state.record_request("throttled")
+        logger.debug("read budget exhausted for %s; 429 for %s", request.path, budget[2])
+        return _throttled(budget[2])
+    response = await _arm_answer(request, state)
+    if budget is not None and isinstance(response, web.Response) and not response.prepared:
+        response.headers[READS_REMAINING_HEADER] = str(budget[1])
+    return response
+
+
+async def _arm_answer(request: web.Request, state: EmulatorState) -> web.StreamResponse:
     path = request.path.rstrip("/") or "/"
     route: _Route | None = None
     match: re.Match[str] | None = None
@@ -948,12 +1139,17 @@ async def _arm_entry(request: web.Request) -> web.StreamResponse:
             continue
         route, match = candidate, found
         break
-    state.record_request(route.kind if route is not None else "unknown")
+    if state.replay is not None:
+        state.record_request("replay")
+    else:
+        state.record_request(route.kind if route is not None else "unknown")
 
     async def answer() -> web.StreamResponse:
         denied = _check_auth(request, state) or _check_api_version(request)
         if denied is not None:
             return denied
+        if state.replay is not None:
+            return await _replay_answer(request, state)
         if route is None or match is None:
             if method_mismatch:
                 return _arm_error(
@@ -1159,6 +1355,8 @@ async def _admin_add_fault(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     try:
         body = _require_object(await _json_body(request), "fault")
+        if body.get("kind") == "random":
+            return _set_random_faults(state, body)
         _reject_unknown(body, {"kind", "count", "retry_after", "path_contains"}, "fault")
         kind = body.get("kind")
         if isinstance(kind, int) and not isinstance(kind, bool):
@@ -1182,6 +1380,78 @@ async def _admin_add_fault(request: web.Request) -> web.StreamResponse:
         },
         status=201,
     )
+
+
+def _set_random_faults(state: EmulatorState, body: Mapping[str, Any]) -> web.Response:
+    _reject_unknown(body, {"kind", "rate", "kinds", "retry_after", "seed"}, "fault")
+    rate = body.get("rate")
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise ValidationError("rate must be a number between 0 and 1")
+    kinds = body.get("kinds", list(DEFAULT_RANDOM_FAULT_KINDS))
+    if not isinstance(kinds, list):
+        raise ValidationError("kinds must be a list of fault kinds")
+    kinds = [str(k) if isinstance(k, int) and not isinstance(k, bool) else k for k in kinds]
+    if not all(isinstance(k, str) for k in kinds):
+        raise ValidationError("kinds must be a list of fault kinds")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValidationError("seed must be an integer or null")
+    faults = state.set_random_faults(
+        float(rate), kinds, retry_after=_integer(body, "retry_after", 1, 0), seed=seed
+    )
+    logger.info("random faults %s", f"at rate {rate}" if faults else "off")
+    return web.json_response(
+        {
+            "kind": "random",
+            "rate": faults.rate if faults else 0.0,
+            "kinds": list(faults.kinds) if faults else [],
+            "retry_after": faults.retry_after if faults else None,
+            "seed": faults.seed if faults else None,
+        },
+        status=201,
+    )
+
+
+def _config_view(state: EmulatorState) -> JSONDict:
+    return {
+        "read_burst": state.read_budget.burst if state.read_budget else None,
+        "read_refill_per_second": state.read_refill_per_second,
+        "page_size": state.page_size,
+    }
+
+
+async def _admin_get_config(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_config_view(request.app[STATE_KEY]))
+
+
+async def _admin_set_config(request: web.Request) -> web.StreamResponse:
+    """Runtime settings; fields left out keep their value, ``read_burst: null`` disables."""
+    state = request.app[STATE_KEY]
+    try:
+        body = _require_object(await _json_body(request), "config")
+        _reject_unknown(body, {"read_burst", "read_refill_per_second", "page_size"}, "config")
+        refill = state.read_refill_per_second
+        if "read_refill_per_second" in body:
+            refill = _number(body, "read_refill_per_second", refill)
+            if refill <= 0:
+                raise ValidationError("read_refill_per_second must be > 0")
+        burst = state.read_budget.burst if state.read_budget else None
+        if "read_burst" in body:
+            burst = None if body["read_burst"] is None else _integer(body, "read_burst", 1, 1)
+        page_size = _integer(body, "page_size", state.page_size, 1)
+    except ValidationError as exc:
+        return _admin_error(exc)
+    state.configure_reads(burst, refill)
+    state.page_size = page_size
+    logger.info("emulator config: %s", _config_view(state))
+    return web.json_response(_config_view(state))
+
+
+async def _admin_replay(request: web.Request) -> web.StreamResponse:
+    replay = request.app[STATE_KEY].replay
+    if replay is None:
+        return web.json_response({"error": "not in replay mode"}, status=404)
+    return web.json_response({**replay.summary(), "resources": replay.progress()})
 
 
 async def _admin_stats(request: web.Request) -> web.StreamResponse:
@@ -1218,6 +1488,9 @@ def build_emulator_app(state: EmulatorState | None = None) -> web.Application:
     app.router.add_post("/admin/operations", _admin_add_operation)
     app.router.add_post("/admin/faults", _admin_add_fault)
     app.router.add_get("/admin/stats", _admin_stats)
+    app.router.add_get("/admin/config", _admin_get_config)
+    app.router.add_post("/admin/config", _admin_set_config)
+    app.router.add_get("/admin/replay", _admin_replay)
     app.router.add_post("/admin/reset", _admin_reset)
     app.router.add_route("*", "/{tail:.*}", _arm_entry)
     return app
@@ -1229,9 +1502,24 @@ async def run_emulator(
     *,
     required_token: str | None = None,
     ready: Callable[[int], None] | None = None,
+    replay_files: Iterable[str | Path] = (),
+    read_burst: int | None = None,
+    read_refill_per_second: float = ARM_READ_REFILL_PER_SECOND,
 ) -> None:
-    """Serve the emulator until cancelled; ``ready`` receives the bound port (for port 0)."""
-    app = build_emulator_app(EmulatorState(required_token=required_token))
+    """Serve the emulator until cancelled; ``ready`` receives the bound port (for port 0).
+
+    With ``replay_files`` ARM requests are answered from those recordings; a file that
+    cannot be loaded raises ``ReplayError`` before anything listens.
+    """
+    state = EmulatorState(
+        required_token=required_token,
+        read_burst=read_burst,
+        read_refill_per_second=read_refill_per_second,
+    )
+    files = list(replay_files)
+    if files:
+        state.load_replay(files)
+    app = build_emulator_app(state)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -57,7 +57,7 @@ class Endpoint:
     def from_url(cls, url: str) -> Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidInput(f"not an http(s) URL: {azure._clip(url)}")
+            raise InvalidInput(f"not an http(s) URL: {_without_userinfo(url)}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname.lower(), port)
 
@@ -150,7 +150,7 @@ def operation_from_url(url: str, endpoint: Endpoint, source: str) -> OperationRe
         parts = urlsplit(url)
         target = Endpoint.from_url(url)
     except ValueError:
-        raise InvalidInput(f"not a valid URL: {azure._clip(url)}") from None
+        raise InvalidInput(f"not a valid URL: {_without_userinfo(url)}") from None
     if parts.username or parts.password:
         raise InvalidInput("operation URL must not carry credentials")
     if target != endpoint:
@@ -162,6 +162,15 @@ def operation_from_url(url: str, endpoint: Endpoint, source: str) -> OperationRe
         raise InvalidInput("operation URL path contains traversal or encoded slashes")
     vault, op_id = azure.parse_operation_path(parts.path)
     return OperationRegistration(vault, op_id, url, source)
+
+
+def _without_userinfo(url: str) -> str:
+    """URLs in error messages lose any `user:password@` part first."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, tail = rest.partition("/")
+        rest = authority.rsplit("@", 1)[-1] + slash + tail
+    return azure._clip(scheme + sep + rest)
 
 
 def job_from_arm_id(value: str) -> JobRegistration:
@@ -219,11 +228,11 @@ def _from_operation_status(doc: dict[str, Any], vault: VaultRef | None) -> list[
         raise InvalidInput(f"bad operation status: {exc}") from None
     if op.status in azure.OPERATION_FAILED_STATUSES:
         detail = ": ".join(p for p in (op.error_code, op.error_message) if p)
-        suffix = f" ({detail})" if detail else ""
-        raise InvalidInput(f"the operation {op.status.lower()}{suffix}")
+        suffix = f" ({azure._clip(detail, 300)})" if detail else ""
+        raise InvalidInput(f"the operation {azure._clip(op.status.lower(), 40)}{suffix}")
     if not op.job_ids:
         raise InvalidInput(
-            f"the operation status is {op.status} and names no job; "
+            f"the operation status is {azure._clip(op.status, 40)} and names no job; "
             "register its Azure-AsyncOperation URL instead"
         )
     op_vault = azure.vault_prefix(doc["id"]) if isinstance(doc.get("id"), str) else None

@@ -497,7 +497,16 @@ async def test_admin_bulk_create_stats_and_reset(emu: Emu) -> None:
     status, _ = await emu.admin("POST", "/admin/reset")
     assert status == 200
     _, stats = await emu.admin("GET", "/admin/stats")
-    assert stats == {"requests": 0, "by_kind": {}, "faults_served": 0, "job_gets": {}, "jobs": 0}
+    assert stats == {
+        "requests": 0,
+        "by_kind": {},
+        "faults_served": 0,
+        "faults_by_kind": {},
+        "job_gets": {},
+        "jobs": 0,
+        "throttled": 0,
+        "reads_by_subscription": {},
+    }
 
 
 async def test_run_emulator_serves_on_ephemeral_port() -> None:
@@ -520,3 +529,172 @@ async def test_run_emulator_serves_on_ephemeral_port() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# --------------------------------------------------------------------------- read budget
+
+SUB = "00000000-0000-0000-0000-000000000000"
+OTHER_VAULT = DEFAULT_VAULT_ID.replace(SUB, "11111111-1111-1111-1111-111111111111")
+
+
+def _remaining(resp: aiohttp.ClientResponse) -> int:
+    return int(resp.headers["x-ms-ratelimit-remaining-subscription-reads"])
+
+
+async def test_read_budget_burst_then_429_with_retry_after(emu: Emu) -> None:
+    status, config = await emu.admin(
+        "POST", "/admin/config", {"read_burst": 3, "read_refill_per_second": 0.5}
+    )
+    assert status == 200
+    assert config == {"read_burst": 3, "read_refill_per_second": 0.5, "page_size": 3}
+    job_id = await emu.add_job()
+    remaining = []
+    for _ in range(3):
+        resp = await emu.arm("GET", job_path(job_id))
+        assert resp.status == 200
+        remaining.append(_remaining(resp))
+    assert remaining == [2, 1, 0]
+    resp = await emu.arm("GET", job_path(job_id))
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "2"  # one token at 0.5/s
+    assert _remaining(resp) == 0
+    assert (await resp.json())["error"]["code"] == "SubscriptionRequestsThrottled"
+    # Another subscription has its own bucket; writes are not reads.
+    other = emu.state.add_job(vault_id=OTHER_VAULT)
+    assert (await emu.arm("GET", job_path(other.job_id, OTHER_VAULT))).status == 200
+    assert (await emu.arm("POST", f"{job_path(job_id)}/cancel")).status == 202
+    stats = emu.state.stats()
+    assert stats["throttled"] == 1
+    assert stats["reads_by_subscription"] == {SUB: 4, "11111111-1111-1111-1111-111111111111": 1}
+
+
+async def test_read_budget_refills_on_the_clock(emu: Emu) -> None:
+    await emu.admin("POST", "/admin/config", {"read_burst": 2, "read_refill_per_second": 4})
+    job_id = await emu.add_job()
+    for _ in range(2):
+        assert (await emu.arm("GET", job_path(job_id))).status == 200
+    resp = await emu.arm("GET", job_path(job_id))
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "1"  # 0.25 s rounds up to the 1 s minimum
+    emu.clock.t += 0.25
+    resp = await emu.arm("GET", job_path(job_id))
+    assert resp.status == 200 and _remaining(resp) == 0
+    emu.clock.t += 100  # refill stops at the burst
+    resp = await emu.arm("GET", job_path(job_id))
+    assert _remaining(resp) == 1
+    # null disables the budget and the header with it
+    status, config = await emu.admin("POST", "/admin/config", {"read_burst": None})
+    assert status == 200 and config["read_burst"] is None
+    resp = await emu.arm("GET", job_path(job_id))
+    assert resp.status == 200
+    assert "x-ms-ratelimit-remaining-subscription-reads" not in resp.headers
+
+
+async def test_read_budget_from_constructor_and_admin_validation(emu: Emu) -> None:
+    state = EmulatorState(clock=FakeClock(), read_burst=1, read_refill_per_second=1)
+    async with TestClient(TestServer(build_emulator_app(state))) as client:
+        job = state.add_job()
+        headers = {"Authorization": "Bearer t"}
+        codes = [
+            (
+                await client.get(job_path(job.job_id), params={"api-version": API}, headers=headers)
+            ).status
+            for _ in range(2)
+        ]
+        assert codes == [200, 429]
+        config = await (await client.get("/admin/config")).json()
+        assert config == {"read_burst": 1, "read_refill_per_second": 1, "page_size": 200}
+    for bad in (
+        {"read_burst": 0},
+        {"read_burst": "many"},
+        {"read_refill_per_second": 0},
+        {"page_size": 0},
+        {"budget": 1},
+    ):
+        status, _ = await emu.admin("POST", "/admin/config", bad)
+        assert status == 400, bad
+    status, _ = await emu.admin("POST", "/admin/config", {"page_size": 50})
+    assert status == 200 and emu.state.page_size == 50
+    with pytest.raises(ValueError):
+        EmulatorState(read_burst=0)
+
+
+# --------------------------------------------------------------------------- random faults
+
+
+async def _codes(emu: Emu, job_id: str, n: int) -> list[int]:
+    out = []
+    for _ in range(n):
+        resp = await emu.arm("GET", job_path(job_id))
+        await resp.read()
+        out.append(resp.status)
+    return out
+
+
+async def test_random_faults_rate_one_and_zero(emu: Emu) -> None:
+    job_id = await emu.add_job()
+    status, body = await emu.admin(
+        "POST", "/admin/faults", {"kind": "random", "rate": 1.0, "kinds": ["500", 503], "seed": 1}
+    )
+    assert status == 201
+    assert body == {
+        "kind": "random",
+        "rate": 1.0,
+        "kinds": ["500", "503"],
+        "retry_after": 1,
+        "seed": 1,
+    }
+    codes = await _codes(emu, job_id, 20)
+    assert set(codes) == {500, 503}
+    stats = emu.state.stats()
+    assert stats["faults_served"] == 20
+    assert sum(stats["faults_by_kind"].values()) == 20
+    assert set(stats["faults_by_kind"]) == {"500", "503"}
+    status, _ = await emu.admin("POST", "/admin/faults", {"kind": "random", "rate": 0})
+    assert status == 201
+    assert await _codes(emu, job_id, 20) == [200] * 20
+    assert emu.state.stats()["faults_served"] == 20
+
+
+async def test_random_faults_are_reproducible_with_a_seed(emu: Emu) -> None:
+    job_id = await emu.add_job()
+    spec = {"kind": "random", "rate": 0.3, "seed": 7, "retry_after": 3}
+    runs = []
+    for _ in range(2):
+        await emu.admin("POST", "/admin/faults", spec)
+        runs.append(await _codes(emu, job_id, 60))
+    assert runs[0] == runs[1]
+    assert 200 in runs[0] and any(c != 200 for c in runs[0])
+    # Default kinds: 500, 503, garbled and truncated (both 200 with a broken body), 429.
+    assert set(runs[0]) <= {200, 500, 503, 429}
+    by_kind = emu.state.stats()["faults_by_kind"]
+    assert set(by_kind) <= {"500", "503", "garbled", "truncated", "429"}
+
+
+async def test_queued_faults_come_before_random_ones(emu: Emu) -> None:
+    job_id = await emu.add_job()
+    await emu.admin("POST", "/admin/faults", {"kind": "random", "rate": 1, "kinds": ["503"]})
+    await emu.admin("POST", "/admin/faults", {"kind": "429", "retry_after": 9})
+    resp = await emu.arm("GET", job_path(job_id))
+    assert resp.status == 429 and resp.headers["Retry-After"] == "9"
+    assert await _codes(emu, job_id, 2) == [503, 503]
+    assert emu.state.stats()["faults_by_kind"] == {"429": 1, "503": 2}
+    await emu.admin("POST", "/admin/reset")
+    job_id = await emu.add_job()
+    assert await _codes(emu, job_id, 2) == [200, 200]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "random"},
+        {"kind": "random", "rate": 1.5},
+        {"kind": "random", "rate": 0.5, "kinds": []},
+        {"kind": "random", "rate": 0.5, "kinds": ["teapot"]},
+        {"kind": "random", "rate": 0.5, "seed": "x"},
+        {"kind": "random", "rate": 0.5, "count": 2},
+    ],
+)
+async def test_random_fault_validation(emu: Emu, body: dict[str, Any]) -> None:
+    status, _ = await emu.admin("POST", "/admin/faults", body)
+    assert status == 400
