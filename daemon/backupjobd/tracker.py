@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from backupjobd import azure
 from backupjobd.arm import ArmClient
+from backupjobd.azure import JobObservation, OperationObservation
 from backupjobd.decisions import (
     Failure,
     JobDecision,
@@ -145,17 +146,8 @@ class Tracker:
 
     async def poll_job(self, record: JobRecord) -> JobDecision:
         vault = azure.vault_from_id(record.vault_id)
-        outcome: Outcome
-        try:
-            outcome = Seen(await self._arm.get_job(vault, record.job_id))
-        except NotFound:
-            outcome = Missing()
-        except TransientError as exc:
-            outcome = Failure(str(exc), transient=True, retry_after=exc.retry_after)
-        except CredentialError as exc:
-            outcome = Failure(str(exc), transient=True)
-        except PermanentError as exc:
-            outcome = Failure(str(exc), transient=False, status=exc.status, code=exc.code)
+        observed = await _observe(self._arm.get_job(vault, record.job_id))
+        outcome: Outcome = Seen(observed) if isinstance(observed, JobObservation) else observed
         self.polls += 1
         now = self._clock()
         decision = decide_job(record.state(), outcome, now, self._policy, self._rng.random())
@@ -221,17 +213,10 @@ class Tracker:
 
     async def poll_operation(self, record: OperationRecord) -> None:
         vault = azure.vault_from_id(record.vault_id)
-        outcome: OperationOutcome
-        try:
-            outcome = OperationSeen(await self._arm.get_operation(vault, record.operation_id))
-        except NotFound:
-            outcome = Missing()
-        except TransientError as exc:
-            outcome = Failure(str(exc), transient=True, retry_after=exc.retry_after)
-        except CredentialError as exc:
-            outcome = Failure(str(exc), transient=True)
-        except PermanentError as exc:
-            outcome = Failure(str(exc), transient=False, status=exc.status, code=exc.code)
+        observed = await _observe(self._arm.get_operation(vault, record.operation_id))
+        outcome: OperationOutcome = (
+            OperationSeen(observed) if isinstance(observed, OperationObservation) else observed
+        )
         self.polls += 1
         now = self._clock()
         decision = decide_operation(record.state(), outcome, now, self._policy, self._rng.random())
@@ -309,6 +294,19 @@ class Tracker:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         return drained
+
+
+async def _observe(request: Awaitable[T]) -> T | Missing | Failure:
+    """One ARM read, with the client's errors turned into the core's outcomes."""
+    try:
+        return await request
+    except NotFound:
+        return Missing()
+    except (TransientError, CredentialError) as exc:
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        return Failure(str(exc), transient=True, retry_after=retry_after)
+    except PermanentError as exc:
+        return Failure(str(exc), transient=False, status=exc.status, code=exc.code)
 
 
 def _fields(item: WorkItem) -> dict[str, object]:

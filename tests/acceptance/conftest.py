@@ -26,6 +26,21 @@ VAULT = (
     "/providers/Microsoft.RecoveryServices/vaults/vault-accept"
 )
 TERMINAL = {"Completed", "CompletedWithWarnings", "Failed", "Cancelled"}
+# The fields of `jobs list/show --json` that the contract in design.md promises.
+CONTRACT_FIELDS = {
+    "job_id",
+    "vault_id",
+    "status",
+    "job_type",
+    "operation",
+    "entity_friendly_name",
+    "start_time",
+    "end_time",
+    "finished",
+    "registered_at",
+    "last_polled_at",
+    "poll_count",
+}
 T = TypeVar("T")
 
 

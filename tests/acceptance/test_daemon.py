@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from tests.acceptance.conftest import (
+    CONTRACT_FIELDS,
     TERMINAL,
     VAULT,
     Daemon,
@@ -16,20 +17,6 @@ from tests.acceptance.conftest import (
 )
 
 FINALS = ["Completed", "CompletedWithWarnings", "Failed", "Cancelled"]
-CONTRACT_FIELDS = {
-    "job_id",
-    "vault_id",
-    "status",
-    "job_type",
-    "operation",
-    "entity_friendly_name",
-    "start_time",
-    "end_time",
-    "finished",
-    "registered_at",
-    "last_polled_at",
-    "poll_count",
-}
 
 
 def _specs(n: int, offset: int, base_duration: float, **extra: Any) -> list[dict[str, Any]]:

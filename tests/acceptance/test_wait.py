@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.acceptance.conftest import (
     BIN,
+    CONTRACT_FIELDS,
     VAULT,
     Daemon,
     Emulator,
@@ -24,20 +25,6 @@ from tests.acceptance.conftest import (
 
 EXIT_BY_STATUS = {"Completed": 0, "CompletedWithWarnings": 3, "Failed": 4, "Cancelled": 5}
 SELF_POLLING = "polling the jobs myself"
-CONTRACT_FIELDS = {
-    "job_id",
-    "vault_id",
-    "status",
-    "job_type",
-    "operation",
-    "entity_friendly_name",
-    "start_time",
-    "end_time",
-    "finished",
-    "registered_at",
-    "last_polled_at",
-    "poll_count",
-}
 WAIT_LIMIT_S = 45
 
 
