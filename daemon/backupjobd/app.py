@@ -25,6 +25,7 @@ from backupjobd.budget import ReadBudget
 from backupjobd.config import Config
 from backupjobd.credentials import TokenProvider, build_token_provider
 from backupjobd.decisions import PollPolicy, StuckRules
+from backupjobd.metrics import Metrics
 from backupjobd.registration import Endpoint
 from backupjobd.sqlstore import SqlStore
 from backupjobd.tracker import Tracker
@@ -88,6 +89,8 @@ class Runtime:
     tokens: TokenProvider
     arm: ArmClient
     tracker: Tracker
+    metrics: Metrics
+    session: aiohttp.ClientSession
 
 
 @asynccontextmanager
@@ -98,6 +101,7 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
         connector=aiohttp.TCPConnector(limit=config.polling.concurrency * 2),
         trust_env=False,
     )
+    metrics = Metrics()
     try:
         arm = ArmClient(
             session,
@@ -107,6 +111,7 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
             config.azure.request_timeout_seconds,
             budget=read_budget(config),
             max_concurrent_requests=config.polling.concurrency,
+            metrics=metrics,
         )
         tracker = Tracker(
             store,
@@ -115,8 +120,9 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
             utcnow,
             concurrency=config.polling.concurrency,
             batch_size=config.polling.batch_size,
+            metrics=metrics,
         )
-        yield Runtime(config, store, tokens, arm, tracker)
+        yield Runtime(config, store, tokens, arm, tracker, metrics, session)
     finally:
         await session.close()
         await tokens.close()

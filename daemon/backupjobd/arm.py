@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,7 @@ from backupjobd.budget import ReadBudget
 from backupjobd.credentials import TokenProvider
 from backupjobd.decisions import MAX_RETRY_AFTER_SECONDS
 from backupjobd.errors import BackupJobdError, NotFound, PermanentError, TransientError
+from backupjobd.metrics import Metrics
 from backupjobd.registration import Endpoint
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,10 @@ class ArmClient:
         *,
         budget: ReadBudget | None = None,
         max_concurrent_requests: int = 16,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
+        self._metrics = metrics
         self._budget = budget
         self._in_flight = asyncio.Semaphore(max_concurrent_requests)
         self._tokens = tokens
@@ -94,45 +98,94 @@ class ArmClient:
             f"/providers/Microsoft.RecoveryServices/vaults/{quote(vault.name, safe='')}"
         )
 
+    async def cancel_job(
+        self, vault: VaultRef, job_id: str, *, follow_seconds: float = 60.0
+    ) -> str:
+        """Ask Azure to cancel a job (`POST backupJobs/{id}/cancel`) and follow the 202's
+        Location until the request is accepted. Returns "completed" or "accepted" (still
+        running when `follow_seconds` ran out); the job's own polls then show Cancelling."""
+        url = f"{self.job_url(vault, job_id)}/cancel"
+        answer = await self._send("POST", url, vault.subscription_id)
+        if answer.status not in (200, 202, 204):
+            self._raise_for(answer)
+        location = answer.location
+        deadline = time.monotonic() + follow_seconds
+        while answer.status == 202 and location:
+            if not self._allowed.allows(location):
+                logger.warning("cancel of job %s: not following a foreign Location", job_id)
+                return "accepted"
+            pause = min(answer.retry_after or 1.0, 10.0)
+            if time.monotonic() + pause > deadline:
+                return "accepted"
+            await asyncio.sleep(pause)
+            answer = await self._send("GET", location, vault.subscription_id, params=False)
+            if answer.status not in (200, 202, 204):
+                self._raise_for(answer)
+            location = answer.location or location
+        return "completed" if answer.status in (200, 204) else "accepted"
+
     async def _get_json(self, url: str, subscription_id: str) -> Any:
+        return self._raise_for(await self._send("GET", url, subscription_id))
+
+    def _raise_for(self, answer: _Answer) -> Any:
+        """The parsed 200 body, or the error the answer stands for (token redacted)."""
+        try:
+            return self._interpret(answer.status, answer.raw, answer.retry_after)
+        except BackupJobdError as exc:
+            _scrub(exc, answer.token)
+            raise
+
+    async def _send(
+        self, method: str, url: str, subscription_id: str, *, params: bool = True
+    ) -> _Answer:
+        """One request with the token, the read budget and one token refresh on 401."""
         if not self._allowed.allows(url):  # defence in depth: URLs are built from the endpoint
             raise PermanentError("refusing to send the token to a host other than the endpoint")
-        params = {"api-version": self._api_version}
+        query = {"api-version": self._api_version} if params else None
         for attempt in (1, 2):
             token = await self._tokens.token(force_refresh=attempt == 2)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            if self._budget is not None:
+            if self._budget is not None and method == "GET":
                 await self._budget.acquire(subscription_id)
+            started = time.monotonic()
             try:
                 async with (
                     self._in_flight,
-                    self._session.get(
+                    self._session.request(
+                        method,
                         url,
-                        params=params,
+                        params=query,
                         headers=headers,
                         timeout=self._timeout,
                         allow_redirects=False,
                     ) as resp,
                 ):
                     raw = await _read_body(resp)
-                    status = resp.status
-                    retry_after = self._retry_after(resp.headers.get("Retry-After"))
+                    answer = _Answer(
+                        resp.status,
+                        raw,
+                        self._retry_after(resp.headers.get("Retry-After")),
+                        resp.headers.get("Location"),
+                        token,
+                    )
                     remaining = resp.headers.get(REMAINING_READS_HEADER)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if self._metrics is not None:
+                    self._metrics.arm_request(method, None, time.monotonic() - started)
                 raise TransientError(f"request failed: {type(exc).__name__}") from None
+            if self._metrics is not None:
+                self._metrics.arm_request(method, answer.status, time.monotonic() - started)
+                if answer.status == 429:
+                    self._metrics.throttled(subscription_id)
             if self._budget is not None:
                 if remaining is not None and remaining.strip().isdigit():
                     self._budget.observe_remaining(subscription_id, int(remaining))
-                if status == 429:
-                    self._budget.throttled(subscription_id, retry_after)
-            if status == 401 and attempt == 1:
+                if answer.status == 429:
+                    self._budget.throttled(subscription_id, answer.retry_after)
+            if answer.status == 401 and attempt == 1:
                 logger.info("ARM answered 401; refreshing the token once")
                 continue
-            try:
-                return self._interpret(status, raw, retry_after)
-            except BackupJobdError as exc:
-                _scrub(exc, token)
-                raise
+            return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _interpret(self, status: int, raw: bytes, retry_after: float | None) -> Any:
@@ -167,6 +220,15 @@ class ArmClient:
         if when.tzinfo is None:
             return None
         return min(max(0.0, when.timestamp() - self._wall_clock()), MAX_RETRY_AFTER_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    raw: bytes
+    retry_after: float | None
+    location: str | None
+    token: str = field(repr=False)
 
 
 def _scrub(exc: BackupJobdError, token: str) -> None:

@@ -109,6 +109,38 @@ class StuckConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API served by `serve` (loopback by default; elsewhere a token is required)."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    unix_socket: str = ""
+    token_env: str = "BACKUPJOBD_API_TOKEN"
+    max_body_bytes: int = 1_048_576
+    healthy_tick_age_seconds: float = 30.0
+
+
+WEBHOOK_EVENTS = ("all", "terminal", "failures", "stuck")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    name: str = ""
+    events: tuple[str, ...] = ("all",)
+    secret_env: str = ""
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhook: tuple[WebhookConfig, ...] = ()
+    max_attempts: int = 12
+    max_backoff_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "text"
@@ -121,6 +153,8 @@ class Config:
     polling: PollingConfig = field(default_factory=PollingConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     stuck: StuckConfig = field(default_factory=StuckConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "built-in defaults"
 
@@ -131,6 +165,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "polling": PollingConfig,
     "throttle": ThrottleConfig,
     "stuck": StuckConfig,
+    "api": ApiConfig,
+    "notify": NotifyConfig,
     "log": LogConfig,
 }
 
@@ -206,6 +242,8 @@ def _field_type(spec: dataclasses.Field[Any]) -> type[Any]:
 
 def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
     from_env = isinstance(value, _EnvValue)
+    if kind is tuple and key == "notify.webhook":
+        return _webhooks(key, value, from_env)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -248,6 +286,55 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
     raise ConfigError(f"config key {key} must be {kind.__name__}, got {value!r}")
 
 
+def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]:
+    """`[[notify.webhook]]` tables (or a JSON array of objects from the environment)."""
+    if from_env:
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"config key {key} must be a JSON array of objects") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"config key {key} must be an array of tables ([[notify.webhook]])")
+    fields = {f.name for f in dataclasses.fields(WebhookConfig)}
+    hooks = []
+    for index, table in enumerate(value):
+        where = f"{key}[{index}]"
+        unknown = set(table) - fields
+        if unknown:
+            raise ConfigError(f"unknown config key {where}.{sorted(unknown)[0]}")
+        url = table.get("url")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"config key {where}.url must be an http(s) URL")
+        events = table.get("events", ["all"])
+        if isinstance(events, str):
+            events = [events]
+        if (
+            not isinstance(events, list)
+            or not events
+            or any(e not in WEBHOOK_EVENTS for e in events)
+        ):
+            raise ConfigError(f"config key {where}.events must list some of {WEBHOOK_EVENTS}")
+        for name in ("name", "secret_env"):
+            if not isinstance(table.get(name, ""), str):
+                raise ConfigError(f"config key {where}.{name} must be a string")
+        timeout = table.get("timeout_seconds", 10.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"config key {where}.timeout_seconds must be > 0")
+        hooks.append(
+            WebhookConfig(
+                url=url,
+                name=table.get("name") or f"webhook-{index + 1}",
+                events=tuple(events),
+                secret_env=table.get("secret_env", ""),
+                timeout_seconds=float(timeout),
+            )
+        )
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config key {key}: webhook names must be unique")
+    return tuple(hooks)
+
+
 def _validate(config: Config) -> None:
     az = config.azure
     if az.cloud not in CLOUDS:
@@ -285,6 +372,17 @@ def _validate(config: Config) -> None:
     if throttle.reads_burst < 1 or throttle.reads_per_second <= 0 or throttle.reserve_reads < 0:
         raise ConfigError(
             "config keys throttle.reads_burst and throttle.reads_per_second must be > 0"
+        )
+    api = config.api
+    if not 0 < api.port < 65536:
+        raise ConfigError("config key api.port must be between 1 and 65535")
+    if api.max_body_bytes < 1024 or api.healthy_tick_age_seconds <= 0:
+        raise ConfigError(
+            "config keys api.max_body_bytes (>= 1024) and api.healthy_tick_age_seconds"
+        )
+    if config.notify.max_attempts < 1 or config.notify.max_backoff_seconds <= 0:
+        raise ConfigError(
+            "config keys notify.max_attempts and notify.max_backoff_seconds must be > 0"
         )
     if config.stuck.after_seconds <= 0:
         raise ConfigError("config key stuck.after_seconds must be > 0")

@@ -27,6 +27,7 @@ class Tracking(StrEnum):
     FINISHED = "finished"
     LOST = "lost"
     FAILED = "failed"  # operations only: Azure reported the operation Failed/Canceled
+    STOPPED = "stopped"  # a user stopped tracking it (history kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ _READ_ONLY = "backupjobd_read_only"
 _MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": any constant shared by every replica
 # `jobs list --status` accepts these tracking states besides Azure statuses ("Failed" is a status).
 JOB_TRACKING_FILTERS = frozenset(
-    {Tracking.ACTIVE.value, Tracking.FINISHED.value, Tracking.LOST.value}
+    {Tracking.ACTIVE.value, Tracking.FINISHED.value, Tracking.LOST.value, Tracking.STOPPED.value}
 )
 
 
@@ -334,12 +334,29 @@ class SqlStore(Store):
             raise _translate(exc, f"saving operation {record.operation_id}") from exc
 
     async def list_jobs(
-        self, status: str | None = None, limit: int | None = None, stuck: bool = False
+        self,
+        status: str | None = None,
+        limit: int | None = None,
+        stuck: bool = False,
+        *,
+        vault_id: str | None = None,
+        finished: bool | None = None,
+        since: datetime | None = None,
+        after_pk: int | None = None,
     ) -> list[JobRecord]:
         t = schema.jobs
-        query = select(t).order_by(t.c.registered_at, t.c.pk)
+        query = select(t).order_by(t.c.pk)
         if stuck:
             query = query.where(t.c.stuck_since.is_not(None))
+        if vault_id is not None:
+            query = query.where(t.c.vault_key == vault_id.lower().rstrip("/"))
+        if finished is not None:
+            done = t.c.tracking == Tracking.FINISHED.value
+            query = query.where(done if finished else ~done)
+        if since is not None:
+            query = query.where(t.c.registered_at >= since)
+        if after_pk is not None:
+            query = query.where(t.c.pk > after_pk)
         if status is not None:
             if status.lower() in JOB_TRACKING_FILTERS:
                 query = query.where(t.c.tracking == status.lower())
@@ -348,6 +365,24 @@ class SqlStore(Store):
         if limit is not None:
             query = query.limit(limit)
         return [_job(r) for r in await self._read(query, "listing jobs")]
+
+    async def stop_tracking(self, record: JobRecord, now: datetime) -> bool:
+        t = schema.jobs
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(t)
+                    .where(t.c.pk == record.pk, t.c.tracking == Tracking.ACTIVE.value)
+                    .values(
+                        tracking=Tracking.STOPPED.value,
+                        next_poll_at=None,
+                        finished_at=now,
+                        version=t.c.version + 1,
+                    )
+                )
+                return bool(result.rowcount == 1)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _translate(exc, f"stopping job {record.job_id}") from exc
 
     async def find_jobs(self, job_id: str) -> list[JobRecord]:
         t = schema.jobs
@@ -389,6 +424,23 @@ class SqlStore(Store):
         )
         out["operations_active"] = int(ops[0].n)
         return out
+
+    async def job_status_counts(self) -> tuple[dict[tuple[str, str], int], int]:
+        t = schema.jobs
+        rows = await self._read(
+            select(t.c.status, t.c.tracking, func.count().label("n")).group_by(
+                t.c.status, t.c.tracking
+            ),
+            "counting jobs by status",
+        )
+        stuck = await self._read(
+            select(func.count().label("n")).where(
+                t.c.stuck_since.is_not(None), t.c.tracking == Tracking.ACTIVE.value
+            ),
+            "counting stuck jobs",
+        )
+        counts = {(r.status or "unseen", r.tracking): int(r.n) for r in rows}
+        return counts, int(stuck[0].n)
 
     async def heartbeat(
         self,

@@ -215,8 +215,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_jobs(
-        self, status: str | None = None, limit: int | None = None, stuck: bool = False
-    ) -> list[JobRecord]: ...
+        self,
+        status: str | None = None,
+        limit: int | None = None,
+        stuck: bool = False,
+        *,
+        vault_id: str | None = None,
+        finished: bool | None = None,
+        since: datetime | None = None,
+        after_pk: int | None = None,
+    ) -> list[JobRecord]:
+        """Jobs in registration order; `after_pk` pages (pass the last record's pk)."""
+
+    @abc.abstractmethod
+    async def stop_tracking(self, record: JobRecord, now: datetime) -> bool:
+        """Stop polling an active job (history kept); False when it was not active."""
 
     @abc.abstractmethod
     async def find_jobs(self, job_id: str) -> list[JobRecord]:
@@ -231,6 +244,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def counts(self) -> dict[str, int]:
         """Jobs by tracking state and operations still active, for logs and status lines."""
+
+    @abc.abstractmethod
+    async def job_status_counts(self) -> tuple[dict[tuple[str, str], int], int]:
+        """Jobs by (Azure status or "unseen", tracking state), and how many are stuck."""
 
     @abc.abstractmethod
     async def heartbeat(

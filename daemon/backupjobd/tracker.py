@@ -39,6 +39,7 @@ from backupjobd.errors import (
     StoreError,
     TransientError,
 )
+from backupjobd.metrics import Metrics
 from backupjobd.store import JobRecord, OperationRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class Tracker:
         batch_size: int = 500,
         rng: random.Random | None = None,
         store_retry_seconds: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store_retry_seconds = store_retry_seconds
         self._store = store
         self._arm = arm
@@ -157,6 +160,12 @@ class Tracker:
         if not applied:
             logger.info("job changed concurrently; poll discarded", extra=_fields(record))
             return decision
+        if self._metrics is not None:
+            self._metrics.poll("job", _outcome_label(outcome))
+            if decision.transition is not None and decision.status is not None:
+                end = decision.observation.end_time if decision.observation else None
+                terminal = decision.tracking is Tracking.FINISHED
+                self._metrics.transition(decision.status, end if terminal else None, now)
         self._log_job(record, outcome, decision)
         return decision
 
@@ -224,6 +233,8 @@ class Tracker:
             lambda: self._store.apply_operation(record, decision, now), _fields(record)
         )
         fields = {"job_id": None, "vault": record.vault_id, "operation_id": record.operation_id}
+        if self._metrics is not None:
+            self._metrics.poll("operation", _outcome_label(outcome))
         if registered is None:
             logger.info("operation changed concurrently; poll discarded", extra=fields)
             return
@@ -294,6 +305,12 @@ class Tracker:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         return drained
+
+
+def _outcome_label(outcome: object) -> str:
+    if isinstance(outcome, Failure):
+        return "transient_error" if outcome.transient else "permanent_error"
+    return "not_found" if isinstance(outcome, Missing) else "ok"
 
 
 async def _observe(request: Awaitable[T]) -> T | Missing | Failure:
