@@ -25,7 +25,9 @@ from backupjobd.budget import ReadBudget
 from backupjobd.config import Config
 from backupjobd.credentials import TokenProvider, build_token_provider
 from backupjobd.decisions import PollPolicy, StuckRules
+from backupjobd.errors import ConfigError
 from backupjobd.metrics import Metrics
+from backupjobd.notify import Notifier
 from backupjobd.registration import Endpoint
 from backupjobd.sqlstore import SqlStore
 from backupjobd.tracker import Tracker
@@ -65,6 +67,18 @@ def read_budget(config: Config) -> ReadBudget | None:
     if not t.enabled:
         return None
     return ReadBudget(t.reads_burst, t.reads_per_second, reserve=t.reserve_reads)
+
+
+def webhook_secrets(config: Config, env: Mapping[str, str]) -> dict[str, bytes]:
+    """HMAC keys by webhook name, from the environment variables the config names."""
+    secrets = {}
+    for hook in config.notify.webhook:
+        if hook.secret_env:
+            value = env.get(hook.secret_env, "")
+            if not value:
+                raise ConfigError(f"webhook {hook.name}: ${hook.secret_env} is empty")
+            secrets[hook.name] = value.encode("utf-8")
+    return secrets
 
 
 def management_endpoint(config: Config) -> Endpoint:
@@ -121,6 +135,7 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
             concurrency=config.polling.concurrency,
             batch_size=config.polling.batch_size,
             metrics=metrics,
+            webhooks=config.notify.webhook,
         )
         yield Runtime(config, store, tokens, arm, tracker, metrics, session)
     finally:
@@ -131,6 +146,7 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
 
 async def serve(config: Config, env: Mapping[str, str]) -> int:
     """Run until SIGTERM/SIGINT; the first signal drains, a second one aborts."""
+    secrets = webhook_secrets(config, env)  # fail before starting anything
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -190,6 +206,26 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 coalesce=True,
                 id="heartbeat",
             )
+            if config.notify.webhook:
+                notifier = Notifier(
+                    rt.store,
+                    rt.session,
+                    config.notify.webhook,
+                    secrets,
+                    utcnow,
+                    max_attempts=config.notify.max_attempts,
+                    max_backoff=timedelta(seconds=config.notify.max_backoff_seconds),
+                    metrics=rt.metrics,
+                )
+                scheduler.add_job(
+                    notifier.tick,
+                    "interval",
+                    seconds=config.polling.tick_seconds,
+                    max_instances=1,
+                    coalesce=True,
+                    next_run_time=utcnow(),
+                    id="notify",
+                )
             rt.tracker.start()
             scheduler.start()
             try:

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
     wait.add_argument("--json", action="store_true", help="print the final jobs as JSON")
 
+    notify = sub.add_parser("notify", help="webhook deliveries")
+    notify_sub = notify.add_subparsers(dest="notify_command", required=True, parser_class=_Parser)
+    failed = notify_sub.add_parser("failed", help="list dead letters (deliveries given up)")
+    failed.add_argument("--json", action="store_true")
+    notify_sub.add_parser("retry", help="give every dead letter a fresh set of attempts")
+
     ops = sub.add_parser("operations", help="inspect operations waiting to name their jobs")
     ops_sub = ops.add_subparsers(dest="operations_command", required=True, parser_class=_Parser)
     ops_list = ops_sub.add_parser("list", help="list registered operations")
@@ -118,6 +124,8 @@ async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[s
             return await _operations(store, args.json)
         if args.command == "wait":
             return await _wait(args, cfg, env, store)
+        if args.command == "notify":
+            return await _notify(args, store)
         if args.jobs_command == "list":
             jobs = await store.list_jobs(status=args.status, limit=args.limit, stuck=args.stuck)
             if args.json:
@@ -189,6 +197,31 @@ async def _register(store: Store, regs: list[Registration], as_json: bool) -> in
             )
         else:
             print(f"already tracked: operation {r.ident} in vault {vault}")
+    return EXIT_OK
+
+
+async def _notify(args: argparse.Namespace, store: Store) -> int:
+    if args.notify_command == "retry":
+        count = await store.outbox_requeue_dead(app.utcnow())
+        print(f"requeued {count} dead letter(s)")
+        return EXIT_OK
+    dead = await store.outbox_list("dead")
+    if args.json:
+        _print_json([record.to_json() for record in dead])
+        return EXIT_OK
+    rows = [
+        [
+            r.event_id,
+            r.webhook,
+            r.event_type.rsplit(".", 1)[-1],
+            str(r.attempts),
+            _short(iso(r.created_at)),
+            r.last_error or "-",
+        ]
+        for r in dead
+    ]
+    _table(["EVENT ID", "WEBHOOK", "EVENT", "ATTEMPTS", "CREATED", "LAST ERROR"], rows)
+    print(f"{len(dead)} dead letter(s)")
     return EXIT_OK
 
 

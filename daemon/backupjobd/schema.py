@@ -117,6 +117,25 @@ snapshots = Table(
     UniqueConstraint("job_pk", "content_hash"),
 )
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("webhook", String(100), nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("job_pk", PK, ForeignKey("jobs.pk"), nullable=True),
+    Column("payload", Text(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("attempts", Integer(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    UniqueConstraint("event_id", "webhook"),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+)
+
 instances = Table(
     "instances",
     metadata,

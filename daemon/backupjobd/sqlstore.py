@@ -36,6 +36,8 @@ from backupjobd.registration import JobRegistration, Registration
 from backupjobd.store import (
     JobRecord,
     OperationRecord,
+    OutboxEntry,
+    OutboxRecord,
     RegisterResult,
     SnapshotRecord,
     Store,
@@ -45,6 +47,7 @@ from backupjobd.store import (
 logger = logging.getLogger(__name__)
 
 _READ_ONLY = "backupjobd_read_only"
+OUTBOX_PENDING, OUTBOX_DELIVERED, OUTBOX_DEAD = "pending", "delivered", "dead"
 _MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": any constant shared by every replica
 # `jobs list --status` accepts these tracking states besides Azure statuses ("Failed" is a status).
 JOB_TRACKING_FILTERS = frozenset(
@@ -212,7 +215,13 @@ class SqlStore(Store):
         rows = await self._read(query, "reading due operations")
         return [_operation(r) for r in rows if r.pk not in exclude][:limit]
 
-    async def apply_job(self, record: JobRecord, decision: JobDecision, now: datetime) -> bool:
+    async def apply_job(
+        self,
+        record: JobRecord,
+        decision: JobDecision,
+        now: datetime,
+        outbox: Sequence[OutboxEntry] = (),
+    ) -> bool:
         t = schema.jobs
         values: dict[str, Any] = {
             "status": decision.status,
@@ -257,6 +266,24 @@ class SqlStore(Store):
                     await self._append_transition(conn, record.pk, decision.transition, now)
                 if decision.snapshot is not None:
                     await self._keep_snapshot(conn, record.pk, decision, now)
+                if outbox:
+                    await conn.execute(
+                        insert(schema.outbox),
+                        [
+                            {
+                                "event_id": entry.event_id,
+                                "webhook": entry.webhook,
+                                "event_type": entry.event_type,
+                                "job_pk": record.pk,
+                                "payload": entry.payload,
+                                "state": OUTBOX_PENDING,
+                                "created_at": now,
+                                "next_attempt_at": now,
+                                "attempts": 0,
+                            }
+                            for entry in outbox
+                        ],
+                    )
             return True
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, f"saving job {record.job_id}") from exc
@@ -425,6 +452,74 @@ class SqlStore(Store):
         out["operations_active"] = int(ops[0].n)
         return out
 
+    async def due_outbox(
+        self, now: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[OutboxRecord]:
+        o = schema.outbox
+        query = (
+            select(o)
+            .where(o.c.state == OUTBOX_PENDING, o.c.next_attempt_at <= now)
+            .order_by(o.c.next_attempt_at, o.c.pk)
+            .limit(limit + len(exclude))
+        )
+        rows = await self._read(query, "reading due webhook deliveries")
+        return [_outbox(r) for r in rows if r.pk not in exclude][:limit]
+
+    async def outbox_result(
+        self,
+        record: OutboxRecord,
+        now: datetime,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        o = schema.outbox
+        values: dict[str, Any] = {"attempts": o.c.attempts + 1, "last_error": error}
+        if delivered:
+            values.update(state=OUTBOX_DELIVERED, delivered_at=now, next_attempt_at=None)
+        elif next_attempt_at is None:
+            values.update(state=OUTBOX_DEAD, next_attempt_at=None)
+        else:
+            values.update(next_attempt_at=next_attempt_at)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(o)
+                    .where(o.c.pk == record.pk, o.c.state == OUTBOX_PENDING)
+                    .values(**values)
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            raise _translate(exc, "recording a webhook delivery") from exc
+
+    async def outbox_list(self, state: str, limit: int = 1000) -> list[OutboxRecord]:
+        o = schema.outbox
+        query = select(o).where(o.c.state == state).order_by(o.c.pk).limit(limit)
+        return [_outbox(r) for r in await self._read(query, "listing webhook deliveries")]
+
+    async def outbox_counts(self) -> dict[str, int]:
+        o = schema.outbox
+        rows = await self._read(
+            select(o.c.state, func.count().label("n")).group_by(o.c.state),
+            "counting webhook deliveries",
+        )
+        counts = {OUTBOX_PENDING: 0, OUTBOX_DELIVERED: 0, OUTBOX_DEAD: 0}
+        counts.update({r.state: int(r.n) for r in rows})
+        return counts
+
+    async def outbox_requeue_dead(self, now: datetime) -> int:
+        o = schema.outbox
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(o)
+                    .where(o.c.state == OUTBOX_DEAD)
+                    .values(state=OUTBOX_PENDING, attempts=0, next_attempt_at=now)
+                )
+                return int(result.rowcount)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _translate(exc, "requeueing dead letters") from exc
+
     async def job_status_counts(self) -> tuple[dict[tuple[str, str], int], int]:
         t = schema.jobs
         rows = await self._read(
@@ -542,6 +637,22 @@ def _job(row: Row[Any]) -> JobRecord:
         last_snapshot_hash=row.last_snapshot_hash,
         version=row.version,
         stuck_since=row.stuck_since,
+    )
+
+
+def _outbox(row: Row[Any]) -> OutboxRecord:
+    return OutboxRecord(
+        pk=row.pk,
+        event_id=row.event_id,
+        webhook=row.webhook,
+        event_type=row.event_type,
+        payload=row.payload,
+        created_at=row.created_at,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        state=row.state,
+        delivered_at=row.delivered_at,
+        last_error=row.last_error,
     )
 
 

@@ -163,6 +163,45 @@ class OperationRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One event for one webhook; `event_id` is shared by every webhook that gets the event
+    and stays the same across delivery attempts (receivers deduplicate on it)."""
+
+    event_id: str
+    webhook: str
+    event_type: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    pk: int
+    event_id: str
+    webhook: str
+    event_type: str
+    payload: str
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime | None
+    state: str
+    delivered_at: datetime | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "webhook": self.webhook,
+            "type": self.event_type,
+            "state": self.state,
+            "created_at": iso(self.created_at),
+            "attempts": self.attempts,
+            "next_attempt_at": iso(self.next_attempt_at),
+            "delivered_at": iso(self.delivered_at),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterResult:
     """`kind` is "job" or "operation"; `created` is False when it was already tracked."""
 
@@ -202,9 +241,16 @@ class Store(abc.ABC):
         """Active operations whose next poll time has come."""
 
     @abc.abstractmethod
-    async def apply_job(self, record: JobRecord, decision: JobDecision, now: datetime) -> bool:
-        """Persist a decision atomically (state, transition, snapshot) if the job is still at
-        `record.version`; False means someone else changed it first and nothing was written."""
+    async def apply_job(
+        self,
+        record: JobRecord,
+        decision: JobDecision,
+        now: datetime,
+        outbox: Sequence[OutboxEntry] = (),
+    ) -> bool:
+        """Persist a decision atomically (state, transition, snapshot, outbox events) if the job
+        is still at `record.version`; False means someone else changed it first and nothing
+        was written."""
 
     @abc.abstractmethod
     async def apply_operation(
@@ -244,6 +290,37 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def counts(self) -> dict[str, int]:
         """Jobs by tracking state and operations still active, for logs and status lines."""
+
+    @abc.abstractmethod
+    async def due_outbox(
+        self, now: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[OutboxRecord]:
+        """Pending webhook deliveries whose next attempt has come, oldest first."""
+
+    @abc.abstractmethod
+    async def outbox_result(
+        self,
+        record: OutboxRecord,
+        now: datetime,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Record a delivery attempt: delivered, retried at `next_attempt_at`, or (failed with
+        no next attempt) a dead letter."""
+
+    @abc.abstractmethod
+    async def outbox_list(self, state: str, limit: int = 1000) -> list[OutboxRecord]:
+        """Deliveries in a state ("pending", "delivered", "dead"), oldest first."""
+
+    @abc.abstractmethod
+    async def outbox_counts(self) -> dict[str, int]:
+        """Deliveries by state."""
+
+    @abc.abstractmethod
+    async def outbox_requeue_dead(self, now: datetime) -> int:
+        """Give every dead letter a fresh set of attempts; returns how many."""
 
     @abc.abstractmethod
     async def job_status_counts(self) -> tuple[dict[tuple[str, str], int], int]:

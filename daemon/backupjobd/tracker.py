@@ -11,13 +11,15 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from backupjobd import azure
+from backupjobd import azure, events
 from backupjobd.arm import ArmClient
 from backupjobd.azure import JobObservation, OperationObservation
+from backupjobd.config import WebhookConfig
 from backupjobd.decisions import (
     Failure,
     JobDecision,
@@ -61,8 +63,10 @@ class Tracker:
         rng: random.Random | None = None,
         store_retry_seconds: float = 60.0,
         metrics: Metrics | None = None,
+        webhooks: Sequence[WebhookConfig] = (),
     ) -> None:
         self._metrics = metrics
+        self._webhooks = tuple(webhooks)
         self._store_retry_seconds = store_retry_seconds
         self._store = store
         self._arm = arm
@@ -154,8 +158,11 @@ class Tracker:
         self.polls += 1
         now = self._clock()
         decision = decide_job(record.state(), outcome, now, self._policy, self._rng.random())
+        outbox = events.outbox_entries(
+            record, decision, now, self._webhooks, lambda: str(uuid.uuid4())
+        )
         applied = await self._persist(
-            lambda: self._store.apply_job(record, decision, now), _fields(record)
+            lambda: self._store.apply_job(record, decision, now, outbox), _fields(record)
         )
         if not applied:
             logger.info("job changed concurrently; poll discarded", extra=_fields(record))

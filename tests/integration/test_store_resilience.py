@@ -279,9 +279,11 @@ async def test_a_poll_on_a_full_disk_is_saved_once_space_is_back(db: Db) -> None
             real_apply = db.store.apply_job
             attempts: list[str] = []
 
-            async def apply_job(rec: JobRecord, decision: JobDecision, now: datetime) -> bool:
+            async def apply_job(
+                rec: JobRecord, decision: JobDecision, now: datetime, outbox: Any = ()
+            ) -> bool:
                 try:
-                    result = await real_apply(rec, decision, now)
+                    result = await real_apply(rec, decision, now, outbox)
                 except StoreError as exc:
                     attempts.append(str(exc))
                     if len(attempts) == 2:

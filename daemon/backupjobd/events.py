@@ -1,0 +1,133 @@
+"""Pure construction of webhook events: which events a decision raises, which webhooks want
+them, the CloudEvents 1.0 body, and when to try a failed delivery again. No I/O.
+
+The events are written to the outbox in the same transaction as the transition they
+describe, so an event exists if and only if its transition was committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from backupjobd import azure
+from backupjobd.config import WebhookConfig
+from backupjobd.decisions import JobDecision, Tracking
+from backupjobd.store import JobRecord, OutboxEntry, iso
+
+EVENT_TYPE_PREFIX = "com.backupjobd.job."
+EVENT_SOURCE = "backupjobd"
+_TERMINAL = {s.lower() for s in azure.TERMINAL_STATUSES} | {"lost"}
+_FAILURES = {"failed", "completedwithwarnings", "lost"}
+
+
+def event_kinds(decision: JobDecision) -> list[str]:
+    """Short names of what happened: the new status (lower-case), `lost`, `stuck`."""
+    kinds = []
+    if decision.transition is not None and decision.status is not None:
+        kinds.append(decision.status.lower())
+    if decision.tracking is Tracking.LOST:
+        kinds.append("lost")
+    if decision.newly_stuck:
+        kinds.append("stuck")
+    return kinds
+
+
+def wanted(filters: Sequence[str], kind: str) -> bool:
+    """Whether a webhook subscribed to `filters` (see config.WEBHOOK_EVENTS) gets `kind`."""
+    return any(
+        f == "all"
+        or (f == "terminal" and kind in _TERMINAL)
+        or (f == "failures" and kind in _FAILURES)
+        or (f == "stuck" and kind == "stuck")
+        for f in filters
+    )
+
+
+def job_after(record: JobRecord, decision: JobDecision, now: datetime) -> JobRecord:
+    """The job as it reads once the decision is committed (for the event body)."""
+    obs = decision.observation
+    changes: dict[str, Any] = {
+        "status": decision.status,
+        "tracking": decision.tracking,
+        "last_polled_at": now,
+        "next_poll_at": decision.next_poll_at,
+        "poll_count": record.poll_count + 1,
+        "stuck_since": decision.stuck_since,
+    }
+    if decision.tracking is not Tracking.ACTIVE:
+        changes["finished_at"] = now
+    if decision.error is not None:
+        changes.update(last_error=decision.error, last_error_at=now)
+    if obs is not None:
+        changes.update(
+            job_type=obs.job_type or record.job_type,
+            operation=obs.operation or record.operation,
+            entity_friendly_name=obs.entity_friendly_name or record.entity_friendly_name,
+            backup_management_type=obs.backup_management_type or record.backup_management_type,
+            start_time=obs.start_time or record.start_time,
+            end_time=obs.end_time,
+        )
+    return dataclasses.replace(record, **changes)
+
+
+def cloud_event(
+    event_id: str, kind: str, job: JobRecord, decision: JobDecision, now: datetime
+) -> dict[str, Any]:
+    transition = None
+    if decision.transition is not None:
+        transition = {
+            "from_status": decision.transition[0],
+            "to_status": decision.transition[1],
+            "observed_at": iso(now),
+        }
+    snapshot = decision.observation.properties if decision.observation is not None else None
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": EVENT_SOURCE,
+        "type": EVENT_TYPE_PREFIX + kind,
+        "subject": f"{job.vault_id}/backupJobs/{job.job_id}",
+        "time": iso(now),
+        "datacontenttype": "application/json",
+        "data": {"job": job.to_json(), "transition": transition, "snapshot": snapshot},
+    }
+
+
+def outbox_entries(
+    record: JobRecord,
+    decision: JobDecision,
+    now: datetime,
+    webhooks: Sequence[WebhookConfig],
+    new_id: Callable[[], str],
+) -> list[OutboxEntry]:
+    """Every (event, webhook) delivery this decision calls for."""
+    if not webhooks:
+        return []
+    entries: list[OutboxEntry] = []
+    job = None
+    for kind in event_kinds(decision):
+        targets = [hook for hook in webhooks if wanted(hook.events, kind)]
+        if not targets:
+            continue
+        job = job or job_after(record, decision, now)
+        event_id = new_id()
+        body = json.dumps(cloud_event(event_id, kind, job, decision, now), sort_keys=True)
+        entries.extend(
+            OutboxEntry(event_id, hook.name, EVENT_TYPE_PREFIX + kind, body) for hook in targets
+        )
+    return entries
+
+
+def next_attempt(
+    attempts: int, now: datetime, max_attempts: int, max_backoff: timedelta, jitter: float
+) -> datetime | None:
+    """After `attempts` failed deliveries: when to try again (full-jitter exponential
+    backoff from 1 s, capped), or None when the event becomes a dead letter."""
+    if attempts >= max_attempts:
+        return None
+    cap = min(max_backoff.total_seconds(), 2.0 ** min(attempts, 30))
+    return now + timedelta(seconds=max(0.5, cap * jitter))
