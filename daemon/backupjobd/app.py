@@ -29,6 +29,7 @@ from backupjobd.errors import ConfigError
 from backupjobd.metrics import Metrics
 from backupjobd.notify import Notifier
 from backupjobd.registration import Endpoint
+from backupjobd.sdnotify import SdNotifier, watchdog_interval
 from backupjobd.sqlstore import SqlStore
 from backupjobd.tracker import Tracker
 
@@ -147,6 +148,8 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
 async def serve(config: Config, env: Mapping[str, str]) -> int:
     """Run until SIGTERM/SIGINT; the first signal drains, a second one aborts."""
     secrets = webhook_secrets(config, env)  # fail before starting anything
+    systemd = SdNotifier.from_env(env)
+    watchdog_every = watchdog_interval(env, os.getpid())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -157,6 +160,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
         signals_seen += 1
         if signals_seen == 1:
             logger.info("received %s: draining", signal.Signals(signum).name)
+            systemd.stopping("draining in-flight polls")
             stop.set()
         else:
             logger.warning("received a second signal: aborting")
@@ -226,8 +230,20 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                     next_run_time=utcnow(),
                     id="notify",
                 )
+            if watchdog_every is not None:
+                # Pinged from the loop itself: a wedged event loop stops the pings and
+                # systemd restarts us; a failing dispatch tick alone does not.
+                scheduler.add_job(
+                    systemd.watchdog,
+                    "interval",
+                    seconds=watchdog_every,
+                    max_instances=1,
+                    coalesce=True,
+                    id="watchdog",
+                )
             rt.tracker.start()
             scheduler.start()
+            systemd.ready(f"tracking {counts.get('jobs_active', 0)} jobs")
             try:
                 await stop.wait()
             finally:
