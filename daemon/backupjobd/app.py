@@ -109,16 +109,17 @@ class Runtime:
 
 
 @asynccontextmanager
-async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runtime]:
+async def arm_client(
+    config: Config, env: Mapping[str, str], metrics: Metrics | None = None
+) -> AsyncIterator[ArmClient]:
+    """The ARM client with its token provider and HTTP session, closed on exit."""
     tokens = build_token_provider(config.azure, env)
-    store = await open_store(config)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=config.polling.concurrency * 2),
         trust_env=False,
     )
-    metrics = Metrics()
     try:
-        arm = ArmClient(
+        yield ArmClient(
             session,
             tokens,
             config.azure.endpoint,
@@ -128,20 +129,29 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
             max_concurrent_requests=config.polling.concurrency,
             metrics=metrics,
         )
-        tracker = Tracker(
-            store,
-            arm,
-            poll_policy(config),
-            utcnow,
-            concurrency=config.polling.concurrency,
-            batch_size=config.polling.batch_size,
-            metrics=metrics,
-            webhooks=config.notify.webhook,
-        )
-        yield Runtime(config, store, tokens, arm, tracker, metrics, session)
     finally:
         await session.close()
         await tokens.close()
+
+
+@asynccontextmanager
+async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runtime]:
+    metrics = Metrics()
+    store = await open_store(config)
+    try:
+        async with arm_client(config, env, metrics) as arm:
+            tracker = Tracker(
+                store,
+                arm,
+                poll_policy(config),
+                utcnow,
+                concurrency=config.polling.concurrency,
+                batch_size=config.polling.batch_size,
+                metrics=metrics,
+                webhooks=config.notify.webhook,
+            )
+            yield Runtime(config, store, arm.tokens, arm, tracker, metrics, arm.session)
+    finally:
         await store.close()
 
 

@@ -71,6 +71,14 @@ class ArmClient:
         return f"{self._vault_url(vault)}/backupOperations/{op}"
 
     @property
+    def tokens(self) -> TokenProvider:
+        return self._tokens
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session
+
+    @property
     def budget(self) -> ReadBudget | None:
         return self._budget
 

@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
     wait.add_argument("--json", action="store_true", help="print the final jobs as JSON")
 
+    cancel = sub.add_parser("cancel", help="ask Azure to cancel a tracked job")
+    cancel.add_argument("job_id", metavar="JOB_ID", help="job GUID or job ARM id")
+    cancel.add_argument("--vault", metavar="VAULT_ID", help="when the GUID is in several vaults")
+    cancel.add_argument(
+        "--follow",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="follow Azure's 202 for at most S seconds (default 60)",
+    )
+
     notify = sub.add_parser("notify", help="webhook deliveries")
     notify_sub = notify.add_subparsers(dest="notify_command", required=True, parser_class=_Parser)
     failed = notify_sub.add_parser("failed", help="list dead letters (deliveries given up)")
@@ -126,6 +137,14 @@ async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[s
             return await _wait(args, cfg, env, store)
         if args.command == "notify":
             return await _notify(args, store)
+        if args.command == "cancel":
+            job = await _one_job(store, args.job_id, args.vault)
+            async with app.arm_client(cfg, env) as arm:
+                outcome = await arm.cancel_job(
+                    azure.vault_from_id(job.vault_id), job.job_id, follow_seconds=args.follow
+                )
+            print(f"cancel of job {job.job_id} {outcome}; its status follows in the history")
+            return EXIT_OK
         if args.jobs_command == "list":
             jobs = await store.list_jobs(status=args.status, limit=args.limit, stuck=args.stuck)
             if args.json:

@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
-
 from backupjobd import app
-from backupjobd.arm import ArmClient
 from backupjobd.azure import VaultRef
 from backupjobd.config import Config
-from backupjobd.credentials import build_token_provider
 from backupjobd.decisions import Tracking
 from backupjobd.errors import InvalidInput
 from backupjobd.registration import JobRegistration
@@ -138,29 +134,8 @@ async def wait(
             jobs = await _current(store, targets)
 
 
-class _own_tracker:
+@asynccontextmanager
+async def _own_tracker(cfg: Config, env: Mapping[str, str], store: Store) -> AsyncIterator[Tracker]:
     """A tracker over the caller's store, built only when no daemon is polling."""
-
-    def __init__(self, cfg: Config, env: Mapping[str, str], store: Store) -> None:
-        self._cfg, self._env, self._store = cfg, env, store
-        self._stack = AsyncExitStack()
-
-    async def __aenter__(self) -> Tracker:
-        cfg = self._cfg
-        tokens = build_token_provider(cfg.azure, self._env)
-        self._stack.push_async_callback(tokens.close)
-        session = aiohttp.ClientSession(trust_env=False)
-        self._stack.push_async_callback(session.close)
-        arm = ArmClient(
-            session,
-            tokens,
-            cfg.azure.endpoint,
-            cfg.azure.api_version,
-            cfg.azure.request_timeout_seconds,
-            budget=app.read_budget(cfg),
-            max_concurrent_requests=cfg.polling.concurrency,
-        )
-        return Tracker(self._store, arm, app.poll_policy(cfg), app.utcnow)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+    async with app.arm_client(cfg, env) as arm:
+        yield Tracker(store, arm, app.poll_policy(cfg), app.utcnow)
