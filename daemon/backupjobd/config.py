@@ -329,6 +329,8 @@ def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]
                 timeout_seconds=float(timeout),
             )
         )
+    if any(len(h.name) > 100 for h in hooks):
+        raise ConfigError(f"config key {key}: webhook names are at most 100 characters")
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
         raise ConfigError(f"config key {key}: webhook names must be unique")

@@ -55,13 +55,17 @@ def job_after(record: JobRecord, decision: JobDecision, now: datetime) -> JobRec
         "tracking": decision.tracking,
         "last_polled_at": now,
         "next_poll_at": decision.next_poll_at,
-        "poll_count": record.poll_count + 1,
+        "poll_count": record.poll_count + (1 if decision.counts_as_poll else 0),
         "stuck_since": decision.stuck_since,
     }
     if decision.tracking is not Tracking.ACTIVE:
         changes["finished_at"] = now
     if decision.error is not None:
-        changes.update(last_error=decision.error, last_error_at=now)
+        changes.update(
+            last_error=decision.error, last_error_at=now, error_count=record.error_count + 1
+        )
+    elif obs is not None:
+        changes["last_error"] = None
     if obs is not None:
         changes.update(
             job_type=obs.job_type or record.job_type,
@@ -126,7 +130,8 @@ def next_attempt(
     attempts: int, now: datetime, max_attempts: int, max_backoff: timedelta, jitter: float
 ) -> datetime | None:
     """After `attempts` failed deliveries: when to try again (full-jitter exponential
-    backoff from 1 s, capped), or None when the event becomes a dead letter."""
+    backoff, 2**attempts seconds capped by `max_backoff`, at least half a second), or None
+    when the event becomes a dead letter."""
     if attempts >= max_attempts:
         return None
     cap = min(max_backoff.total_seconds(), 2.0 ** min(attempts, 30))
