@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from backupjobd.api import api_token_required, build_api_app, start_api
 from backupjobd.arm import ArmClient
 from backupjobd.budget import ReadBudget
 from backupjobd.config import Config
@@ -68,6 +69,19 @@ def read_budget(config: Config) -> ReadBudget | None:
     if not t.enabled:
         return None
     return ReadBudget(t.reads_burst, t.reads_per_second, reserve=t.reserve_reads)
+
+
+def api_token(config: Config, env: Mapping[str, str]) -> str | None:
+    """The API's bearer token: required unless it listens on loopback or a unix socket."""
+    if not config.api.enabled:
+        return None
+    token = env.get(config.api.token_env, "").strip() or None
+    if token is None and api_token_required(config.api):
+        raise ConfigError(
+            f"api.bind {config.api.bind} is not loopback: set ${config.api.token_env} "
+            "to the bearer token clients must send"
+        )
+    return token
 
 
 def webhook_secrets(config: Config, env: Mapping[str, str]) -> dict[str, bytes]:
@@ -158,6 +172,7 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
 async def serve(config: Config, env: Mapping[str, str]) -> int:
     """Run until SIGTERM/SIGINT; the first signal drains, a second one aborts."""
     secrets = webhook_secrets(config, env)  # fail before starting anything
+    token = api_token(config, env)
     systemd = SdNotifier.from_env(env)
     watchdog_every = watchdog_interval(env, os.getpid())
     loop = asyncio.get_running_loop()
@@ -251,6 +266,22 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                     coalesce=True,
                     id="watchdog",
                 )
+            api_runner = None
+            if config.api.enabled:
+                api_runner = await start_api(
+                    build_api_app(
+                        store=rt.store,
+                        arm=rt.arm,
+                        tokens=rt.tokens,
+                        endpoint=management_endpoint(config),
+                        metrics=rt.metrics,
+                        config=config.api,
+                        api_token=token,
+                        last_tick_age=rt.tracker.last_tick_age,
+                        clock=utcnow,
+                    ),
+                    config.api,
+                )
             rt.tracker.start()
             scheduler.start()
             systemd.ready(f"tracking {counts.get('jobs_active', 0)} jobs")
@@ -260,6 +291,8 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 scheduler.shutdown(wait=False)
                 drained = await rt.tracker.drain(config.polling.shutdown_timeout_seconds)
                 await instance.beat(rt.store, stopped=True)
+                if api_runner is not None:
+                    await api_runner.cleanup()
             if drained:
                 logger.info("stopped cleanly", extra={"action": "stop"})
             else:

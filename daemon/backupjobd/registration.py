@@ -58,7 +58,11 @@ class Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput(f"not an http(s) URL: {_without_userinfo(url)}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            explicit = parts.port
+        except ValueError:
+            raise InvalidInput(f"not a valid URL: {_without_userinfo(url)}") from None
+        port = explicit or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname.lower(), port)
 
     def allows(self, url: str) -> bool:

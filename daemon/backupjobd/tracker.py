@@ -83,6 +83,12 @@ class Tracker:
         self.last_tick_monotonic: float | None = None
         self.polls = 0
 
+    def last_tick_age(self) -> float | None:
+        """Seconds since the dispatcher last ticked (liveness), None before the first tick."""
+        if self.last_tick_monotonic is None:
+            return None
+        return time.monotonic() - self.last_tick_monotonic
+
     @property
     def busy(self) -> bool:
         return bool(self._jobs_in_flight or self._ops_in_flight)

@@ -23,6 +23,7 @@ def test_example_config_names_every_key() -> None:
         config.PollingConfig,
         config.ThrottleConfig,
         config.StuckConfig,
+        config.ApiConfig,
         config.LogConfig,
     )
     for section in sections:
