@@ -19,7 +19,7 @@ demo: venv
 
 ## The whole suite: lint, types, unit, integration (SQLite + PostgreSQL), acceptance.
 test: venv lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
