@@ -12,19 +12,26 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import yarl
 
 from backupjobd import azure
 from backupjobd.azure import JobObservation, OperationObservation, VaultRef
 from backupjobd.budget import ReadBudget
 from backupjobd.credentials import TokenProvider
 from backupjobd.decisions import MAX_RETRY_AFTER_SECONDS
-from backupjobd.errors import BackupJobdError, NotFound, PermanentError, TransientError
+from backupjobd.errors import (
+    BackupJobdError,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
 from backupjobd.metrics import Metrics
 from backupjobd.registration import Endpoint
 
@@ -99,6 +106,60 @@ class ArmClient:
         except azure.BodyError as exc:
             raise TransientError(f"unexpected operation body: {exc}") from None
 
+    async def list_jobs(
+        self, vault: VaultRef, odata_filter: str | None = None, *, max_pages: int = 1000
+    ) -> AsyncIterator[list[JobObservation]]:
+        """Pages of `backupJobs?$filter=…`, following `nextLink` verbatim (it carries an
+        opaque continuation token and its own api-version). Items without `extendedInfo`."""
+        url = f"{self._vault_url(vault)}/backupJobs"
+        query: dict[str, str] | None = {"$filter": odata_filter} if odata_filter else {}
+        target: str | yarl.URL = url
+        for _ in range(max_pages):
+            answer = await self._send("GET", target, vault.subscription_id, extra_params=query)
+            body = self._raise_for(answer)
+            if not isinstance(body, dict) or not isinstance(body.get("value", []), list):
+                raise TransientError("unexpected list body: no value array")
+            page = []
+            for item in body.get("value", []):
+                try:
+                    page.append(azure.parse_job_resource(item))
+                except azure.BodyError as exc:
+                    logger.debug("skipping an unparseable list item: %s", exc)
+            yield page
+            next_link = body.get("nextLink")
+            if not next_link:
+                return
+            if not isinstance(next_link, str) or not self._allowed.allows(next_link):
+                raise PermanentError("nextLink points away from the management endpoint")
+            target, query = yarl.URL(next_link, encoded=True), None
+        raise TransientError(f"more than {max_pages} pages of jobs; stopping")
+
+    async def list_vaults(self, subscription_id: str) -> list[VaultRef]:
+        """The subscription's Recovery Services vaults (for discovery)."""
+        sub = quote(azure.validate_subscription_id(subscription_id), safe="")
+        target: str | yarl.URL = (
+            f"{self._endpoint}/subscriptions/{sub}/providers/Microsoft.RecoveryServices/vaults"
+        )
+        query: dict[str, str] | None = {}
+        vaults: list[VaultRef] = []
+        for _ in range(1000):
+            answer = await self._send("GET", target, subscription_id, extra_params=query)
+            body = self._raise_for(answer)
+            for item in body.get("value", []) if isinstance(body, dict) else []:
+                vault_id = item.get("id") if isinstance(item, dict) else None
+                if isinstance(vault_id, str):
+                    try:
+                        vaults.append(azure.vault_from_id(vault_id))
+                    except InvalidInput:
+                        logger.debug("skipping a vault id that does not parse")
+            next_link = body.get("nextLink") if isinstance(body, dict) else None
+            if not next_link:
+                return vaults
+            if not isinstance(next_link, str) or not self._allowed.allows(next_link):
+                raise PermanentError("nextLink points away from the management endpoint")
+            target, query = yarl.URL(next_link, encoded=True), None
+        return vaults
+
     def _vault_url(self, vault: VaultRef) -> str:
         return (
             f"{self._endpoint}/subscriptions/{quote(vault.subscription_id, safe='')}"
@@ -144,12 +205,23 @@ class ArmClient:
             raise
 
     async def _send(
-        self, method: str, url: str, subscription_id: str, *, params: bool = True
+        self,
+        method: str,
+        url: str | yarl.URL,
+        subscription_id: str,
+        *,
+        params: bool = True,
+        extra_params: dict[str, str] | None = None,
     ) -> _Answer:
-        """One request with the token, the read budget and one token refresh on 401."""
-        if not self._allowed.allows(url):  # defence in depth: URLs are built from the endpoint
+        """One request with the token, the read budget and one token refresh on 401.
+        `extra_params=None` means the URL is used verbatim (a nextLink)."""
+        if not self._allowed.allows(str(url)):  # defence in depth: URLs come from the endpoint
             raise PermanentError("refusing to send the token to a host other than the endpoint")
-        query = {"api-version": self._api_version} if params else None
+        query: dict[str, str] | None = {"api-version": self._api_version} if params else None
+        if extra_params is None and isinstance(url, yarl.URL):
+            query = None
+        elif extra_params and query is not None:
+            query = {**query, **extra_params}
         for attempt in (1, 2):
             token = await self._tokens.token(force_refresh=attempt == 2)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}

@@ -145,6 +145,12 @@ def validate_job_id(value: object) -> str:
     return value.strip().lower()
 
 
+def validate_subscription_id(value: object) -> str:
+    if not isinstance(value, str) or not GUID_RE.match(value.strip()):
+        raise InvalidInput(f"subscription id must be a GUID: {_clip(value)}")
+    return value.strip().lower()
+
+
 def validate_operation_id(value: str) -> str:
     """GUID ids are compared case-insensitively (lower-cased); others (base64) kept exact."""
     if not OPERATION_ID_RE.match(value):

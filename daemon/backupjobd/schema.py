@@ -87,6 +87,7 @@ jobs = Table(
     Column("last_snapshot_hash", String(64), nullable=True),
     Column("operation_pk", PK, ForeignKey("operations.pk"), nullable=True),
     Column("stuck_since", UTCDateTime(), nullable=True),
+    Column("last_detail_at", UTCDateTime(), nullable=True),
     Column("version", Integer(), nullable=False, default=0),
     UniqueConstraint("vault_key", "job_id"),
     Index("ix_jobs_due", "tracking", "next_poll_at"),
