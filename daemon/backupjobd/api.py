@@ -125,9 +125,14 @@ def build_api_app(
     cancel_follow_seconds: float = DEFAULT_CANCEL_FOLLOW_SECONDS,
 ) -> web.Application:
     """The aiohttp application; `api_token` (when not None) guards /v1 and /metrics."""
+    document = openapi_document(endpoint, secured=api_token is not None, config=config)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[_error_middleware, _auth_middleware(api_token)],
+        middlewares=[
+            _error_middleware,
+            _auth_middleware(api_token),
+            _query_middleware(_query_parameters(document)),
+        ],
     )
     app[_STORE] = store
     app[_ARM] = arm
@@ -138,7 +143,6 @@ def build_api_app(
     app[_TICK_AGE] = last_tick_age
     app[_CLOCK] = clock
     app[_CANCEL_FOLLOW] = cancel_follow_seconds
-    document = openapi_document(endpoint, secured=api_token is not None, config=config)
     app[_DOCUMENT] = json.dumps(document, separators=(",", ":")).encode("utf-8")
     r = app.router
     r.add_post("/v1/jobs", _register)
@@ -231,6 +235,40 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     405: ("method_not_allowed", "method not allowed on this resource"),
     413: ("payload_too_large", "request body is too large"),
 }
+
+
+def _query_parameters(document: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """The query parameters each operation accepts, read from the OpenAPI document itself so
+    the code and the document cannot disagree."""
+    allowed = {}
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "responses" in operation:
+                names = frozenset(
+                    p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"
+                )
+                allowed[(method.upper(), path)] = names
+    return allowed
+
+
+def _query_middleware(allowed: dict[tuple[str, str], frozenset[str]]) -> Any:
+    """Unknown query parameters are an error (400), not silently ignored: a typo such as
+    `?stauts=Failed` would otherwise return every job."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        key = (request.method, route.canonical if route is not None else "")
+        names = allowed.get(key)
+        if names is not None:
+            unknown = sorted(set(request.query) - names)
+            if unknown:
+                raise _bad_param(
+                    azure._clip(unknown[0], 40), "is not a parameter of this operation"
+                )
+        return await handler(request)
+
+    return middleware
 
 
 def _auth_middleware(api_token: str | None) -> Any:

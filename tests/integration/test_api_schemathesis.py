@@ -28,6 +28,7 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.failures import FailureGroup
 
 from backupjobd import azure
@@ -184,7 +185,21 @@ def test_api_conforms_to_its_openapi_document(
         suppress_health_check=list(HealthCheck),
     )
     def run(case: schemathesis.Case) -> None:
-        statuses.append(case.call_and_validate(base_url=live_api.base_url).status_code)
+        response = case.call(base_url=live_api.base_url)
+        statuses.append(response.status_code)
+        if mode is GenerationMode.NEGATIVE and response.status_code == 413:
+            # Too large is a rejection too (schemathesis's list does not include 413): an
+            # array over maxItems is also over max_body_bytes.
+            assert response.json()["error"]["code"] == "payload_too_large"
+            return
+        if (method, path) == ("POST", "/v1/jobs"):
+            # A registration can be schema-valid and still refused on meaning: a vault name
+            # with "..", an operation URL on another host, a Failed operation. The document
+            # cannot express all of that, so a 400 for a schema-valid body is not a failure
+            # here (test_api.py checks each refusal); every other check still applies.
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
+            return
+        case.validate_response(response)
 
     statuses: list[int] = []
     run()
