@@ -26,6 +26,7 @@ from backupjobd.budget import ReadBudget
 from backupjobd.config import Config
 from backupjobd.credentials import TokenProvider, build_token_provider
 from backupjobd.decisions import PollPolicy, StuckRules
+from backupjobd.discovery import Discoverer
 from backupjobd.errors import ConfigError
 from backupjobd.metrics import Metrics
 from backupjobd.notify import Notifier
@@ -281,6 +282,17 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                         clock=utcnow,
                     ),
                     config.api,
+                )
+            if config.discovery.enabled:
+                discoverer = Discoverer(rt.store, rt.arm, config.discovery, utcnow)
+                scheduler.add_job(
+                    discoverer.tick,
+                    "interval",
+                    seconds=config.discovery.interval_seconds,
+                    max_instances=1,
+                    coalesce=True,
+                    next_run_time=utcnow(),
+                    id="discovery",
                 )
             rt.tracker.start()
             scheduler.start()

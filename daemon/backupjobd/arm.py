@@ -38,6 +38,7 @@ from backupjobd.registration import Endpoint
 logger = logging.getLogger(__name__)
 
 _MAX_BODY_BYTES = 16 * 1024 * 1024
+VAULTS_API_VERSION = "2025-08-01"
 REMAINING_READS_HEADER = "x-ms-ratelimit-remaining-subscription-reads"
 
 
@@ -140,7 +141,8 @@ class ArmClient:
         target: str | yarl.URL = (
             f"{self._endpoint}/subscriptions/{sub}/providers/Microsoft.RecoveryServices/vaults"
         )
-        query: dict[str, str] | None = {}
+        # The vaults API has its own versions; pin one both it and Backup have (2025-08-01).
+        query: dict[str, str] | None = {"api-version": VAULTS_API_VERSION}
         vaults: list[VaultRef] = []
         for _ in range(1000):
             answer = await self._send("GET", target, subscription_id, extra_params=query)

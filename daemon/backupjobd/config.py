@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backupjobd.errors import ConfigError
+from backupjobd import azure
+from backupjobd.errors import ConfigError, InvalidInput
 
 ENV_PREFIX = "BACKUPJOBD_"
 DEFAULT_CONFIG_PATH = Path("/etc/backupjobd/backupjobd.toml")
@@ -141,6 +142,22 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    """Finding the jobs nobody registers (those backup policies start on schedule) by listing
+    the jobs of configured vaults, or of every vault of configured subscriptions."""
+
+    enabled: bool = False
+    interval_seconds: float = 300.0
+    lookback_hours: float = 24.0
+    overlap_seconds: float = 120.0
+    operations: tuple[str, ...] = ()
+    backup_management_types: tuple[str, ...] = ()
+    vault: tuple[str, ...] = ()
+    subscription: tuple[str, ...] = ()
+    vault_refresh_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "text"
@@ -155,6 +172,7 @@ class Config:
     stuck: StuckConfig = field(default_factory=StuckConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "built-in defaults"
 
@@ -167,6 +185,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "stuck": StuckConfig,
     "api": ApiConfig,
     "notify": NotifyConfig,
+    "discovery": DiscoveryConfig,
     "log": LogConfig,
 }
 
@@ -244,6 +263,8 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
     from_env = isinstance(value, _EnvValue)
     if kind is tuple and key == "notify.webhook":
         return _webhooks(key, value, from_env)
+    if kind is tuple and key.startswith("discovery."):
+        return _discovery_list(key, value, from_env)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -337,6 +358,38 @@ def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]
     return tuple(hooks)
 
 
+def _discovery_list(key: str, value: Any, from_env: bool) -> tuple[str, ...]:
+    """`discovery.operations` / `backup_management_types` (arrays of strings) and
+    `[[discovery.vault]]` / `[[discovery.subscription]]` (arrays of `{id = …}` tables); from
+    the environment, the same as a JSON array. Ids are validated and canonicalised here."""
+    if from_env:
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"config key {key} must be a JSON array") from None
+    if key in ("discovery.vault", "discovery.subscription"):
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"config key {key} must be an array of tables ([[{key}]])")
+        ids: dict[str, str] = {}
+        for index, table in enumerate(value):
+            where = f"{key}[{index}]"
+            unknown = set(table) - {"id"}
+            if unknown:
+                raise ConfigError(f"unknown config key {where}.{sorted(unknown)[0]}")
+            try:
+                if key == "discovery.vault":
+                    canonical = azure.vault_from_id(table.get("id")).id
+                else:
+                    canonical = azure.validate_subscription_id(table.get("id"))
+            except InvalidInput as exc:
+                raise ConfigError(f"config key {where}.id: {exc}") from None
+            ids.setdefault(canonical.lower(), canonical)
+        return tuple(ids.values())
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"config key {key} must be an array of non-empty strings")
+    return tuple(dict.fromkeys(v.strip() for v in value))
+
+
 def _validate(config: Config) -> None:
     az = config.azure
     if az.cloud not in CLOUDS:
@@ -386,12 +439,26 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             "config keys notify.max_attempts and notify.max_backoff_seconds must be > 0"
         )
+    _validate_discovery(config.discovery)
     if config.stuck.after_seconds <= 0:
         raise ConfigError("config key stuck.after_seconds must be > 0")
     if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("config key log.level must be DEBUG, INFO, WARNING or ERROR")
     if config.log.format not in ("text", "json"):
         raise ConfigError("config key log.format must be text or json")
+
+
+def _validate_discovery(disc: DiscoveryConfig) -> None:
+    for key in ("interval_seconds", "lookback_hours", "vault_refresh_seconds"):
+        if getattr(disc, key) <= 0:
+            raise ConfigError(f"config key discovery.{key} must be > 0")
+    if disc.overlap_seconds < 0:
+        raise ConfigError("config key discovery.overlap_seconds must be >= 0")
+    if disc.enabled and not (disc.vault or disc.subscription):
+        raise ConfigError(
+            "config key discovery.enabled: discovery needs a [[discovery.vault]] or a "
+            "[[discovery.subscription]]"
+        )
 
 
 def check_endpoint(url: str) -> None:

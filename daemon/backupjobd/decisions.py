@@ -131,6 +131,7 @@ class JobDecision:
     unknown_status: bool = False
     stuck_since: datetime | None = None
     newly_stuck: bool = False
+    full_read: bool = False
     counts_as_poll: bool = True
     log_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -193,6 +194,7 @@ def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy)
         unknown_status=transition is not None and job.status not in azure.KNOWN_STATUSES,
         stuck_since=stuck_since,
         newly_stuck=stuck_since is not None and state.stuck_since is None,
+        full_read=seen.full,
     )
 
 

@@ -305,6 +305,8 @@ class EmulatorState:
         self._wall_origin = time.time() if epoch is None else epoch
         self._jobs: dict[tuple[str, str], EmulatedJob] = {}
         self._by_vault: dict[str, dict[str, EmulatedJob]] = {}
+        #: Vaults the subscription-level vault list shows: lower-cased id -> canonical id.
+        self._vaults: dict[str, str] = {}
         self._operations: dict[str, EmulatedOperation] = {}
         self._pending: list[tuple[float, int, EmulatedOperation]] = []
         self._faults: deque[Fault] = deque()
@@ -354,6 +356,7 @@ class EmulatorState:
     def _insert(self, job: EmulatedJob) -> None:
         self._jobs[job.key] = job
         self._by_vault.setdefault(job.key[0], {})[job.key[1]] = job
+        self.add_vault(job.vault_id)
 
     def find_job(self, vault_id: str, job_id: str) -> EmulatedJob | None:
         """A job as ARM sees it: ``None`` while still inside its not-found window."""
@@ -377,6 +380,21 @@ class EmulatorState:
         # Insertion order is sequence order, so no sort is needed.
         vault = self._by_vault.get(vault_id.lower(), {})
         return [j for j in vault.values() if self._visible(j, now)]
+
+    # ---- vaults
+
+    def add_vault(self, vault_id: str) -> str:
+        """Make a vault known (jobs add theirs), so subscription vault lists include it."""
+        found = _VAULT_RE.match(vault_id.rstrip("/"))
+        if found is None:
+            raise ValidationError(f"vault_id {vault_id!r} is not a Recovery Services vault ARM id")
+        canonical = _vault_id(found["sub"], found["rg"], found["vault"])
+        return self._vaults.setdefault(canonical.lower(), canonical)
+
+    def vaults_in_subscription(self, subscription_id: str) -> list[str]:
+        """The subscription's known vaults in the order they became known (stable paging)."""
+        prefix = f"/subscriptions/{subscription_id.lower()}/"
+        return [v for key, v in self._vaults.items() if key.startswith(prefix)]
 
     @staticmethod
     def _visible(job: EmulatedJob, now: float) -> bool:
@@ -578,6 +596,7 @@ class EmulatorState:
         """Forget everything so one server can serve many independent tests."""
         self._jobs.clear()
         self._by_vault.clear()
+        self._vaults.clear()
         self._operations.clear()
         self._pending.clear()
         self._faults.clear()
@@ -975,8 +994,49 @@ async def _list_jobs(
     return web.json_response(body)
 
 
+async def _list_vaults(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    """`GET /subscriptions/{sub}/providers/Microsoft.RecoveryServices/vaults`, paged like
+    ARM with a `nextLink` (its `$skiptoken` is the index of the next vault)."""
+    token = _query(request, "$skiptoken") or "0"
+    if not token.isdigit():
+        return _arm_error(400, "InvalidSkipToken", f"bad $skiptoken {token!r}")
+    start = int(token)
+    vaults = state.vaults_in_subscription(match["sub"])
+    page = vaults[start : start + state.page_size]
+    body: JSONDict = {
+        "value": [
+            {
+                "id": vault_id,
+                "name": vault_id.rsplit("/", 1)[-1],
+                "type": "Microsoft.RecoveryServices/vaults",
+                "location": "westeurope",
+                "sku": {"name": "Standard"},
+                "properties": {"provisioningState": "Succeeded"},
+            }
+            for vault_id in page
+        ]
+    }
+    if start + len(page) < len(vaults):
+        version = quote(_api_version(request), safe="")
+        body["nextLink"] = (
+            f"{_base_url(request)}{request.path}?api-version={version}"
+            f"&$skiptoken={start + len(page)}"
+        )
+    return web.json_response(body)
+
+
 _V = _VAULT_PATTERN
 _ROUTES: Final = (
+    _Route(
+        "GET",
+        re.compile(
+            r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.recoveryservices/vaults$", re.I
+        ),
+        "vault_list",
+        _list_vaults,
+    ),
     _Route("GET", re.compile(rf"^{_V}/backupjobs$", re.I), "job_list", _list_jobs),
     _Route("GET", re.compile(rf"^{_V}/backupjobs/(?P<job>[^/]+)$", re.I), "job_get", _get_job),
     _Route(
@@ -1255,16 +1315,19 @@ async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
     try:
         raw = await _json_body(request)
         items = raw if isinstance(raw, list) else [raw]
-        parsed: list[tuple[str, str | None, JobSpec]] = []
+        parsed: list[tuple[str, str | None, JobSpec, float]] = []
         for item in items:
             body = _require_object(item, "job")
-            _reject_unknown(body, _JOB_FIELDS | {"vault_id", "job_id"}, "job")
+            _reject_unknown(
+                body, _JOB_FIELDS | {"vault_id", "job_id", "started_seconds_ago"}, "job"
+            )
             job_id = _string(body, "job_id", None)
             if job_id is not None and not _NAME_RE.match(job_id):
                 raise ValidationError(f"job_id {job_id!r} is not a valid job name")
-            parsed.append((_parse_vault(body), job_id, _parse_job_spec(body)))
+            ago = _number(body, "started_seconds_ago", 0.0)
+            parsed.append((_parse_vault(body), job_id, _parse_job_spec(body), ago))
         seen: set[tuple[str, str]] = set()
-        for vault_id, job_id, _ in parsed:
+        for vault_id, job_id, _, _ in parsed:
             if job_id is None:
                 continue
             key = (vault_id.lower(), job_id.lower())
@@ -1273,7 +1336,13 @@ async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
             seen.add(key)
     except ValidationError as exc:
         return _admin_error(exc)
-    created = [state.add_job(spec, vault_id=v, job_id=j) for v, j, spec in parsed]
+    # `started_seconds_ago` backdates the start: a job longer ago than its duration arrives
+    # already finished (as MAB/agent jobs often do by the time anyone lists them).
+    now = state.now()
+    created = [
+        state.add_job(spec, vault_id=v, job_id=j, created_at=now - ago)
+        for v, j, spec, ago in parsed
+    ]
     logger.debug("admin created %d job(s)", len(created))
     return web.json_response(
         {
@@ -1454,6 +1523,22 @@ async def _admin_replay(request: web.Request) -> web.StreamResponse:
     return web.json_response({**replay.summary(), "resources": replay.progress()})
 
 
+async def _admin_add_vaults(request: web.Request) -> web.StreamResponse:
+    """`{"vault_id": …}` or an array of them: vaults without jobs, for subscription lists."""
+    state = request.app[STATE_KEY]
+    try:
+        raw = await _json_body(request)
+        items = raw if isinstance(raw, list) else [raw]
+        ids = []
+        for item in items:
+            body = _require_object(item, "vault")
+            _reject_unknown(body, {"vault_id"}, "vault")
+            ids.append(_parse_vault(body))
+    except ValidationError as exc:
+        return _admin_error(exc)
+    return web.json_response({"vaults": [state.add_vault(v) for v in ids]}, status=201)
+
+
 async def _admin_stats(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[STATE_KEY].stats())
 
@@ -1487,6 +1572,7 @@ def build_emulator_app(state: EmulatorState | None = None) -> web.Application:
     app.router.add_get("/admin/jobs/{job_id}", _admin_get_job)
     app.router.add_post("/admin/operations", _admin_add_operation)
     app.router.add_post("/admin/faults", _admin_add_fault)
+    app.router.add_post("/admin/vaults", _admin_add_vaults)
     app.router.add_get("/admin/stats", _admin_stats)
     app.router.add_get("/admin/config", _admin_get_config)
     app.router.add_post("/admin/config", _admin_set_config)

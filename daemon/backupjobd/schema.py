@@ -171,3 +171,13 @@ operations = Table(
     UniqueConstraint("vault_key", "operation_id"),
     Index("ix_operations_due", "tracking", "next_poll_at"),
 )
+
+discovery_state = Table(
+    "discovery_state",
+    metadata,
+    Column("vault_key", String(300), primary_key=True),
+    Column("vault_id", String(300), nullable=False),
+    Column("last_listed_until", UTCDateTime(), nullable=False),
+    Column("last_run_at", UTCDateTime(), nullable=False),
+    Column("jobs_found", Integer(), nullable=False),
+)

@@ -29,12 +29,14 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from backupjobd import schema
-from backupjobd.azure import vault_from_id
+from backupjobd.azure import VaultRef, vault_from_id
 from backupjobd.decisions import JobDecision, OperationDecision, Tracking
 from backupjobd.errors import StoreError
 from backupjobd.registration import JobRegistration, Registration
 from backupjobd.store import (
+    DiscoveryState,
     JobRecord,
+    JobWrite,
     OperationRecord,
     OutboxEntry,
     OutboxRecord,
@@ -222,6 +224,20 @@ class SqlStore(Store):
         now: datetime,
         outbox: Sequence[OutboxEntry] = (),
     ) -> bool:
+        return (await self.apply_jobs([JobWrite(record, decision, now, outbox)]))[0]
+
+    async def apply_jobs(self, writes: Sequence[JobWrite]) -> list[bool]:
+        if not writes:
+            return []
+        try:
+            async with self._engine.begin() as conn:
+                return [await self._apply_one(conn, write) for write in writes]
+        except (SQLAlchemyError, OSError) as exc:
+            what = f"job {writes[0].record.job_id}" if len(writes) == 1 else f"{len(writes)} jobs"
+            raise _translate(exc, f"saving {what}") from exc
+
+    async def _apply_one(self, conn: AsyncConnection, write: JobWrite) -> bool:
+        record, decision, now, outbox = write.record, write.decision, write.now, write.outbox
         t = schema.jobs
         values: dict[str, Any] = {
             "status": decision.status,
@@ -246,6 +262,8 @@ class SqlStore(Store):
                 start_time=obs.start_time or record.start_time,
                 end_time=obs.end_time,
             )
+            if decision.full_read:
+                values["last_detail_at"] = now
         if decision.error is not None:
             values.update(last_error=decision.error, last_error_at=now)
             values["error_count"] = t.c.error_count + 1
@@ -253,40 +271,36 @@ class SqlStore(Store):
             values["last_error"] = None
         if decision.snapshot is not None:
             values["last_snapshot_hash"] = decision.snapshot.content_hash
-        try:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    update(t)
-                    .where(and_(t.c.pk == record.pk, t.c.version == record.version))
-                    .values(**values)
-                )
-                if result.rowcount != 1:
-                    return False
-                if decision.transition is not None:
-                    await self._append_transition(conn, record.pk, decision.transition, now)
-                if decision.snapshot is not None:
-                    await self._keep_snapshot(conn, record.pk, decision, now)
-                if outbox:
-                    await conn.execute(
-                        insert(schema.outbox),
-                        [
-                            {
-                                "event_id": entry.event_id,
-                                "webhook": entry.webhook,
-                                "event_type": entry.event_type,
-                                "job_pk": record.pk,
-                                "payload": entry.payload,
-                                "state": OUTBOX_PENDING,
-                                "created_at": now,
-                                "next_attempt_at": now,
-                                "attempts": 0,
-                            }
-                            for entry in outbox
-                        ],
-                    )
-            return True
-        except (SQLAlchemyError, OSError) as exc:
-            raise _translate(exc, f"saving job {record.job_id}") from exc
+        result = await conn.execute(
+            update(t)
+            .where(and_(t.c.pk == record.pk, t.c.version == record.version))
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            return False
+        if decision.transition is not None:
+            await self._append_transition(conn, record.pk, decision.transition, now)
+        if decision.snapshot is not None:
+            await self._keep_snapshot(conn, record.pk, decision, now)
+        if outbox:
+            await conn.execute(
+                insert(schema.outbox),
+                [
+                    {
+                        "event_id": entry.event_id,
+                        "webhook": entry.webhook,
+                        "event_type": entry.event_type,
+                        "job_pk": record.pk,
+                        "payload": entry.payload,
+                        "state": OUTBOX_PENDING,
+                        "created_at": now,
+                        "next_attempt_at": now,
+                        "attempts": 0,
+                    }
+                    for entry in outbox
+                ],
+            )
+        return True
 
     async def _append_transition(
         self, conn: AsyncConnection, job_pk: int, change: tuple[str | None, str], now: datetime
@@ -590,6 +604,43 @@ class SqlStore(Store):
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, doing) from exc
 
+    async def discovery_states(self) -> list[DiscoveryState]:
+        d = schema.discovery_state
+        rows = await self._read(select(d).order_by(d.c.vault_key), "reading discovery state")
+        return [
+            DiscoveryState(r.vault_id, r.last_listed_until, r.last_run_at, r.jobs_found)
+            for r in rows
+        ]
+
+    async def save_discovery_state(
+        self, vault: VaultRef, listed_until: datetime, now: datetime, jobs_found: int
+    ) -> None:
+        d = schema.discovery_state
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(d)
+                    .where(d.c.vault_key == vault.key)
+                    .values(
+                        vault_id=vault.id,
+                        last_listed_until=listed_until,
+                        last_run_at=now,
+                        jobs_found=d.c.jobs_found + jobs_found,
+                    )
+                )
+                if result.rowcount == 0:
+                    await conn.execute(
+                        insert(d).values(
+                            vault_key=vault.key,
+                            vault_id=vault.id,
+                            last_listed_until=listed_until,
+                            last_run_at=now,
+                            jobs_found=jobs_found,
+                        )
+                    )
+        except (SQLAlchemyError, OSError) as exc:
+            raise _translate(exc, "saving discovery state") from exc
+
 
 def _translate(exc: SQLAlchemyError | OSError, doing: str) -> StoreError:
     """One line that says what is wrong, without the SQL or its parameters."""
@@ -637,6 +688,7 @@ def _job(row: Row[Any]) -> JobRecord:
         last_snapshot_hash=row.last_snapshot_hash,
         version=row.version,
         stuck_since=row.stuck_since,
+        last_detail_at=row.last_detail_at,
     )
 
 

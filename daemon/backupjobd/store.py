@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from backupjobd.azure import VaultRef
 from backupjobd.decisions import JobDecision, JobState, OperationDecision, OperationState, Tracking
 from backupjobd.registration import Registration
 
@@ -47,6 +48,7 @@ class JobRecord:
     last_snapshot_hash: str | None
     version: int
     stuck_since: datetime | None = None
+    last_detail_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -174,6 +176,16 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class JobWrite:
+    """One poll's decision to commit: `now` is when the poll observed it."""
+
+    record: JobRecord
+    decision: JobDecision
+    now: datetime
+    outbox: Sequence[OutboxEntry] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRecord:
     pk: int
     event_id: str
@@ -251,6 +263,12 @@ class Store(abc.ABC):
         """Persist a decision atomically (state, transition, snapshot, outbox events) if the job
         is still at `record.version`; False means someone else changed it first and nothing
         was written."""
+
+    @abc.abstractmethod
+    async def apply_jobs(self, writes: Sequence[JobWrite]) -> list[bool]:
+        """Many decisions in one transaction (batched persistence); each is compare-and-set
+        on its own, so a stale one is skipped (False) without failing the others. Nothing is
+        committed when the transaction fails."""
 
     @abc.abstractmethod
     async def apply_operation(
@@ -344,3 +362,30 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def discovery_states(self) -> list[DiscoveryState]:
+        """How far job discovery has listed each vault, so a restart continues from there."""
+
+    @abc.abstractmethod
+    async def save_discovery_state(
+        self, vault: VaultRef, listed_until: datetime, now: datetime, jobs_found: int
+    ) -> None:
+        """Record that the vault's jobs were listed up to `listed_until`; `jobs_found` (jobs
+        this run newly registered) adds to the vault's total."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryState:
+    vault_id: str
+    last_listed_until: datetime
+    last_run_at: datetime
+    jobs_found: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vault_id": self.vault_id,
+            "last_listed_until": iso(self.last_listed_until),
+            "last_run_at": iso(self.last_run_at),
+            "jobs_found": self.jobs_found,
+        }

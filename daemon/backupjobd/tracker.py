@@ -8,13 +8,14 @@ A failed tick or poll is logged and retried later; it never stops the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from backupjobd import azure, events
 from backupjobd.arm import ArmClient
@@ -42,7 +43,7 @@ from backupjobd.errors import (
     TransientError,
 )
 from backupjobd.metrics import Metrics
-from backupjobd.store import JobRecord, OperationRecord, Store
+from backupjobd.store import JobRecord, JobWrite, OperationRecord, OutboxEntry, Store
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Tracker:
     ) -> None:
         self._metrics = metrics
         self._webhooks = tuple(webhooks)
+        self._committer: _Committer | None = None
+        self._committer_task: asyncio.Task[None] | None = None
         self._store_retry_seconds = store_retry_seconds
         self._store = store
         self._arm = arm
@@ -94,6 +97,8 @@ class Tracker:
         return bool(self._jobs_in_flight or self._ops_in_flight)
 
     def start(self) -> None:
+        self._committer = _Committer(self._store, self._persist, self._batch_size)
+        self._committer_task = asyncio.create_task(self._committer.run(), name="committer")
         self._workers = [
             asyncio.create_task(self._worker(), name=f"poller-{i}")
             for i in range(self._concurrency)
@@ -167,9 +172,12 @@ class Tracker:
         outbox = events.outbox_entries(
             record, decision, now, self._webhooks, lambda: str(uuid.uuid4())
         )
-        applied = await self._persist(
-            lambda: self._store.apply_job(record, decision, now, outbox), _fields(record)
-        )
+        if self._committer is not None:
+            applied = await self._committer.submit(record, decision, outbox, now)
+        else:
+            applied = await self._persist(
+                lambda: self._store.apply_job(record, decision, now, outbox), _fields(record)
+            )
         if not applied:
             logger.info("job changed concurrently; poll discarded", extra=_fields(record))
             return decision
@@ -317,7 +325,75 @@ class Tracker:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        if self._committer_task is not None:
+            self._committer_task.cancel()
+            await asyncio.gather(self._committer_task, return_exceptions=True)
+            self._committer, self._committer_task = None, None
         return drained
+
+
+_Pending = tuple[JobWrite, "asyncio.Future[bool]"]
+
+
+class _Committer:
+    """Batched persistence: decisions from every poller are committed together, one
+    transaction per batch, so the store is never the bottleneck. A poller's submit returns
+    only after its decision is durable (or has failed), so nothing is acknowledged early.
+
+    Batches form on their own: while one commit runs, new decisions queue up and go into
+    the next one; an idle daemon commits each decision at once, adding no latency.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        persist: Callable[[Callable[[], Awaitable[list[bool]]], dict[str, object]], Any],
+        max_batch: int,
+    ) -> None:
+        self._store = store
+        self._persist = persist
+        self._max_batch = max(1, max_batch)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.batches = 0
+        self.committed = 0
+
+    async def submit(
+        self,
+        record: JobRecord,
+        decision: JobDecision,
+        outbox: Sequence[OutboxEntry],
+        now: datetime,
+    ) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((JobWrite(record, decision, now, outbox), future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            writes = [write for write, _ in batch]
+            try:
+                results: list[bool] = await self._persist(
+                    functools.partial(self._store.apply_jobs, writes),
+                    {"action": "commit_batch", "job_id": None, "vault": None},
+                )
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    if not future.done():
+                        future.cancel()
+                raise
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.committed += len(batch)
+            for (_, future), ok in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
 
 def _outcome_label(outcome: object) -> str:

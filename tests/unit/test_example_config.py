@@ -24,6 +24,7 @@ def test_example_config_names_every_key() -> None:
         config.ThrottleConfig,
         config.StuckConfig,
         config.ApiConfig,
+        config.DiscoveryConfig,
         config.LogConfig,
     )
     for section in sections:
