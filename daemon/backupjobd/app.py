@@ -164,6 +164,8 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
                 batch_size=config.polling.batch_size,
                 metrics=metrics,
                 webhooks=config.notify.webhook,
+                sweep_min_jobs=config.polling.sweep_min_jobs,
+                detail_interval_seconds=config.polling.detail_interval_seconds,
             )
             yield Runtime(config, store, arm.tokens, arm, tracker, metrics, arm.session)
     finally:

@@ -91,6 +91,8 @@ class PollingConfig:
     max_backoff_seconds: float = 300.0
     operation_interval_seconds: float = 5.0
     shutdown_timeout_seconds: float = 10.0
+    sweep_min_jobs: int = 3
+    detail_interval_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

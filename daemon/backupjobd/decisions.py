@@ -329,3 +329,28 @@ def decide_operation(
         error=outcome.message,
         new_error=outcome.message != state.last_error,
     )
+
+
+SWEEP_FILTER = "status eq 'InProgress'"
+
+
+def sweep_observation(
+    status: str | None,
+    last_detail_at: datetime | None,
+    listed: JobObservation | None,
+    now: datetime,
+    detail_interval: timedelta,
+) -> JobObservation | None:
+    """What a vault sweep settles for one tracked job: the list item to record (status
+    unchanged, no extendedInfo), or None when the job needs one single GET — it left the
+    in-progress list, its status differs from ours, or its detail snapshot is due."""
+    if listed is None or status is None or listed.status != status:
+        return None
+    if last_detail_at is None or now - last_detail_at >= detail_interval:
+        return None
+    return listed
+
+
+def sweep_worthwhile(due_in_vault: int, expected_pages: int, min_jobs: int) -> bool:
+    """A sweep costs one read per page; single GETs cost one read per due job."""
+    return due_in_vault >= max(min_jobs, expected_pages + 1)

@@ -204,6 +204,24 @@ class SqlStore(Store):
         rows = await self._read(query, "reading due jobs")
         return [_job(r) for r in rows if r.pk not in exclude][:limit]
 
+    async def sweep_candidates(
+        self, vault_id: str, due_before: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[JobRecord]:
+        t = schema.jobs
+        query = (
+            select(t)
+            .where(
+                t.c.tracking == Tracking.ACTIVE.value,
+                t.c.vault_key == vault_id.lower(),
+                t.c.status == "InProgress",
+                t.c.next_poll_at <= due_before,
+            )
+            .order_by(t.c.next_poll_at)
+            .limit(limit + len(exclude))
+        )
+        rows = await self._read(query, "reading sweep candidates")
+        return [_job(r) for r in rows if r.pk not in exclude][:limit]
+
     async def due_operations(
         self, now: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[OperationRecord]:

@@ -247,6 +247,13 @@ class Store(abc.ABC):
         """Active jobs whose next poll time has come, soonest first."""
 
     @abc.abstractmethod
+    async def sweep_candidates(
+        self, vault_id: str, due_before: datetime, limit: int, exclude: Collection[int] = ()
+    ) -> list[JobRecord]:
+        """Active InProgress jobs of one vault due before `due_before` (a sweep refreshes
+        them together, which also aligns their schedules)."""
+
+    @abc.abstractmethod
     async def due_operations(
         self, now: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[OperationRecord]:

@@ -14,7 +14,8 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from backupjobd import azure, events
@@ -22,6 +23,7 @@ from backupjobd.arm import ArmClient
 from backupjobd.azure import JobObservation, OperationObservation
 from backupjobd.config import WebhookConfig
 from backupjobd.decisions import (
+    SWEEP_FILTER,
     Failure,
     JobDecision,
     Missing,
@@ -33,6 +35,8 @@ from backupjobd.decisions import (
     Tracking,
     decide_job,
     decide_operation,
+    sweep_observation,
+    sweep_worthwhile,
 )
 from backupjobd.errors import (
     BackupJobdError,
@@ -47,7 +51,16 @@ from backupjobd.store import JobRecord, JobWrite, OperationRecord, OutboxEntry, 
 
 logger = logging.getLogger(__name__)
 
-WorkItem = JobRecord | OperationRecord
+
+@dataclass(frozen=True, slots=True)
+class _Sweep:
+    """One paged in-progress list of a vault standing in for single GETs of its jobs."""
+
+    vault_id: str
+    records: tuple[JobRecord, ...]
+
+
+WorkItem = JobRecord | OperationRecord | _Sweep
 T = TypeVar("T")
 
 
@@ -65,10 +78,16 @@ class Tracker:
         store_retry_seconds: float = 60.0,
         metrics: Metrics | None = None,
         webhooks: Sequence[WebhookConfig] = (),
+        sweep_min_jobs: int = 0,
+        detail_interval_seconds: float = 300.0,
     ) -> None:
         self._metrics = metrics
         self._webhooks = tuple(webhooks)
         self._committer: _Committer | None = None
+        self._sweep_min_jobs = sweep_min_jobs
+        self._detail = timedelta(seconds=detail_interval_seconds)
+        self._sweep_sizes: dict[str, int] = {}
+        self._handed_on: set[int] = set()
         self._committer_task: asyncio.Task[None] | None = None
         self._store_retry_seconds = store_retry_seconds
         self._store = store
@@ -127,10 +146,48 @@ class Tracker:
             self._ops_in_flight.add(op.pk)
             self._queue.put_nowait(op)
         jobs = await self._store.due_jobs(now, room - len(ops), self._jobs_in_flight)
+        queued = len(ops)
+        singles: list[JobRecord] = []
+        by_vault: dict[str, list[JobRecord]] = {}
         for job in jobs:
+            by_vault.setdefault(job.vault_id.lower(), []).append(job)
+        for vault_key, group in by_vault.items():
+            sweep = await self._plan_sweep(vault_key, group, now)
+            if sweep is None:
+                singles.extend(group)
+                continue
+            swept = {r.pk for r in sweep.records}
+            singles.extend(r for r in group if r.pk not in swept)
+            self._jobs_in_flight.update(swept)
+            self._queue.put_nowait(sweep)
+            queued += len(sweep.records)
+        for job in singles:
             self._jobs_in_flight.add(job.pk)
             self._queue.put_nowait(job)
-        return len(ops) + len(jobs)
+        return queued + len(singles)
+
+    async def _plan_sweep(
+        self, vault_key: str, due: list[JobRecord], now: datetime
+    ) -> _Sweep | None:
+        """Sweep the vault when that is cheaper than single GETs; the sweep also takes the
+        vault's InProgress jobs due within half an interval, so their schedules line up."""
+        if self._sweep_min_jobs <= 0:
+            return None
+        sweepable = [
+            r
+            for r in due
+            if sweep_observation(r.status, r.last_detail_at, _LISTED_PROBE, now, self._detail)
+        ]
+        pages = max(1, -(-self._sweep_sizes.get(vault_key, 0) // SWEEP_PAGE_SIZE))
+        if not sweep_worthwhile(len(sweepable), pages, self._sweep_min_jobs):
+            return None
+        horizon = now + self._policy.interval / 2
+        ahead = await self._store.sweep_candidates(
+            due[0].vault_id, horizon, self._batch_size, self._jobs_in_flight
+        )
+        records = {r.pk: r for r in sweepable}
+        records.update({r.pk: r for r in ahead if r.last_detail_at is not None})
+        return _Sweep(due[0].vault_id, tuple(records.values()))
 
     async def run_until_idle(self, deadline_seconds: float) -> None:
         """Tick and process until nothing is due or in flight (tests and one-shot runs)."""
@@ -147,6 +204,8 @@ class Tracker:
             try:
                 if isinstance(item, JobRecord):
                     await self.poll_job(item)
+                elif isinstance(item, _Sweep):
+                    await self.sweep(item)
                 else:
                     await self.poll_operation(item)
             except asyncio.CancelledError:
@@ -158,9 +217,70 @@ class Tracker:
             finally:
                 if isinstance(item, JobRecord):
                     self._jobs_in_flight.discard(item.pk)
+                elif isinstance(item, _Sweep):
+                    # Jobs handed on to single GETs stay in flight until those finish.
+                    self._jobs_in_flight.difference_update(
+                        r.pk for r in item.records if r.pk not in self._handed_on
+                    )
+                    self._handed_on.difference_update(r.pk for r in item.records)
                 else:
                     self._ops_in_flight.discard(item.pk)
                 self._queue.task_done()
+
+    async def sweep(self, item: _Sweep) -> None:
+        """One paged `backupJobs?$filter=status eq 'InProgress'` refreshes every swept job
+        still in progress; the others (left the list, changed, detail due) get a single GET."""
+        vault = azure.vault_from_id(item.vault_id)
+        listed: dict[str, JobObservation] = {}
+        try:
+            async for page in self._arm.list_jobs(vault, SWEEP_FILTER):
+                listed.update((obs.job_id, obs) for obs in page)
+        except (TransientError, PermanentError, CredentialError) as exc:
+            logger.info(
+                "sweep of vault %s failed (%s); polling its jobs one by one",
+                item.vault_id,
+                exc,
+                extra={"vault": item.vault_id, "action": "sweep_failed"},
+            )
+            self._hand_on(item.records)
+            return
+        self.polls += 1
+        self._sweep_sizes[item.vault_id.lower()] = len(listed)
+        now = self._clock()
+        settled: list[JobWrite] = []
+        singles: list[JobRecord] = []
+        for record in item.records:
+            obs = sweep_observation(
+                record.status, record.last_detail_at, listed.get(record.job_id), now, self._detail
+            )
+            if obs is None:
+                singles.append(record)
+                continue
+            decision = decide_job(
+                record.state(), Seen(obs, full=False), now, self._policy, self._rng.random()
+            )
+            settled.append(JobWrite(record, decision, now))
+        self._hand_on(singles)
+        if settled:
+            await self._persist(
+                functools.partial(self._store.apply_jobs, settled),
+                {"vault": item.vault_id, "action": "sweep", "job_id": None},
+            )
+        if self._metrics is not None:
+            self._metrics.poll("sweep", "ok")
+        logger.debug(
+            "swept vault %s: %d in progress listed, %d settled, %d need a GET",
+            item.vault_id,
+            len(listed),
+            len(settled),
+            len(singles),
+            extra={"vault": item.vault_id, "action": "sweep", "job_id": None},
+        )
+
+    def _hand_on(self, records: Sequence[JobRecord]) -> None:
+        for record in records:
+            self._handed_on.add(record.pk)
+            self._queue.put_nowait(record)
 
     async def poll_job(self, record: JobRecord) -> JobDecision:
         vault = azure.vault_from_id(record.vault_id)
@@ -312,6 +432,8 @@ class Tracker:
             item = self._queue.get_nowait()
             if isinstance(item, JobRecord):
                 self._jobs_in_flight.discard(item.pk)
+            elif isinstance(item, _Sweep):
+                self._jobs_in_flight.difference_update(r.pk for r in item.records)
             else:
                 self._ops_in_flight.discard(item.pk)
             self._queue.task_done()
@@ -396,6 +518,24 @@ class _Committer:
                     future.set_result(ok)
 
 
+# Azure pages job lists 200 at a time; a stand-in observation lets the sweep planner ask the
+# pure core "would a listed InProgress job be settled by the list?" before listing.
+SWEEP_PAGE_SIZE = 200
+_LISTED_PROBE = JobObservation(
+    job_id="",
+    vault=None,
+    status="InProgress",
+    job_type=None,
+    operation=None,
+    entity_friendly_name=None,
+    backup_management_type=None,
+    start_time=None,
+    end_time=None,
+    duration=None,
+    properties={},
+)
+
+
 def _outcome_label(outcome: object) -> str:
     if isinstance(outcome, Failure):
         return "transient_error" if outcome.transient else "permanent_error"
@@ -418,4 +558,6 @@ async def _observe(request: Awaitable[T]) -> T | Missing | Failure:
 def _fields(item: WorkItem) -> dict[str, object]:
     if isinstance(item, JobRecord):
         return {"job_id": item.job_id, "vault": item.vault_id, "action": "poll_job"}
+    if isinstance(item, _Sweep):
+        return {"job_id": None, "vault": item.vault_id, "action": "sweep"}
     return {"job_id": None, "vault": item.vault_id, "action": "poll_operation"}
