@@ -56,6 +56,7 @@ def poll_policy(config: Config) -> PollPolicy:
         not_found_grace=timedelta(seconds=p.not_found_grace_seconds),
         max_backoff=timedelta(seconds=p.max_backoff_seconds),
         operation_interval=timedelta(seconds=p.operation_interval_seconds),
+        max_detection_lag=timedelta(seconds=p.max_detection_lag_seconds),
         stuck=StuckRules(
             default=timedelta(seconds=config.stuck.after_seconds),
             by_key=tuple(

@@ -93,6 +93,7 @@ class PollingConfig:
     shutdown_timeout_seconds: float = 10.0
     sweep_min_jobs: int = 3
     detail_interval_seconds: float = 300.0
+    max_detection_lag_seconds: float = 120.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ table-driven unit test.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -67,6 +68,9 @@ class PollPolicy:
     max_backoff: timedelta = timedelta(minutes=5)
     operation_interval: timedelta = timedelta(seconds=5)
     stuck: StuckRules = StuckRules()
+    # Adaptive intervals stretch up to this in the middle of a long job (the longest a
+    # finish can go unnoticed); near the expected end polls return to `interval`.
+    max_detection_lag: timedelta = timedelta(minutes=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +141,17 @@ class JobDecision:
 
 
 def decide_job(
-    state: JobState, outcome: Outcome, now: datetime, policy: PollPolicy, jitter: float
+    state: JobState,
+    outcome: Outcome,
+    now: datetime,
+    policy: PollPolicy,
+    jitter: float,
+    expected: timedelta | None = None,
 ) -> JobDecision:
-    """The whole per-poll decision for a job. `jitter` is a uniform draw in [0, 1)."""
+    """The whole per-poll decision for a job. `jitter` is a uniform draw in [0, 1);
+    `expected` is the typical duration of jobs like this one, when history knows it."""
     if isinstance(outcome, Seen):
-        return _decide_seen(state, outcome, now, policy)
+        return _decide_seen(state, outcome, now, policy, expected)
     if isinstance(outcome, Missing):
         since = state.not_found_since or now
         if now - since >= policy.not_found_grace:
@@ -164,7 +174,9 @@ def decide_job(
     return _decide_failure(state, outcome, now, policy, jitter)
 
 
-def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy) -> JobDecision:
+def _decide_seen(
+    state: JobState, seen: Seen, now: datetime, policy: PollPolicy, expected: timedelta | None
+) -> JobDecision:
     job = seen.job
     transition = (state.status, job.status) if job.status != state.status else None
     snapshot = None
@@ -178,7 +190,10 @@ def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy)
         # A list item said terminal: one full GET right away keeps extendedInfo and errors.
         tracking, next_poll = Tracking.ACTIVE, now
     else:
-        tracking, next_poll = Tracking.ACTIVE, now + next_interval(state.poll_count + 1, policy)
+        started = job.start_time or state.started_at
+        elapsed = now - started if started is not None else None
+        interval = next_interval(state.poll_count + 1, policy, elapsed, expected)
+        tracking, next_poll = Tracking.ACTIVE, now + interval
     stuck_since = None
     limit = policy.stuck.threshold(job.operation, job.job_type)
     started = job.start_time or state.started_at
@@ -198,11 +213,63 @@ def _decide_seen(state: JobState, seen: Seen, now: datetime, policy: PollPolicy)
     )
 
 
-def next_interval(polls_done: int, policy: PollPolicy) -> timedelta:
-    """Poll soon after registration (short jobs finish in seconds), then at the base interval."""
+def next_interval(
+    polls_done: int,
+    policy: PollPolicy,
+    elapsed: timedelta | None = None,
+    expected: timedelta | None = None,
+) -> timedelta:
+    """Soon after registration (short jobs finish in seconds), then the base interval; in
+    the middle of a job expected to run long, sparser (half the expected time left, at most
+    `max_detection_lag`), and back to the base interval near the expected end."""
     if polls_done < policy.early_polls:
         return policy.min_interval
-    return max(policy.interval, policy.min_interval)
+    base = max(policy.interval, policy.min_interval)
+    if expected is None or elapsed is None:
+        return base
+    remaining = expected - elapsed
+    if remaining <= 2 * base:
+        return base
+    return max(base, min(remaining / 2, policy.max_detection_lag))
+
+
+class DurationModel:
+    """Typical job durations learned from finished jobs: the median per (operation, job
+    type, entity), falling back to (operation, job type), each needing a few samples."""
+
+    MIN_SAMPLES = 3
+
+    def __init__(self, samples: Sequence[tuple[str | None, str | None, str | None, float]]):
+        by_entity: dict[tuple[str, str, str], list[float]] = {}
+        by_kind: dict[tuple[str, str], list[float]] = {}
+        for operation, job_type, entity, seconds in samples:
+            op, jt = _base_operation(operation), (job_type or "").lower()
+            by_entity.setdefault((op, jt, (entity or "").lower()), []).append(seconds)
+            by_kind.setdefault((op, jt), []).append(seconds)
+        self._entity = {k: _median(v) for k, v in by_entity.items() if len(v) >= self.MIN_SAMPLES}
+        self._kind = {k: _median(v) for k, v in by_kind.items() if len(v) >= self.MIN_SAMPLES}
+
+    def expected(
+        self, operation: str | None, job_type: str | None, entity: str | None
+    ) -> timedelta | None:
+        op, jt = _base_operation(operation), (job_type or "").lower()
+        seconds = self._entity.get((op, jt, (entity or "").lower()), self._kind.get((op, jt)))
+        return None if seconds is None else timedelta(seconds=seconds)
+
+    def __len__(self) -> int:
+        return len(self._kind)
+
+
+def _base_operation(operation: str | None) -> str:
+    return (operation or "").split("(")[0].strip().lower()
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def backoff(

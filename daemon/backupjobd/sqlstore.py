@@ -204,6 +204,34 @@ class SqlStore(Store):
         rows = await self._read(query, "reading due jobs")
         return [_job(r) for r in rows if r.pk not in exclude][:limit]
 
+    async def finished_durations(
+        self, limit: int = 5000
+    ) -> list[tuple[str | None, str | None, str | None, float]]:
+        t = schema.jobs
+        query = (
+            select(
+                t.c.operation, t.c.job_type, t.c.entity_friendly_name, t.c.start_time, t.c.end_time
+            )
+            .where(
+                t.c.tracking == Tracking.FINISHED.value,
+                t.c.start_time.is_not(None),
+                t.c.end_time.is_not(None),
+            )
+            .order_by(t.c.pk.desc())
+            .limit(limit)
+        )
+        rows = await self._read(query, "reading finished job durations")
+        return [
+            (
+                r.operation,
+                r.job_type,
+                r.entity_friendly_name,
+                (r.end_time - r.start_time).total_seconds(),
+            )
+            for r in rows
+            if r.end_time >= r.start_time
+        ]
+
     async def sweep_candidates(
         self, vault_id: str, due_before: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[JobRecord]:

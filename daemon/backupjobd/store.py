@@ -247,6 +247,13 @@ class Store(abc.ABC):
         """Active jobs whose next poll time has come, soonest first."""
 
     @abc.abstractmethod
+    async def finished_durations(
+        self, limit: int = 5000
+    ) -> list[tuple[str | None, str | None, str | None, float]]:
+        """(operation, job type, entity, seconds) of recently finished jobs, for learning
+        typical durations."""
+
+    @abc.abstractmethod
     async def sweep_candidates(
         self, vault_id: str, due_before: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[JobRecord]:

@@ -24,6 +24,7 @@ from backupjobd.azure import JobObservation, OperationObservation
 from backupjobd.config import WebhookConfig
 from backupjobd.decisions import (
     SWEEP_FILTER,
+    DurationModel,
     Failure,
     JobDecision,
     Missing,
@@ -88,6 +89,8 @@ class Tracker:
         self._detail = timedelta(seconds=detail_interval_seconds)
         self._sweep_sizes: dict[str, int] = {}
         self._handed_on: set[int] = set()
+        self._durations = DurationModel(())
+        self._durations_at = -DURATIONS_REFRESH_SECONDS
         self._committer_task: asyncio.Task[None] | None = None
         self._store_retry_seconds = store_retry_seconds
         self._store = store
@@ -136,7 +139,21 @@ class Tracker:
                 self.last_tick_monotonic = time.monotonic()
             return 0
 
+    def _expected(self, record: JobRecord) -> timedelta | None:
+        return self._durations.expected(
+            record.operation, record.job_type, record.entity_friendly_name
+        )
+
+    async def _learn_durations(self) -> None:
+        """Refresh the typical durations from finished jobs every few minutes."""
+        now = time.monotonic()
+        if now - self._durations_at < DURATIONS_REFRESH_SECONDS:
+            return
+        self._durations_at = now
+        self._durations = DurationModel(await self._store.finished_durations())
+
     async def _dispatch(self) -> int:
+        await self._learn_durations()
         now = self._clock()
         room = max(0, self._batch_size - self._queue.qsize())
         if room == 0:
@@ -257,7 +274,12 @@ class Tracker:
                 singles.append(record)
                 continue
             decision = decide_job(
-                record.state(), Seen(obs, full=False), now, self._policy, self._rng.random()
+                record.state(),
+                Seen(obs, full=False),
+                now,
+                self._policy,
+                self._rng.random(),
+                self._expected(record),
             )
             settled.append(JobWrite(record, decision, now))
         self._hand_on(singles)
@@ -288,7 +310,9 @@ class Tracker:
         outcome: Outcome = Seen(observed) if isinstance(observed, JobObservation) else observed
         self.polls += 1
         now = self._clock()
-        decision = decide_job(record.state(), outcome, now, self._policy, self._rng.random())
+        decision = decide_job(
+            record.state(), outcome, now, self._policy, self._rng.random(), self._expected(record)
+        )
         outbox = events.outbox_entries(
             record, decision, now, self._webhooks, lambda: str(uuid.uuid4())
         )
@@ -518,6 +542,7 @@ class _Committer:
                     future.set_result(ok)
 
 
+DURATIONS_REFRESH_SECONDS = 300.0
 # Azure pages job lists 200 at a time; a stand-in observation lets the sweep planner ask the
 # pure core "would a listed InProgress job be settled by the list?" before listing.
 SWEEP_PAGE_SIZE = 200
