@@ -76,6 +76,15 @@ class ReadBudget:
             wait = max(wait, (1.0 - bucket.tokens) / self._rate)
         return wait
 
+    def spare(self, subscription_id: str) -> float:
+        """The fraction of the bucket left (0 while paused by a 429)."""
+        bucket = self._bucket(subscription_id)
+        now = self._clock()
+        self._refill(bucket, now)
+        if bucket.paused_until > now:
+            return 0.0
+        return max(0.0, bucket.tokens) / self._burst
+
     def try_take(self, subscription_id: str) -> bool:
         bucket = self._bucket(subscription_id)
         if self.delay(subscription_id) > 0:

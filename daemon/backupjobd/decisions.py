@@ -407,13 +407,24 @@ def sweep_observation(
     listed: JobObservation | None,
     now: datetime,
     detail_interval: timedelta,
+    *,
+    detail_affordable: bool = True,
 ) -> JobObservation | None:
-    """What a vault sweep settles for one tracked job: the list item to record (status
-    unchanged, no extendedInfo), or None when the job needs one single GET — it left the
-    in-progress list, its status differs from ours, or its detail snapshot is due."""
-    if listed is None or status is None or listed.status != status:
+    """What a vault sweep settles for one tracked job: the list item to record (no
+    extendedInfo), or None when the job needs one single GET — it left the in-progress list,
+    its status differs from ours, or its detail snapshot is due and the read budget has room
+    for it (detail waits when reads are scarce: detecting ends comes first).
+
+    A job never seen yet is settled by the list too: that it runs is all the first look
+    needs; its first snapshot comes with the next detail read."""
+    if listed is None:
         return None
-    if last_detail_at is None or now - last_detail_at >= detail_interval:
+    if status is None:
+        return listed if listed.status in azure.RUNNING_STATUSES else None
+    if listed.status != status:
+        return None
+    detail_due = last_detail_at is None or now - last_detail_at >= detail_interval
+    if detail_due and detail_affordable:
         return None
     return listed
 

@@ -18,7 +18,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Row, and_, event, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, event, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -276,112 +278,89 @@ class SqlStore(Store):
         if not writes:
             return []
         try:
+            distinct = len({w.record.pk for w in writes}) == len(writes)
+            if len(writes) > 1 and distinct and self._engine.dialect.supports_sane_multi_rowcount:
+                try:
+                    async with self._engine.begin() as conn:
+                        await self._apply_many(conn, writes)
+                    return [True] * len(writes)
+                except _StaleInBatch:
+                    pass  # rolled back whole; the per-write path sorts out who is stale
             async with self._engine.begin() as conn:
-                return [await self._apply_one(conn, write) for write in writes]
+                applied = []
+                for write in writes:
+                    ok = await self._update_jobs(conn, [write])
+                    if ok:
+                        await self._append_rows(conn, [write])
+                    applied.append(ok)
+                return applied
         except (SQLAlchemyError, OSError) as exc:
             what = f"job {writes[0].record.job_id}" if len(writes) == 1 else f"{len(writes)} jobs"
             raise _translate(exc, f"saving {what}") from exc
 
-    async def _apply_one(self, conn: AsyncConnection, write: JobWrite) -> bool:
-        record, decision, now, outbox = write.record, write.decision, write.now, write.outbox
-        t = schema.jobs
-        values: dict[str, Any] = {
-            "status": decision.status,
-            "tracking": decision.tracking.value,
-            "next_poll_at": decision.next_poll_at,
-            "last_polled_at": now,
-            "poll_count": t.c.poll_count + (1 if decision.counts_as_poll else 0),
-            "consecutive_failures": decision.consecutive_failures,
-            "not_found_since": decision.not_found_since,
-            "stuck_since": decision.stuck_since,
-            "version": t.c.version + 1,
-        }
-        if decision.tracking is not Tracking.ACTIVE:
-            values["finished_at"] = now
-        obs = decision.observation
-        if obs is not None:
-            values.update(
-                job_type=obs.job_type or record.job_type,
-                operation=obs.operation or record.operation,
-                entity_friendly_name=obs.entity_friendly_name or record.entity_friendly_name,
-                backup_management_type=obs.backup_management_type or record.backup_management_type,
-                start_time=obs.start_time or record.start_time,
-                end_time=obs.end_time,
+    async def _apply_many(self, conn: AsyncConnection, writes: Sequence[JobWrite]) -> None:
+        """The fast path: every statement once, with many parameter sets (executemany)."""
+        if not await self._update_jobs(conn, writes):
+            raise _StaleInBatch
+        await self._append_rows(conn, writes)
+
+    async def _update_jobs(self, conn: AsyncConnection, writes: Sequence[JobWrite]) -> bool:
+        """Compare-and-set on each job's version; True when every row matched."""
+        result = await conn.execute(_JOB_UPDATE, [_job_row(w) for w in writes])
+        return bool(result.rowcount == len(writes))
+
+    async def _append_rows(self, conn: AsyncConnection, writes: Sequence[JobWrite]) -> None:
+        transitions = [
+            {
+                "job_pk": w.record.pk,
+                # The job's new version: unique per job and increasing, so history sorts by
+                # it, and no read is needed to number it.
+                "seq": w.record.version + 1,
+                "from_status": w.decision.transition[0],
+                "to_status": w.decision.transition[1],
+                "observed_at": w.now,
+            }
+            for w in writes
+            if w.decision.transition is not None
+        ]
+        if transitions:
+            await conn.execute(insert(schema.transitions), transitions)
+        snapshots = [
+            {
+                "job_pk": w.record.pk,
+                "content_hash": w.decision.snapshot.content_hash,
+                "observed_at": w.now,
+                "status": w.decision.status,
+                "properties": json.dumps(w.decision.snapshot.properties, sort_keys=True),
+            }
+            for w in writes
+            if w.decision.snapshot is not None
+        ]
+        if snapshots:
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            await conn.execute(
+                dialect_insert(schema.snapshots).on_conflict_do_nothing(
+                    index_elements=["job_pk", "content_hash"]
+                ),
+                snapshots,
             )
-            if decision.full_read:
-                values["last_detail_at"] = now
-        if decision.error is not None:
-            values.update(last_error=decision.error, last_error_at=now)
-            values["error_count"] = t.c.error_count + 1
-        elif decision.observation is not None:
-            values["last_error"] = None
-        if decision.snapshot is not None:
-            values["last_snapshot_hash"] = decision.snapshot.content_hash
-        result = await conn.execute(
-            update(t)
-            .where(and_(t.c.pk == record.pk, t.c.version == record.version))
-            .values(**values)
-        )
-        if result.rowcount != 1:
-            return False
-        if decision.transition is not None:
-            await self._append_transition(conn, record.pk, decision.transition, now)
-        if decision.snapshot is not None:
-            await self._keep_snapshot(conn, record.pk, decision, now)
+        outbox = [
+            {
+                "event_id": entry.event_id,
+                "webhook": entry.webhook,
+                "event_type": entry.event_type,
+                "job_pk": w.record.pk,
+                "payload": entry.payload,
+                "state": OUTBOX_PENDING,
+                "created_at": w.now,
+                "next_attempt_at": w.now,
+                "attempts": 0,
+            }
+            for w in writes
+            for entry in w.outbox
+        ]
         if outbox:
-            await conn.execute(
-                insert(schema.outbox),
-                [
-                    {
-                        "event_id": entry.event_id,
-                        "webhook": entry.webhook,
-                        "event_type": entry.event_type,
-                        "job_pk": record.pk,
-                        "payload": entry.payload,
-                        "state": OUTBOX_PENDING,
-                        "created_at": now,
-                        "next_attempt_at": now,
-                        "attempts": 0,
-                    }
-                    for entry in outbox
-                ],
-            )
-        return True
-
-    async def _append_transition(
-        self, conn: AsyncConnection, job_pk: int, change: tuple[str | None, str], now: datetime
-    ) -> None:
-        tr = schema.transitions
-        last = await conn.scalar(select(func.max(tr.c.seq)).where(tr.c.job_pk == job_pk))
-        await conn.execute(
-            insert(tr).values(
-                job_pk=job_pk,
-                seq=(last or 0) + 1,
-                from_status=change[0],
-                to_status=change[1],
-                observed_at=now,
-            )
-        )
-
-    async def _keep_snapshot(
-        self, conn: AsyncConnection, job_pk: int, decision: JobDecision, now: datetime
-    ) -> None:
-        snap = decision.snapshot
-        assert snap is not None and decision.status is not None
-        s = schema.snapshots
-        exists = await conn.scalar(
-            select(s.c.pk).where(s.c.job_pk == job_pk, s.c.content_hash == snap.content_hash)
-        )
-        if exists is None:
-            await conn.execute(
-                insert(s).values(
-                    job_pk=job_pk,
-                    content_hash=snap.content_hash,
-                    observed_at=now,
-                    status=decision.status,
-                    properties=json.dumps(snap.properties, sort_keys=True),
-                )
-            )
+            await conn.execute(insert(schema.outbox), outbox)
 
     async def apply_operation(
         self, record: OperationRecord, decision: OperationDecision, now: datetime
@@ -736,6 +715,85 @@ def _job(row: Row[Any]) -> JobRecord:
         stuck_since=row.stuck_since,
         last_detail_at=row.last_detail_at,
     )
+
+
+class _StaleInBatch(Exception):
+    """A batch met a concurrent change: roll it back and apply write by write."""
+
+
+_JOB_COLUMNS = (
+    "status",
+    "tracking",
+    "next_poll_at",
+    "last_polled_at",
+    "poll_count",
+    "consecutive_failures",
+    "not_found_since",
+    "stuck_since",
+    "version",
+    "finished_at",
+    "job_type",
+    "operation",
+    "entity_friendly_name",
+    "backup_management_type",
+    "start_time",
+    "end_time",
+    "last_detail_at",
+    "last_error",
+    "last_error_at",
+    "error_count",
+    "last_snapshot_hash",
+)
+_JOB_UPDATE = (
+    update(schema.jobs)
+    .where(
+        schema.jobs.c.pk == bindparam("b_pk"),
+        schema.jobs.c.version == bindparam("b_version"),
+    )
+    .values({c: bindparam(f"v_{c}", type_=schema.jobs.c[c].type) for c in _JOB_COLUMNS})
+)
+
+
+def _job_row(write: JobWrite) -> dict[str, Any]:
+    """Every column of the job after the decision, computed from the record we read: the
+    compare-and-set on `version` guarantees the record is still what the row holds."""
+    record, decision, now = write.record, write.decision, write.now
+    obs = decision.observation
+    values: dict[str, Any] = {
+        "status": decision.status,
+        "tracking": decision.tracking.value,
+        "next_poll_at": decision.next_poll_at,
+        "last_polled_at": now,
+        "poll_count": record.poll_count + (1 if decision.counts_as_poll else 0),
+        "consecutive_failures": decision.consecutive_failures,
+        "not_found_since": decision.not_found_since,
+        "stuck_since": decision.stuck_since,
+        "version": record.version + 1,
+        "finished_at": now if decision.tracking is not Tracking.ACTIVE else record.finished_at,
+        "job_type": (obs and obs.job_type) or record.job_type,
+        "operation": (obs and obs.operation) or record.operation,
+        "entity_friendly_name": (obs and obs.entity_friendly_name) or record.entity_friendly_name,
+        "backup_management_type": (obs and obs.backup_management_type)
+        or record.backup_management_type,
+        "start_time": (obs and obs.start_time) or record.start_time,
+        "end_time": obs.end_time if obs is not None else record.end_time,
+        "last_detail_at": now if obs is not None and decision.full_read else record.last_detail_at,
+        "last_error": record.last_error,
+        "last_error_at": record.last_error_at,
+        "error_count": record.error_count,
+        "last_snapshot_hash": decision.snapshot.content_hash
+        if decision.snapshot is not None
+        else record.last_snapshot_hash,
+    }
+    if decision.error is not None:
+        values.update(
+            last_error=decision.error, last_error_at=now, error_count=record.error_count + 1
+        )
+    elif obs is not None:
+        values["last_error"] = None
+    row = {f"v_{k}": v for k, v in values.items()}
+    row.update(b_pk=record.pk, b_version=record.version)
+    return row
 
 
 def _outbox(row: Row[Any]) -> OutboxRecord:

@@ -190,10 +190,18 @@ class Tracker:
         vault's InProgress jobs due within half an interval, so their schedules line up."""
         if self._sweep_min_jobs <= 0:
             return None
+        affordable = self._detail_affordable(due[0].vault_id)
         sweepable = [
             r
             for r in due
-            if sweep_observation(r.status, r.last_detail_at, _LISTED_PROBE, now, self._detail)
+            if sweep_observation(
+                r.status,
+                r.last_detail_at,
+                _LISTED_PROBE,
+                now,
+                self._detail,
+                detail_affordable=affordable,
+            )
         ]
         pages = max(1, -(-self._sweep_sizes.get(vault_key, 0) // SWEEP_PAGE_SIZE))
         if not sweep_worthwhile(len(sweepable), pages, self._sweep_min_jobs):
@@ -203,7 +211,7 @@ class Tracker:
             due[0].vault_id, horizon, self._batch_size, self._jobs_in_flight
         )
         records = {r.pk: r for r in sweepable}
-        records.update({r.pk: r for r in ahead if r.last_detail_at is not None})
+        records.update({r.pk: r for r in ahead})
         return _Sweep(due[0].vault_id, tuple(records.values()))
 
     async def run_until_idle(self, deadline_seconds: float) -> None:
@@ -266,9 +274,15 @@ class Tracker:
         now = self._clock()
         settled: list[JobWrite] = []
         singles: list[JobRecord] = []
+        affordable = self._detail_affordable(item.vault_id)
         for record in item.records:
             obs = sweep_observation(
-                record.status, record.last_detail_at, listed.get(record.job_id), now, self._detail
+                record.status,
+                record.last_detail_at,
+                listed.get(record.job_id),
+                now,
+                self._detail,
+                detail_affordable=affordable,
             )
             if obs is None:
                 singles.append(record)
@@ -298,6 +312,14 @@ class Tracker:
             len(singles),
             extra={"vault": item.vault_id, "action": "sweep", "job_id": None},
         )
+
+    def _detail_affordable(self, vault_id: str) -> bool:
+        """Detail reads only while at least half the subscription's read budget is left."""
+        budget = self._arm.budget
+        if budget is None:
+            return True
+        subscription = azure.vault_from_id(vault_id).subscription_id
+        return budget.spare(subscription) >= 0.5
 
     def _hand_on(self, records: Sequence[JobRecord]) -> None:
         for record in records:

@@ -319,10 +319,11 @@ async def test_apply_job_with_a_transition_writes_exactly_one_transition_row(
         (r.seq, r.from_status, r.to_status)
         for r in await rows(store, schema.transitions, record.pk)
     ]
+    # seq is the job's version after the write: increasing per job, not consecutive.
     assert chain == [
         (1, None, "InProgress"),
-        (2, "InProgress", "Cancelling"),
-        (3, "Cancelling", "Cancelled"),
+        (3, "InProgress", "Cancelling"),
+        (4, "Cancelling", "Cancelled"),
     ]
 
     # Another job's history starts at seq 1 again.
@@ -478,7 +479,7 @@ async def test_history_is_oldest_first_with_aware_utc_datetimes(store: SqlStore)
     transitions, snapshots = await store.history(record.pk)
     assert transitions == [
         TransitionRecord(1, None, "InProgress", T0 + 5 * SEC),
-        TransitionRecord(2, "InProgress", "Completed", T0 + 15 * SEC),
+        TransitionRecord(3, "InProgress", "Completed", T0 + 15 * SEC),  # seq = version
     ]
     assert [s.observed_at for s in snapshots] == [T0 + 5 * SEC, T0 + 10 * SEC, T0 + 15 * SEC]
     assert [s.status for s in snapshots] == ["InProgress", "InProgress", "Completed"]
@@ -718,7 +719,7 @@ async def test_full_lifecycle_none_inprogress_completed(store: SqlStore) -> None
         (None, "InProgress"),
         ("InProgress", "Completed"),
     ]
-    assert [t.seq for t in transitions] == [1, 2]
+    assert [t.seq for t in transitions] == [1, 4]  # the job's version at each transition
     assert [s.status for s in snapshots] == ["InProgress", "Completed"]
     assert await store.due_jobs(now + timedelta(days=1), 10) == []
     assert await store.counts() == {"jobs_finished": 1, "operations_active": 0}
