@@ -413,7 +413,9 @@ def sweep_observation(
     """What a vault sweep settles for one tracked job: the list item to record (no
     extendedInfo), or None when the job needs one single GET — it left the in-progress list,
     its status differs from ours, or its detail snapshot is due and the read budget has room
-    for it (detail waits when reads are scarce: detecting ends comes first).
+    for it (detail waits when reads are scarce: detecting ends comes first). `last_detail_at`
+    is the last full read, or registration for a job never read in full: a job shorter than
+    the detail interval costs one GET, at its end.
 
     A job never seen yet is settled by the list too: that it runs is all the first look
     needs; its first snapshot comes with the next detail read."""

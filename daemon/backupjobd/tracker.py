@@ -196,7 +196,7 @@ class Tracker:
             for r in due
             if sweep_observation(
                 r.status,
-                r.last_detail_at,
+                r.last_detail_at or r.registered_at,
                 _LISTED_PROBE,
                 now,
                 self._detail,
@@ -278,7 +278,7 @@ class Tracker:
         for record in item.records:
             obs = sweep_observation(
                 record.status,
-                record.last_detail_at,
+                record.last_detail_at or record.registered_at,
                 listed.get(record.job_id),
                 now,
                 self._detail,
