@@ -85,6 +85,15 @@ class ReadBudget:
             return 0.0
         return max(0.0, bucket.tokens) / self._burst
 
+    def affordable(self, subscription_id: str, within_seconds: float) -> int:
+        """How many reads the bucket can serve within `within_seconds` (0 while paused)."""
+        bucket = self._bucket(subscription_id)
+        now = self._clock()
+        self._refill(bucket, now)
+        if bucket.paused_until > now:
+            return 0
+        return int(max(0.0, bucket.tokens) + self._rate * within_seconds)
+
     def try_take(self, subscription_id: str) -> bool:
         bucket = self._bucket(subscription_id)
         if self.delay(subscription_id) > 0:

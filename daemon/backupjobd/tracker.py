@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import random
 import time
@@ -178,10 +179,29 @@ class Tracker:
             self._jobs_in_flight.update(swept)
             self._queue.put_nowait(sweep)
             queued += len(sweep.records)
-        for job in singles:
+        singles = self._within_budgets(singles)
+        for job in _round_robin(singles):
             self._jobs_in_flight.add(job.pk)
             self._queue.put_nowait(job)
         return queued + len(singles)
+
+    def _within_budgets(self, singles: list[JobRecord]) -> list[JobRecord]:
+        """Queue no more single GETs of a subscription than its read budget can serve within
+        a few seconds, and none while a 429 pauses it: pollers waiting on one subscription's
+        bucket must not hold up the others. The rest stay due in the store."""
+        budget = self._arm.budget
+        if budget is None:
+            return singles
+        room: dict[str, int] = {}
+        kept: list[JobRecord] = []
+        for job in singles:
+            sub = job.vault_id.split("/")[2].lower()
+            if sub not in room:
+                room[sub] = 0 if budget.delay(sub) > 1.0 else budget.affordable(sub, 5.0)
+            if room[sub] > 0:
+                room[sub] -= 1
+                kept.append(job)
+        return kept
 
     async def _plan_sweep(
         self, vault_key: str, due: list[JobRecord], now: datetime
@@ -261,6 +281,10 @@ class Tracker:
             async for page in self._arm.list_jobs(vault, SWEEP_FILTER):
                 listed.update((obs.job_id, obs) for obs in page)
         except (TransientError, PermanentError, CredentialError) as exc:
+            if isinstance(exc, TransientError) and exc.retry_after is not None:
+                # Throttled: the subscription is paused; its jobs stay due, no single GETs.
+                logger.info("sweep of vault %s throttled; retrying later", item.vault_id)
+                return
             logger.info(
                 "sweep of vault %s failed (%s); polling its jobs one by one",
                 item.vault_id,
@@ -295,13 +319,20 @@ class Tracker:
                 self._rng.random(),
                 self._expected(record),
             )
-            settled.append(JobWrite(record, decision, now))
+            outbox = events.outbox_entries(
+                record, decision, now, self._webhooks, lambda: str(uuid.uuid4())
+            )
+            settled.append(JobWrite(record, decision, now, outbox))
         self._hand_on(singles)
         if settled:
-            await self._persist(
+            applied = await self._persist(
                 functools.partial(self._store.apply_jobs, settled),
                 {"vault": item.vault_id, "action": "sweep", "job_id": None},
             )
+            for write, ok in zip(settled, applied, strict=True):
+                seen = write.decision.observation
+                if ok and seen and (write.decision.transition or write.decision.newly_stuck):
+                    self._log_job(write.record, Seen(seen, full=False), write.decision)
         if self._metrics is not None:
             self._metrics.poll("sweep", "ok")
         logger.debug(
@@ -581,6 +612,17 @@ _LISTED_PROBE = JobObservation(
     duration=None,
     properties={},
 )
+
+
+def _round_robin(jobs: Sequence[JobRecord]) -> list[JobRecord]:
+    """Interleave subscriptions so one subscription's backlog does not queue ahead of all."""
+    lanes: dict[str, list[JobRecord]] = {}
+    for job in jobs:
+        lanes.setdefault(job.vault_id.split("/")[2].lower(), []).append(job)
+    out: list[JobRecord] = []
+    for row in itertools.zip_longest(*lanes.values()):
+        out.extend(job for job in row if job is not None)
+    return out
 
 
 def _outcome_label(outcome: object) -> str:

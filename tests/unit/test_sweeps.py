@@ -1,0 +1,197 @@
+"""Vault sweeps in the pure core: which tracked jobs a paged in-progress list settles, when a
+sweep is worth its pages, and what a decision from a list item (no extendedInfo) may do."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from backupjobd.azure import JobObservation
+from backupjobd.decisions import (
+    SWEEP_FILTER,
+    JobState,
+    PollPolicy,
+    Seen,
+    Tracking,
+    decide_job,
+    sweep_observation,
+    sweep_worthwhile,
+)
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+DETAIL = timedelta(seconds=60)
+POLICY = PollPolicy(
+    interval=timedelta(seconds=30), min_interval=timedelta(seconds=5), early_polls=3
+)
+JOB_GUID = "5b0f3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+TERMINAL = ["Completed", "CompletedWithWarnings", "Failed", "Cancelled"]
+
+
+def listed(status: str = "InProgress", **props: Any) -> JobObservation:
+    """A list item: what `backupJobs?$filter=…` returns (no extendedInfo)."""
+    properties = {"status": status, "operation": "Backup", "jobType": "AzureIaaSVMJob", **props}
+    return JobObservation(
+        job_id=JOB_GUID,
+        vault=None,
+        status=status,
+        job_type="AzureIaaSVMJob",
+        operation="Backup",
+        entity_friendly_name="vm-1",
+        backup_management_type="AzureIaasVM",
+        start_time=NOW - timedelta(minutes=3),
+        end_time=None,
+        duration=timedelta(minutes=3),
+        properties=properties,
+    )
+
+
+def test_the_sweep_filter_is_the_in_progress_list() -> None:
+    assert SWEEP_FILTER == "status eq 'InProgress'"
+
+
+# --------------------------------------------------------------------------- sweep_observation
+
+FRESH = NOW - timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(
+    ("status", "last_detail_at", "item", "settled"),
+    [
+        pytest.param("InProgress", FRESH, listed(), True, id="listed-same-status-fresh-detail"),
+        pytest.param(
+            "InProgress", NOW - DETAIL + timedelta(microseconds=1), listed(), True, id="detail-1us"
+        ),
+        pytest.param("InProgress", FRESH, None, None, id="left-the-list"),
+        pytest.param("Cancelling", FRESH, None, None, id="cancelling-not-listed"),
+        pytest.param("InProgress", FRESH, listed("Cancelling"), None, id="listed-other-status"),
+        pytest.param("Cancelling", FRESH, listed("InProgress"), None, id="ours-differs"),
+        # Never seen: the list's "it runs" is all a first look needs (detail comes later)...
+        pytest.param(None, None, listed(), True, id="never-seen-listed"),
+        # ...but a job not on the in-progress list needs its GET (finished, or not visible).
+        pytest.param(None, None, None, None, id="never-seen-not-listed"),
+        pytest.param(None, None, listed("Completed"), None, id="never-seen-listed-terminal"),
+        pytest.param("InProgress", None, listed(), None, id="detail-never-taken"),
+        pytest.param("InProgress", NOW - DETAIL, listed(), None, id="detail-exactly-due"),
+        pytest.param("InProgress", NOW - 5 * DETAIL, listed(), None, id="detail-long-due"),
+    ],
+)
+def test_sweep_observation(
+    status: str | None,
+    last_detail_at: datetime | None,
+    item: JobObservation | None,
+    settled: bool | None,
+) -> None:
+    got = sweep_observation(status, last_detail_at, item, NOW, DETAIL)
+    if settled:
+        assert got is item
+    else:
+        assert got is None
+
+
+def test_a_due_detail_waits_while_the_read_budget_is_scarce() -> None:
+    for last in (None, NOW - DETAIL, NOW - 5 * DETAIL):
+        item = listed()
+        assert sweep_observation("InProgress", last, item, NOW, DETAIL) is None
+        scarce = sweep_observation("InProgress", last, item, NOW, DETAIL, detail_affordable=False)
+        assert scarce is item
+    # Scarcity never hides a change: a job that left the list or changed still gets its GET.
+    assert sweep_observation("InProgress", None, None, NOW, DETAIL, detail_affordable=False) is None
+    other = listed("Cancelling")
+    assert (
+        sweep_observation("InProgress", FRESH, other, NOW, DETAIL, detail_affordable=False) is None
+    )
+
+
+@pytest.mark.parametrize("status", TERMINAL)
+def test_a_job_we_think_finished_is_never_settled_by_a_list(status: str) -> None:
+    assert sweep_observation(status, FRESH, listed(), NOW, DETAIL) is None
+
+
+def test_a_detail_taken_in_the_future_still_counts_as_fresh() -> None:
+    # Clock skew between writers must not make every sweep hand the job to a GET.
+    future = NOW + timedelta(seconds=5)
+    assert sweep_observation("InProgress", future, listed(), NOW, DETAIL) is not None
+
+
+# --------------------------------------------------------------------------- sweep_worthwhile
+
+
+@pytest.mark.parametrize(
+    ("due", "pages", "min_jobs", "worthwhile"),
+    [
+        (0, 1, 3, False),
+        (2, 1, 3, False),  # below min_jobs
+        (3, 1, 3, True),  # exactly min_jobs, more than the one page
+        (4, 1, 3, True),
+        (3, 2, 3, True),  # 2 pages cost less than 3 GETs
+        (3, 3, 3, False),  # 3 pages cost as much as 3 GETs
+        (4, 3, 3, True),
+        (10, 9, 3, True),
+        (10, 10, 3, False),
+        (200, 200, 3, False),
+        (201, 200, 3, True),
+        (1, 0, 0, True),  # with no minimum: one job, zero known pages
+        (0, 0, 0, False),
+        (5, 1, 6, False),
+        (6, 1, 6, True),
+    ],
+)
+def test_sweep_worthwhile_boundaries(due: int, pages: int, min_jobs: int, worthwhile: bool) -> None:
+    assert sweep_worthwhile(due, pages, min_jobs) is worthwhile
+
+
+# --------------------------------------------------------------------------- list decisions
+
+
+def state(status: str | None = "InProgress", **kw: Any) -> JobState:
+    kw.setdefault("poll_count", 5)
+    kw.setdefault("last_snapshot_hash", "previous-hash")
+    kw.setdefault("started_at", NOW - timedelta(minutes=3))
+    return JobState(status=status, **kw)
+
+
+def test_a_list_decision_keeps_in_progress_and_records_no_snapshot() -> None:
+    decision = decide_job(state(), Seen(listed(), full=False), NOW, POLICY, 0.5)
+    assert decision.status == "InProgress"
+    assert decision.tracking is Tracking.ACTIVE
+    assert decision.transition is None
+    assert decision.snapshot is None
+    assert decision.full_read is False
+    assert decision.error is None
+    assert decision.next_poll_at is not None and decision.next_poll_at > NOW
+    assert decision.next_poll_at - NOW == POLICY.interval
+
+
+def test_a_list_decision_records_no_snapshot_even_with_a_new_body() -> None:
+    item = listed(progressPercentage=42)
+    decision = decide_job(state(last_snapshot_hash=None), Seen(item, full=False), NOW, POLICY, 0.5)
+    assert decision.snapshot is None
+    assert decision.full_read is False
+    # The same body read in full would have been kept: only `full` makes the difference.
+    full = decide_job(state(last_snapshot_hash=None), Seen(item), NOW, POLICY, 0.5)
+    assert full.snapshot is not None
+    assert full.full_read is True
+
+
+@pytest.mark.parametrize("final", TERMINAL)
+def test_a_terminal_list_item_never_finishes_a_job(final: str) -> None:
+    decision = decide_job(state(), Seen(listed(final), full=False), NOW, POLICY, 0.5)
+    assert decision.tracking is Tracking.ACTIVE
+    assert decision.next_poll_at == NOW  # a full GET right away
+    assert decision.snapshot is None
+    assert decision.full_read is False
+
+
+@pytest.mark.parametrize("final", TERMINAL)
+def test_the_full_read_after_a_terminal_list_item_finishes_the_job(final: str) -> None:
+    decision = decide_job(state(), Seen(listed(final)), NOW, POLICY, 0.5)
+    assert decision.tracking is Tracking.FINISHED
+    assert decision.next_poll_at is None
+    assert decision.snapshot is not None
+
+
+def test_a_list_decision_on_an_early_poll_keeps_the_short_interval() -> None:
+    decision = decide_job(state(poll_count=1), Seen(listed(), full=False), NOW, POLICY, 0.5)
+    assert decision.next_poll_at == NOW + POLICY.min_interval
