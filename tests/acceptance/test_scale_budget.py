@@ -1,6 +1,6 @@
 """At scale inside a tight read budget: the real daemon (`backupjobd serve`) follows 2,000
 jobs in 4 vaults of 2 subscriptions to the end against the real emulator process, which
-enforces a per-subscription read budget of 40 burst / 10 per second and pages lists by 200.
+enforces a per-subscription read budget of 80 burst / 25 per second and pages lists by 200.
 
 The daemon keeps its own budget under the emulator's (30 / 8 per second per subscription),
 so the emulator never has to answer 429; vault sweeps make that affordable: one list page
