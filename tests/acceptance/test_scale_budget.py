@@ -2,7 +2,7 @@
 jobs in 4 vaults of 2 subscriptions to the end against the real emulator process, which
 enforces a per-subscription read budget of 80 burst / 25 per second and pages lists by 200.
 
-The daemon keeps its own budget under the emulator's (30 / 8 per second per subscription),
+The daemon keeps its own budget under the emulator's (60 / 20 per second per subscription),
 so the emulator never has to answer 429; vault sweeps make that affordable: one list page
 refreshes up to 200 running jobs, and each job needs about one GET at the end (plus early
 and detail reads).
