@@ -24,40 +24,24 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    from bench.baselines import (
-        Daemon,
-        Emulator,
-        Result,
-        arm_reads,
-        daemon_env,
-        job_specs,
-        read_db_jobs,
-        register_cpu,
-        run_aiohttp_baseline,
-        run_sdk_baseline,
-        stats_delta,
-        vault_ids,
-        wait_daemon_done,
-        write_config,
-    )
-except ImportError:  # run as `python bench/cpu_per_job.py`
-    from baselines import (  # type: ignore[no-redef]
-        Daemon,
-        Emulator,
-        Result,
-        arm_reads,
-        daemon_env,
-        job_specs,
-        read_db_jobs,
-        register_cpu,
-        run_aiohttp_baseline,
-        run_sdk_baseline,
-        stats_delta,
-        vault_ids,
-        wait_daemon_done,
-        write_config,
-    )
+# Runs as `python bench/x.py` as well as `python -m bench.x`: the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.baselines import (
+    Daemon,
+    Emulator,
+    Result,
+    arm_reads,
+    daemon_env,
+    job_specs,
+    read_db_jobs,
+    register_cpu,
+    run_aiohttp_baseline,
+    run_sdk_baseline,
+    stats_delta,
+    vault_ids,
+    wait_daemon_done,
+    write_config,
+)
 
 
 def run_daemon(

@@ -33,36 +33,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-try:
-    from bench.baselines import (
-        Daemon,
-        Emulator,
-        arm_reads,
-        daemon_env,
-        job_specs,
-        percentile,
-        read_db_jobs,
-        register_cpu,
-        stats_delta,
-        vault_ids,
-        wait_daemon_done,
-        write_config,
-    )
-except ImportError:  # run as `python bench/scale.py`
-    from baselines import (  # type: ignore[no-redef]
-        Daemon,
-        Emulator,
-        arm_reads,
-        daemon_env,
-        job_specs,
-        percentile,
-        read_db_jobs,
-        register_cpu,
-        stats_delta,
-        vault_ids,
-        wait_daemon_done,
-        write_config,
-    )
+# Runs as `python bench/x.py` as well as `python -m bench.x`: the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.baselines import (
+    Daemon,
+    Emulator,
+    arm_reads,
+    daemon_env,
+    job_specs,
+    percentile,
+    read_db_jobs,
+    register_cpu,
+    stats_delta,
+    vault_ids,
+    wait_daemon_done,
+    write_config,
+)
 
 MB = 1024 * 1024
 
