@@ -419,16 +419,32 @@ def sweep_observation(
 
     A job never seen yet is settled by the list too: that it runs is all the first look
     needs; its first snapshot comes with the next detail read."""
-    if listed is None:
+    if listed is None or listed.status != (status or listed.status):
         return None
+    if listed.status not in azure.RUNNING_STATUSES:
+        return None
+    settles = sweep_settles(
+        status, last_detail_at, now, detail_interval, detail_affordable=detail_affordable
+    )
+    return listed if settles else None
+
+
+def sweep_settles(
+    status: str | None,
+    last_detail_at: datetime | None,
+    now: datetime,
+    detail_interval: timedelta,
+    *,
+    detail_affordable: bool = True,
+) -> bool:
+    """Before listing: would a sweep settle this job if the list shows it in progress?
+    (A sweep lists `status eq 'InProgress'` only.)"""
     if status is None:
-        return listed if listed.status in azure.RUNNING_STATUSES else None
-    if listed.status != status:
-        return None
+        return True
+    if status != "InProgress":
+        return False
     detail_due = last_detail_at is None or now - last_detail_at >= detail_interval
-    if detail_due and detail_affordable:
-        return None
-    return listed
+    return not (detail_due and detail_affordable)
 
 
 def sweep_worthwhile(due_in_vault: int, expected_pages: int, min_jobs: int) -> bool:

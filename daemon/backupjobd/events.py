@@ -7,7 +7,6 @@ describe, so an event exists if and only if its transition was committed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -45,37 +44,6 @@ def wanted(filters: Sequence[str], kind: str) -> bool:
         or (f == "stuck" and kind == "stuck")
         for f in filters
     )
-
-
-def job_after(record: JobRecord, decision: JobDecision, now: datetime) -> JobRecord:
-    """The job as it reads once the decision is committed (for the event body)."""
-    obs = decision.observation
-    changes: dict[str, Any] = {
-        "status": decision.status,
-        "tracking": decision.tracking,
-        "last_polled_at": now,
-        "next_poll_at": decision.next_poll_at,
-        "poll_count": record.poll_count + (1 if decision.counts_as_poll else 0),
-        "stuck_since": decision.stuck_since,
-    }
-    if decision.tracking is not Tracking.ACTIVE:
-        changes["finished_at"] = now
-    if decision.error is not None:
-        changes.update(
-            last_error=decision.error, last_error_at=now, error_count=record.error_count + 1
-        )
-    elif obs is not None:
-        changes["last_error"] = None
-    if obs is not None:
-        changes.update(
-            job_type=obs.job_type or record.job_type,
-            operation=obs.operation or record.operation,
-            entity_friendly_name=obs.entity_friendly_name or record.entity_friendly_name,
-            backup_management_type=obs.backup_management_type or record.backup_management_type,
-            start_time=obs.start_time or record.start_time,
-            end_time=obs.end_time,
-        )
-    return dataclasses.replace(record, **changes)
 
 
 def cloud_event(
@@ -117,7 +85,7 @@ def outbox_entries(
         targets = [hook for hook in webhooks if wanted(hook.events, kind)]
         if not targets:
             continue
-        job = job or job_after(record, decision, now)
+        job = job or record.after(decision, now)
         event_id = new_id()
         body = json.dumps(cloud_event(event_id, kind, job, decision, now), sort_keys=True)
         entries.extend(

@@ -109,7 +109,7 @@ def parse_documents(
 def parse_document(doc: Any, endpoint: Endpoint, vault_hint: VaultRef | None) -> list[Registration]:
     """Recognise one registration form (see the brief) and validate it."""
     if isinstance(doc, str):
-        return [_from_string(doc, endpoint, "cli")]
+        return [_from_string(doc, endpoint)]
     if not isinstance(doc, dict):
         raise InvalidInput(f"expected a JSON object or string, got {type(doc).__name__}")
     lowered = {str(k).lower(): v for k, v in doc.items()}
@@ -134,7 +134,7 @@ def parse_document(doc: Any, endpoint: Endpoint, vault_hint: VaultRef | None) ->
                 raise InvalidInput("a job id needs a vault: give --vault or a vault_id field")
             return [JobRegistration(vault, job_id, "job-id")]
     if "id" in lowered and isinstance(lowered["id"], str):
-        return [_from_string(lowered["id"], endpoint, "job-arm-id")]
+        return [_from_string(lowered["id"], endpoint)]
     raise InvalidInput(
         "unrecognised document: expected an operation status, a job resource, a job ARM id, "
         "an operation URL or a job_id with a vault"
@@ -197,7 +197,8 @@ def dedupe(regs: list[Registration]) -> list[Registration]:
     return out
 
 
-def _from_string(value: str, endpoint: Endpoint, source: str) -> Registration:
+def _from_string(value: str, endpoint: Endpoint) -> Registration:
+    """A JSON string: an operation URL or a job ARM id (the source says which it was)."""
     text = value.strip()
     if text.lower().startswith(("http://", "https://")) or "://" in text:
         return operation_from_url(text, endpoint, "operation-url")

@@ -755,44 +755,12 @@ _JOB_UPDATE = (
 
 
 def _job_row(write: JobWrite) -> dict[str, Any]:
-    """Every column of the job after the decision, computed from the record we read: the
+    """Every column of the job after the decision, from the record we read: the
     compare-and-set on `version` guarantees the record is still what the row holds."""
-    record, decision, now = write.record, write.decision, write.now
-    obs = decision.observation
-    values: dict[str, Any] = {
-        "status": decision.status,
-        "tracking": decision.tracking.value,
-        "next_poll_at": decision.next_poll_at,
-        "last_polled_at": now,
-        "poll_count": record.poll_count + (1 if decision.counts_as_poll else 0),
-        "consecutive_failures": decision.consecutive_failures,
-        "not_found_since": decision.not_found_since,
-        "stuck_since": decision.stuck_since,
-        "version": record.version + 1,
-        "finished_at": now if decision.tracking is not Tracking.ACTIVE else record.finished_at,
-        "job_type": (obs and obs.job_type) or record.job_type,
-        "operation": (obs and obs.operation) or record.operation,
-        "entity_friendly_name": (obs and obs.entity_friendly_name) or record.entity_friendly_name,
-        "backup_management_type": (obs and obs.backup_management_type)
-        or record.backup_management_type,
-        "start_time": (obs and obs.start_time) or record.start_time,
-        "end_time": obs.end_time if obs is not None else record.end_time,
-        "last_detail_at": now if obs is not None and decision.full_read else record.last_detail_at,
-        "last_error": record.last_error,
-        "last_error_at": record.last_error_at,
-        "error_count": record.error_count,
-        "last_snapshot_hash": decision.snapshot.content_hash
-        if decision.snapshot is not None
-        else record.last_snapshot_hash,
-    }
-    if decision.error is not None:
-        values.update(
-            last_error=decision.error, last_error_at=now, error_count=record.error_count + 1
-        )
-    elif obs is not None:
-        values["last_error"] = None
-    row = {f"v_{k}": v for k, v in values.items()}
-    row.update(b_pk=record.pk, b_version=record.version)
+    after = write.record.after(write.decision, write.now)
+    row: dict[str, Any] = {f"v_{c}": getattr(after, c) for c in _JOB_COLUMNS}
+    row["v_tracking"] = after.tracking.value
+    row.update(b_pk=write.record.pk, b_version=write.record.version)
     return row
 
 

@@ -7,6 +7,7 @@ test suite runs against both.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +54,44 @@ class JobRecord:
     @property
     def finished(self) -> bool:
         return self.tracking is Tracking.FINISHED
+
+    def after(self, decision: JobDecision, now: datetime) -> JobRecord:
+        """The job as it reads once `decision` (observed at `now`) is committed: what the
+        store writes and what webhook events report, computed in one place."""
+        obs = decision.observation
+        changes: dict[str, Any] = {
+            "status": decision.status,
+            "tracking": decision.tracking,
+            "next_poll_at": decision.next_poll_at,
+            "last_polled_at": now,
+            "poll_count": self.poll_count + (1 if decision.counts_as_poll else 0),
+            "consecutive_failures": decision.consecutive_failures,
+            "not_found_since": decision.not_found_since,
+            "stuck_since": decision.stuck_since,
+            "version": self.version + 1,
+        }
+        if decision.tracking is not Tracking.ACTIVE:
+            changes["finished_at"] = now
+        if obs is not None:
+            changes.update(
+                job_type=obs.job_type or self.job_type,
+                operation=obs.operation or self.operation,
+                entity_friendly_name=obs.entity_friendly_name or self.entity_friendly_name,
+                backup_management_type=obs.backup_management_type or self.backup_management_type,
+                start_time=obs.start_time or self.start_time,
+                end_time=obs.end_time,
+            )
+            if decision.full_read:
+                changes["last_detail_at"] = now
+        if decision.error is not None:
+            changes.update(
+                last_error=decision.error, last_error_at=now, error_count=self.error_count + 1
+            )
+        elif obs is not None:
+            changes["last_error"] = None
+        if decision.snapshot is not None:
+            changes["last_snapshot_hash"] = decision.snapshot.content_hash
+        return dataclasses.replace(self, **changes)
 
     def state(self) -> JobState:
         return JobState(

@@ -38,6 +38,7 @@ from backupjobd.decisions import (
     decide_job,
     decide_operation,
     sweep_observation,
+    sweep_settles,
     sweep_worthwhile,
 )
 from backupjobd.errors import (
@@ -214,10 +215,9 @@ class Tracker:
         sweepable = [
             r
             for r in due
-            if sweep_observation(
+            if sweep_settles(
                 r.status,
                 r.last_detail_at or r.registered_at,
-                _LISTED_PROBE,
                 now,
                 self._detail,
                 detail_affordable=affordable,
@@ -596,22 +596,8 @@ class _Committer:
 
 
 DURATIONS_REFRESH_SECONDS = 300.0
-# Azure pages job lists 200 at a time; a stand-in observation lets the sweep planner ask the
-# pure core "would a listed InProgress job be settled by the list?" before listing.
+# Azure pages job lists 200 at a time.
 SWEEP_PAGE_SIZE = 200
-_LISTED_PROBE = JobObservation(
-    job_id="",
-    vault=None,
-    status="InProgress",
-    job_type=None,
-    operation=None,
-    entity_friendly_name=None,
-    backup_management_type=None,
-    start_time=None,
-    end_time=None,
-    duration=None,
-    properties={},
-)
 
 
 def _round_robin(jobs: Sequence[JobRecord]) -> list[JobRecord]:

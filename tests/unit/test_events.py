@@ -232,7 +232,7 @@ def test_wanted_is_the_union_of_the_filters(filters: tuple[str, ...], kind: str)
 def test_cloud_event_has_the_cloudevents_attributes_and_the_job() -> None:
     rec = record(status="InProgress", poll_count=3, version=3, last_polled_at=NOW)
     decision = seen("InProgress", "Failed")
-    job = events.job_after(rec, decision, NOW)
+    job = rec.after(decision, NOW)
     body = events.cloud_event("evt-1", "failed", job, decision, NOW)
 
     # CloudEvents 1.0 required attributes, non-empty strings.
@@ -277,7 +277,7 @@ def test_cloud_event_has_the_cloudevents_attributes_and_the_job() -> None:
 
 def test_cloud_event_of_a_first_sighting_has_a_null_from_status() -> None:
     decision = seen(None, "InProgress")
-    job = events.job_after(record(), decision, NOW)
+    job = record().after(decision, NOW)
     body = events.cloud_event("evt-2", "inprogress", job, decision, NOW)
     assert body["type"] == "com.backupjobd.job.inprogress"
     assert body["data"]["transition"]["from_status"] is None
@@ -289,7 +289,7 @@ def test_cloud_event_of_a_first_sighting_has_a_null_from_status() -> None:
 def test_cloud_event_of_a_lost_job_has_no_transition_and_no_snapshot() -> None:
     rec = record(status="InProgress", not_found_since=NOW - POLICY.not_found_grace)
     decision = decide_job(rec.state(), Missing(), NOW, POLICY, jitter=0.5)
-    job = events.job_after(rec, decision, NOW)
+    job = rec.after(decision, NOW)
     body = events.cloud_event("evt-3", "lost", job, decision, NOW)
     assert body["type"] == "com.backupjobd.job.lost"
     assert body["subject"] == JOB_ARM_ID
@@ -303,7 +303,7 @@ def test_cloud_event_of_a_lost_job_has_no_transition_and_no_snapshot() -> None:
 def test_job_after_reads_like_the_committed_job() -> None:
     rec = record(status="InProgress", poll_count=2, version=2, job_type="AzureIaaSVMJob")
     decision = seen("InProgress", "Completed")
-    after = events.job_after(rec, decision, NOW)
+    after = rec.after(decision, NOW)
     assert after.status == "Completed"
     assert after.tracking is Tracking.FINISHED
     assert after.finished
@@ -321,17 +321,10 @@ def test_job_after_reads_like_the_committed_job() -> None:
     )
 
 
-JOB_AFTER_BUG = (
-    "BUG: events.job_after does not apply the error bookkeeping SqlStore.apply_job does "
-    "(last_error cleared by a clean observation, error_count + 1 on an error), so the "
-    "event's data.job disagrees with the job as committed"
-)
-
-
 def test_job_after_clears_a_previous_error_like_the_store() -> None:
     # SqlStore.apply_job sets last_error = None when a poll observed the job without error.
     failing = record(status="InProgress", last_error="HTTP 500", last_error_at=REGISTERED)
-    recovered = events.job_after(failing, seen("InProgress", "Completed"), NOW)
+    recovered = failing.after(seen("InProgress", "Completed"), NOW)
     assert recovered.last_error is None
 
 
@@ -340,7 +333,7 @@ def test_job_after_counts_the_error_like_the_store() -> None:
     rec = record(status="InProgress", error_count=2, not_found_since=REGISTERED)
     lost = decide_job(rec.state(), Missing(), NOW, POLICY, jitter=0.5)
     assert lost.error is not None
-    assert events.job_after(rec, lost, NOW).error_count == 3
+    assert rec.after(lost, NOW).error_count == 3
 
 
 # --------------------------------------------------------------------------- outbox_entries
