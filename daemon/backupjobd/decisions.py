@@ -419,14 +419,22 @@ def sweep_observation(
 
     A job never seen yet is settled by the list too: that it runs is all the first look
     needs; its first snapshot comes with the next detail read."""
-    if listed is None or listed.status != (status or listed.status):
-        return None
-    if listed.status not in azure.RUNNING_STATUSES:
+    if listed is None or sweep_status_changed(status, listed):
         return None
     settles = sweep_settles(
         status, last_detail_at, now, detail_interval, detail_affordable=detail_affordable
     )
     return listed if settles else None
+
+
+def sweep_status_changed(status: str | None, listed: JobObservation | None) -> bool:
+    """After a sweep: the job left the in-progress list, or its status differs from ours, so
+    its new status needs a read now (a detail read that is merely due can wait)."""
+    return (
+        listed is None
+        or listed.status != (status or listed.status)
+        or listed.status not in azure.RUNNING_STATUSES
+    )
 
 
 def sweep_settles(

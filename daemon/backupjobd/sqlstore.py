@@ -252,6 +252,28 @@ class SqlStore(Store):
         rows = await self._read(query, "reading sweep candidates")
         return [_job(r) for r in rows if r.pk not in exclude][:limit]
 
+    async def reschedule_jobs(
+        self, pks: Sequence[int], next_poll_at: datetime, polled_at: datetime | None = None
+    ) -> int:
+        t = schema.jobs
+        values: dict[str, Any] = {"next_poll_at": next_poll_at}
+        if polled_at is not None:
+            values.update(last_polled_at=polled_at, poll_count=t.c.poll_count + 1)
+        updated = 0
+        try:
+            async with self._engine.begin() as conn:
+                for start in range(0, len(pks), _IN_CHUNK):
+                    chunk = list(pks[start : start + _IN_CHUNK])
+                    result = await conn.execute(
+                        update(t)
+                        .where(t.c.pk.in_(chunk), t.c.tracking == Tracking.ACTIVE.value)
+                        .values(**values)
+                    )
+                    updated += result.rowcount
+        except (SQLAlchemyError, OSError) as exc:
+            raise _translate(exc, f"rescheduling {len(pks)} jobs") from exc
+        return updated
+
     async def due_operations(
         self, now: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[OperationRecord]:
@@ -720,6 +742,9 @@ def _job(row: Row[Any]) -> JobRecord:
 class _StaleInBatch(Exception):
     """A batch met a concurrent change: roll it back and apply write by write."""
 
+
+# Bound parameters per `IN (...)`: well under SQLite's and asyncpg's limits.
+_IN_CHUNK = 5000
 
 _JOB_COLUMNS = (
     "status",

@@ -93,10 +93,20 @@ class JobRecord:
             changes["last_snapshot_hash"] = decision.snapshot.content_hash
         return dataclasses.replace(self, **changes)
 
-    def state(self) -> JobState:
+    def schedule_only(self, decision: JobDecision, now: datetime) -> bool:
+        """True when committing `decision` would change nothing but the poll bookkeeping
+        (next poll, last poll, poll count, version): a vault sweep that saw the job just as
+        we know it. Such polls go to the store as one bulk reschedule, not one write each."""
+        if decision.transition is not None or decision.snapshot is not None:
+            return False
+        after = self.after(decision, now)
+        return all(getattr(after, name) == getattr(self, name) for name in _OBSERVED_FIELDS)
+
+    def state(self, uncounted_polls: int = 0) -> JobState:
+        """The core's view; `uncounted_polls` are sweeps not yet written to the row."""
         return JobState(
             status=self.status,
-            poll_count=self.poll_count,
+            poll_count=self.poll_count + uncounted_polls,
             consecutive_failures=self.consecutive_failures,
             not_found_since=self.not_found_since,
             last_snapshot_hash=self.last_snapshot_hash,
@@ -159,6 +169,14 @@ class SnapshotRecord:
             "status": self.status,
             "properties": self.properties,
         }
+
+
+# What a poll observed or decided about a job, as opposed to when it was polled.
+_OBSERVED_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(JobRecord)
+    if f.name not in {"next_poll_at", "last_polled_at", "poll_count", "version"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +316,14 @@ class Store(abc.ABC):
     ) -> list[JobRecord]:
         """Active InProgress jobs of one vault due before `due_before` (a sweep refreshes
         them together, which also aligns their schedules)."""
+
+    @abc.abstractmethod
+    async def reschedule_jobs(
+        self, pks: Sequence[int], next_poll_at: datetime, polled_at: datetime | None = None
+    ) -> int:
+        """Move the next poll of these jobs, when still active, without a new version: nothing
+        observed changed. With `polled_at`, also record a poll (last poll time, poll count).
+        Returns how many jobs were still active; fewer means someone else changed some."""
 
     @abc.abstractmethod
     async def due_operations(

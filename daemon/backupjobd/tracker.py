@@ -8,6 +8,7 @@ A failed tick or poll is logged and retried later; it never stops the loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import logging
@@ -15,7 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ from backupjobd.decisions import (
     decide_operation,
     sweep_observation,
     sweep_settles,
+    sweep_status_changed,
     sweep_worthwhile,
 )
 from backupjobd.errors import (
@@ -63,8 +65,37 @@ class _Sweep:
     records: tuple[JobRecord, ...]
 
 
+@dataclass(slots=True)
+class _Vault:
+    """The jobs a vault's sweeps look after between sweeps. Members stay in memory (and in
+    flight): a sweep that sees them unchanged costs no row read and no row write, only one
+    bulk reschedule that keeps their stored next poll (a lease) beyond the next sweep, so
+    neither the dispatcher nor another replica polls them meanwhile."""
+
+    vault_id: str
+    members: dict[int, JobRecord] = field(default_factory=dict)
+    # Sweeps of a member since its row was last written (poll count not yet stored).
+    uncounted: dict[int, int] = field(default_factory=dict)
+    # Jobs that became due while the vault had members: they join its next sweep.
+    pending: dict[int, JobRecord] = field(default_factory=dict)
+    next_sweep: datetime | None = None
+    last_sweep: datetime | None = None
+    sweeping: bool = False
+
+    def caught_up(self, record: JobRecord) -> JobRecord:
+        """The member's row as stored: its sweeps counted as polls."""
+        polls = self.uncounted.pop(record.pk, 0)
+        if not polls:
+            return record
+        return dataclasses.replace(
+            record, poll_count=record.poll_count + polls, last_polled_at=self.last_sweep
+        )
+
+
 WorkItem = JobRecord | OperationRecord | _Sweep
 T = TypeVar("T")
+# Queue priorities: status reads first; detail snapshots of running jobs when nothing waits.
+URGENT, BACKGROUND = 0, 1
 
 
 class Tracker:
@@ -90,6 +121,7 @@ class Tracker:
         self._sweep_min_jobs = sweep_min_jobs
         self._detail = timedelta(seconds=detail_interval_seconds)
         self._sweep_sizes: dict[str, int] = {}
+        self._vaults: dict[str, _Vault] = {}
         self._handed_on: set[int] = set()
         self._durations = DurationModel(())
         self._durations_at = -DURATIONS_REFRESH_SECONDS
@@ -102,7 +134,8 @@ class Tracker:
         self._concurrency = concurrency
         self._batch_size = batch_size
         self._rng = rng or random.Random()
-        self._queue: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, WorkItem]] = asyncio.PriorityQueue()
+        self._queued = itertools.count()
         self._jobs_in_flight: set[int] = set()
         self._ops_in_flight: set[int] = set()
         self._workers: list[asyncio.Task[None]] = []
@@ -118,7 +151,12 @@ class Tracker:
 
     @property
     def busy(self) -> bool:
-        return bool(self._jobs_in_flight or self._ops_in_flight)
+        """Polls or sweeps under way (members waiting for their vault's next sweep are not)."""
+        members = sum(len(v.members) for v in self._vaults.values())
+        return bool(self._ops_in_flight) or len(self._jobs_in_flight) > members
+
+    def _put(self, item: WorkItem, priority: int = URGENT) -> None:
+        self._queue.put_nowait((priority, next(self._queued), item))
 
     def start(self) -> None:
         self._committer = _Committer(self._store, self._persist, self._batch_size)
@@ -163,7 +201,7 @@ class Tracker:
         ops = await self._store.due_operations(now, room, self._ops_in_flight)
         for op in ops:
             self._ops_in_flight.add(op.pk)
-            self._queue.put_nowait(op)
+            self._put(op)
         jobs = await self._store.due_jobs(now, room - len(ops), self._jobs_in_flight)
         queued = len(ops)
         singles: list[JobRecord] = []
@@ -171,20 +209,41 @@ class Tracker:
         for job in jobs:
             by_vault.setdefault(job.vault_id.lower(), []).append(job)
         for vault_key, group in by_vault.items():
+            vault = self._vaults.get(vault_key)
+            if vault is not None and vault.sweeping:
+                continue  # they go with the vault's next sweep
             sweep = await self._plan_sweep(vault_key, group, now)
             if sweep is None:
                 singles.extend(group)
                 continue
-            swept = {r.pk for r in sweep.records}
+            swept = {r.pk for r in sweep.records} | set(vault.pending if vault else ())
             singles.extend(r for r in group if r.pk not in swept)
-            self._jobs_in_flight.update(swept)
-            self._queue.put_nowait(sweep)
+            if sweep.records:
+                self._jobs_in_flight.update(swept)
+                self._vault(sweep.vault_id).sweeping = True
+                self._put(sweep)
             queued += len(sweep.records)
+        queued += self._due_member_sweeps(now)
         singles = self._within_budgets(singles)
         for job in _round_robin(singles):
             self._jobs_in_flight.add(job.pk)
-            self._queue.put_nowait(job)
+            self._put(job)
         return queued + len(singles)
+
+    def _due_member_sweeps(self, now: datetime) -> int:
+        """Queue the sweep of every vault whose members are due (their own schedule)."""
+        queued = 0
+        for vault in self._vaults.values():
+            if vault.sweeping or not vault.members or vault.next_sweep is None:
+                continue
+            if vault.next_sweep > now:
+                continue
+            records = (*vault.members.values(), *vault.pending.values())
+            vault.pending.clear()
+            vault.sweeping = True
+            self._put(_Sweep(vault.vault_id, records))
+            queued += len(records)
+        return queued
 
     def _within_budgets(self, singles: list[JobRecord]) -> list[JobRecord]:
         """Queue no more single GETs of a subscription than its read budget can serve within
@@ -223,6 +282,13 @@ class Tracker:
                 detail_affordable=affordable,
             )
         ]
+        vault = self._vaults.get(vault_key)
+        if vault is not None and vault.members:
+            # Between the vault's sweeps: newcomers wait for its next one (at most an
+            # interval away) rather than each triggering a sweep of their own.
+            vault.pending.update((r.pk, r) for r in sweepable)
+            self._jobs_in_flight.update(r.pk for r in sweepable)
+            return _Sweep(vault.vault_id, ())
         pages = max(1, -(-self._sweep_sizes.get(vault_key, 0) // SWEEP_PAGE_SIZE))
         if not sweep_worthwhile(len(sweepable), pages, self._sweep_min_jobs):
             return None
@@ -243,9 +309,16 @@ class Tracker:
                     return
                 await self._queue.join()
 
+    def _vault(self, vault_id: str) -> _Vault:
+        key = vault_id.lower()
+        vault = self._vaults.get(key)
+        if vault is None:
+            vault = self._vaults[key] = _Vault(vault_id)
+        return vault
+
     async def _worker(self) -> None:
         while True:
-            item = await self._queue.get()
+            _, _, item = await self._queue.get()
             try:
                 if isinstance(item, JobRecord):
                     await self.poll_job(item)
@@ -263,9 +336,14 @@ class Tracker:
                 if isinstance(item, JobRecord):
                     self._jobs_in_flight.discard(item.pk)
                 elif isinstance(item, _Sweep):
-                    # Jobs handed on to single GETs stay in flight until those finish.
+                    # Jobs handed on to single GETs stay in flight until those finish, and
+                    # members until the vault's next sweep.
+                    vault = self._vault(item.vault_id)
+                    vault.sweeping = False
                     self._jobs_in_flight.difference_update(
-                        r.pk for r in item.records if r.pk not in self._handed_on
+                        r.pk
+                        for r in item.records
+                        if r.pk not in self._handed_on and r.pk not in vault.members
                     )
                     self._handed_on.difference_update(r.pk for r in item.records)
                 else:
@@ -274,16 +352,26 @@ class Tracker:
 
     async def sweep(self, item: _Sweep) -> None:
         """One paged `backupJobs?$filter=status eq 'InProgress'` refreshes every swept job
-        still in progress; the others (left the list, changed, detail due) get a single GET."""
-        vault = azure.vault_from_id(item.vault_id)
+        still in progress; the others (left the list, changed, detail due) get a single GET.
+        The jobs it settles become the vault's members, swept again on their schedule."""
+        vault = self._vault(item.vault_id)
+        try:
+            await self._sweep(item, vault)
+        except BaseException:
+            # What the store holds for them is unknown now: back to the store's schedule.
+            self._leave(vault, list(vault.members.values()))
+            raise
+
+    async def _sweep(self, item: _Sweep, vault: _Vault) -> None:
         listed: dict[str, JobObservation] = {}
         try:
-            async for page in self._arm.list_jobs(vault, SWEEP_FILTER):
+            async for page in self._arm.list_jobs(azure.vault_from_id(item.vault_id), SWEEP_FILTER):
                 listed.update((obs.job_id, obs) for obs in page)
         except (TransientError, PermanentError, CredentialError) as exc:
             if isinstance(exc, TransientError) and exc.retry_after is not None:
                 # Throttled: the subscription is paused; its jobs stay due, no single GETs.
                 logger.info("sweep of vault %s throttled; retrying later", item.vault_id)
+                vault.next_sweep = self._clock() + timedelta(seconds=max(1.0, exc.retry_after))
                 return
             logger.info(
                 "sweep of vault %s failed (%s); polling its jobs one by one",
@@ -291,58 +379,147 @@ class Tracker:
                 exc,
                 extra={"vault": item.vault_id, "action": "sweep_failed"},
             )
-            self._hand_on(item.records)
+            self._hand_on(self._leave(vault, item.records))
             return
         self.polls += 1
         self._sweep_sizes[item.vault_id.lower()] = len(listed)
         now = self._clock()
-        settled: list[JobWrite] = []
-        singles: list[JobRecord] = []
         affordable = self._detail_affordable(item.vault_id)
+        changed: list[tuple[JobRecord, JobDecision]] = []
+        unchanged: list[JobRecord] = []
+        urgent: list[JobRecord] = []
+        background: list[JobRecord] = []
+        next_sweep: datetime | None = None
         for record in item.records:
+            seen = listed.get(record.job_id)
             obs = sweep_observation(
                 record.status,
                 record.last_detail_at or record.registered_at,
-                listed.get(record.job_id),
+                seen,
                 now,
                 self._detail,
                 detail_affordable=affordable,
             )
             if obs is None:
-                singles.append(record)
+                changed_status = sweep_status_changed(record.status, seen)
+                (urgent if changed_status else background).append(record)
                 continue
             decision = decide_job(
-                record.state(),
+                record.state(vault.uncounted.get(record.pk, 0)),
                 Seen(obs, full=False),
                 now,
                 self._policy,
                 self._rng.random(),
                 self._expected(record),
             )
-            outbox = events.outbox_entries(
-                record, decision, now, self._webhooks, lambda: str(uuid.uuid4())
-            )
-            settled.append(JobWrite(record, decision, now, outbox))
-        self._hand_on(singles)
-        if settled:
-            applied = await self._persist(
-                functools.partial(self._store.apply_jobs, settled),
-                {"vault": item.vault_id, "action": "sweep", "job_id": None},
-            )
-            for write, ok in zip(settled, applied, strict=True):
-                seen = write.decision.observation
-                if ok and seen and (write.decision.transition or write.decision.newly_stuck):
-                    self._log_job(write.record, Seen(seen, full=False), write.decision)
+            if decision.next_poll_at is not None and (
+                next_sweep is None or decision.next_poll_at < next_sweep
+            ):
+                next_sweep = decision.next_poll_at
+            if record.pk in vault.members and record.schedule_only(decision, now):
+                unchanged.append(record)
+            else:
+                changed.append((vault.caught_up(record), decision))
+        self._hand_on(self._leave(vault, urgent))
+        self._hand_on(self._leave(vault, background), BACKGROUND)
+        if next_sweep is None:
+            vault.next_sweep = None
+            return
+        if vault.next_sweep is None:
+            # A vault's first sweep: a random phase, so that vaults registered together do
+            # not all sweep (and then read the jobs that ended) at the same moment.
+            next_sweep = now + (next_sweep - now) * (0.5 + self._rng.random() / 2)
+        vault.next_sweep, vault.last_sweep = next_sweep, now
+        # The stored next poll is a lease beyond the next sweep: if this process dies, the
+        # jobs come due again by themselves.
+        lease = next_sweep + self._policy.interval
+        fields: dict[str, object] = {"vault": item.vault_id, "action": "sweep", "job_id": None}
+        if changed:
+            await self._commit_swept(vault, changed, lease, now, fields)
+        if unchanged:
+            await self._reschedule_members(vault, unchanged, lease, now, fields)
         if self._metrics is not None:
             self._metrics.poll("sweep", "ok")
         logger.debug(
-            "swept vault %s: %d in progress listed, %d settled, %d need a GET",
+            "swept vault %s: %d in progress listed, %d unchanged, %d recorded, %d need a GET",
             item.vault_id,
             len(listed),
-            len(settled),
-            len(singles),
-            extra={"vault": item.vault_id, "action": "sweep", "job_id": None},
+            len(unchanged),
+            len(changed),
+            len(urgent) + len(background),
+            extra=fields,
         )
+
+    async def _commit_swept(
+        self,
+        vault: _Vault,
+        changed: list[tuple[JobRecord, JobDecision]],
+        lease: datetime,
+        now: datetime,
+        fields: dict[str, object],
+    ) -> None:
+        writes = [
+            JobWrite(
+                record,
+                dataclasses.replace(decision, next_poll_at=lease),
+                now,
+                events.outbox_entries(
+                    record, decision, now, self._webhooks, lambda: str(uuid.uuid4())
+                ),
+            )
+            for record, decision in changed
+        ]
+        applied = await self._persist(functools.partial(self._store.apply_jobs, writes), fields)
+        for write, ok in zip(writes, applied, strict=True):
+            record, decision = write.record, write.decision
+            if not ok:
+                logger.info("job changed concurrently; sweep result discarded", extra=fields)
+                self._leave(vault, [record])
+                continue
+            vault.members[record.pk] = record.after(decision, now)
+            seen = decision.observation
+            if seen and (decision.transition or decision.newly_stuck):
+                self._log_job(record, Seen(seen, full=False), decision)
+
+    async def _reschedule_members(
+        self,
+        vault: _Vault,
+        unchanged: list[JobRecord],
+        lease: datetime,
+        now: datetime,
+        fields: dict[str, object],
+    ) -> None:
+        pks = [r.pk for r in unchanged]
+        moved = await self._persist(
+            functools.partial(self._store.reschedule_jobs, pks, lease, now), fields
+        )
+        for pk in pks:
+            vault.uncounted[pk] = vault.uncounted.get(pk, 0) + 1
+        if moved < len(pks):
+            # Someone else changed some of them (stopped them, or another replica recorded
+            # their end): make them due now, so they are read again from the store.
+            logger.info(
+                "%d jobs of vault %s changed elsewhere; reloading them",
+                len(pks) - moved,
+                vault.vault_id,
+                extra=fields,
+            )
+            self._leave(vault, unchanged)
+            await self._persist(functools.partial(self._store.reschedule_jobs, pks, now), fields)
+
+    def _leave(self, vault: _Vault, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """Take jobs out of the vault's members; returns them as stored (polls counted)."""
+        out = []
+        for record in records:
+            vault.members.pop(record.pk, None)
+            vault.pending.pop(record.pk, None)
+            out.append(vault.caught_up(record))
+        if not vault.members:
+            # No sweep of this vault is coming: jobs waiting for one go back to the store.
+            vault.next_sweep = None
+            self._jobs_in_flight.difference_update(vault.pending)
+            vault.pending.clear()
+        return out
 
     def _detail_affordable(self, vault_id: str) -> bool:
         """Detail reads only while at least half the subscription's read budget is left."""
@@ -352,10 +529,10 @@ class Tracker:
         subscription = azure.vault_from_id(vault_id).subscription_id
         return budget.spare(subscription) >= 0.5
 
-    def _hand_on(self, records: Sequence[JobRecord]) -> None:
+    def _hand_on(self, records: Sequence[JobRecord], priority: int = URGENT) -> None:
         for record in records:
             self._handed_on.add(record.pk)
-            self._queue.put_nowait(record)
+            self._put(record, priority)
 
     async def poll_job(self, record: JobRecord) -> JobDecision:
         vault = azure.vault_from_id(record.vault_id)
@@ -503,10 +680,25 @@ class Tracker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _release_members(self) -> None:
+        """Hand the members back to the store's schedule, due now, so that the next process
+        polls them at once instead of waiting for their lease."""
+        pks = [pk for vault in self._vaults.values() for pk in vault.members]
+        for vault in self._vaults.values():
+            self._leave(vault, list(vault.members.values()))
+        self._jobs_in_flight.difference_update(pks)
+        if not pks:
+            return
+        try:
+            await self._store.reschedule_jobs(pks, self._clock())
+        except BackupJobdError as exc:
+            logger.warning("could not hand %d swept jobs back: %s", len(pks), exc)
+
     async def drain(self, grace_seconds: float) -> bool:
         """Stop taking work; let in-flight polls finish (and commit) within the grace time."""
+        await self._release_members()
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            _, _, item = self._queue.get_nowait()
             if isinstance(item, JobRecord):
                 self._jobs_in_flight.discard(item.pk)
             elif isinstance(item, _Sweep):
@@ -520,6 +712,7 @@ class Tracker:
                 await self._queue.join()
         except TimeoutError:
             drained = False
+        await self._release_members()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

@@ -8,6 +8,7 @@ would hand it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
@@ -257,6 +258,44 @@ async def test_due_jobs_returns_only_active_due_jobs_soonest_first(store: SqlSto
     assert [r.pk for r in await store.due_jobs(now, 10)] == [middle.pk, late.pk]
     due_later = await store.due_jobs(now + POLICY.min_interval, 10)
     assert [r.pk for r in due_later] == [middle.pk, late.pk, polled.pk]
+
+
+async def test_reschedule_jobs_moves_only_active_jobs_and_keeps_their_version(
+    store: SqlStore,
+) -> None:
+    running = [await register_job(store, jid(n), T0) for n in (1, 2, 3)]
+    running = [await poll(store, r, seen(VAULT, r.job_id, "InProgress"), T0) for r in running]
+    done = await register_job(store, jid(4), T0)
+    done = await poll(store, done, seen(VAULT, done.job_id, "Completed"), T0)
+    lease = T0 + 90 * SEC
+
+    pks = [r.pk for r in running] + [done.pk]
+    assert await store.reschedule_jobs(pks, lease, T0 + 5 * SEC) == 3
+    for before in running:
+        after = await reload(store, before.job_id)
+        assert after.next_poll_at == lease
+        assert after.last_polled_at == T0 + 5 * SEC
+        assert after.poll_count == before.poll_count + 1
+        # Nothing observed changed: same version, so a decision made on `before` still
+        # commits (compare-and-set), and no transition was written.
+        assert after.version == before.version
+        assert dataclasses.replace(after, next_poll_at=None, last_polled_at=None, poll_count=0) == (
+            dataclasses.replace(before, next_poll_at=None, last_polled_at=None, poll_count=0)
+        )
+    finished = await reload(store, done.job_id)
+    assert finished.next_poll_at == done.next_poll_at and finished.version == done.version
+    assert [r.pk for r in await store.due_jobs(T0 + 60 * SEC, 10)] == []
+
+    # Without a poll time only the schedule moves (handing jobs back, due now).
+    assert await store.reschedule_jobs([running[0].pk], T0) == 1
+    back = await reload(store, running[0].job_id)
+    assert back.next_poll_at == T0 and back.poll_count == running[0].poll_count + 1
+    assert [r.pk for r in await store.due_jobs(T0, 10)] == [running[0].pk]
+
+    # A stopped job is not active: it is not moved, and the count says so.
+    assert await store.stop_tracking(await reload(store, running[1].job_id), T0)
+    assert await store.reschedule_jobs([running[1].pk, running[2].pk], lease) == 1
+    assert await store.reschedule_jobs([], lease) == 0
 
 
 async def test_due_jobs_honours_limit_and_exclude(store: SqlStore) -> None:

@@ -613,3 +613,91 @@ async def test_with_sweeps_off_the_same_stuck_jobs_raise_their_events(tmp_path: 
         assert env.kinds().get("job_list", 0) == 0
         pending = await env.store.outbox_list("pending")
         assert sorted(e.event_type for e in pending) == ["com.backupjobd.job.stuck"] * 3
+
+
+# --------------------------------------------------------------------------- (f) members
+
+
+def long_specs(count: int, seconds: float = 3600.0) -> list[JobSpec]:
+    return [JobSpec(final_status="Completed", duration_seconds=seconds) for _ in range(count)]
+
+
+async def _members(env: Env, ids: list[str]) -> list[JobRecord]:
+    """First look (one write each), then one more sweep: the jobs are the vault's members."""
+    await env.run()
+    env.clock.advance(STEP_S)
+    await env.run()
+    return await env.jobs(ids)
+
+
+# Longer than any jittered interval, so each step is due for exactly one sweep.
+STEP_S = 1.2 * POLICY.interval.total_seconds()
+
+
+async def test_sweeps_that_see_nothing_new_write_no_row_and_hold_a_lease(tmp_path: Path) -> None:
+    async with make_env(tmp_path, page_size=7, detail_s=10_000) as env:
+        ids = await env.add_jobs(long_specs(10))
+        first = {r.job_id: r for r in await _members(env, ids)}
+        lists = env.kinds()["job_list"]
+        for _ in range(8):
+            env.clock.advance(STEP_S)
+            await env.run()
+        # Eight sweeps of two pages each, and not one GET.
+        assert env.kinds()["job_list"] - lists == 8 * 2
+        assert env.kinds().get("job_get", 0) == 0
+        now = env.clock.now()
+        for record in await env.jobs(ids):
+            before = first[record.job_id]
+            # No row written: the same version, the same history...
+            assert record.version == before.version
+            assert record.status == "InProgress"
+            transitions, snapshots = await env.store.history(record.pk)
+            assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
+            assert snapshots == []
+            # ...but every sweep counted as a poll, and the stored next poll is a lease
+            # beyond the next sweep: nobody else polls the job meanwhile.
+            assert record.poll_count == before.poll_count + 8
+            assert record.last_polled_at is not None and record.last_polled_at == now
+            assert now < record.next_poll_at <= now + 3 * POLICY.interval
+        assert await env.store.due_jobs(now, 100) == []
+
+        # Draining hands the jobs back due now, so a restarted daemon polls them at once.
+        await env.tracker.drain(2)
+        assert {r.job_id for r in await env.store.due_jobs(now, 100)} == set(ids)
+
+
+async def test_a_dead_process_swept_jobs_come_due_when_the_lease_ends(tmp_path: Path) -> None:
+    async with make_env(tmp_path, page_size=50, detail_s=10_000) as env:
+        ids = await env.add_jobs(long_specs(6))
+        records = await _members(env, ids)
+        now = env.clock.now()
+        lease = max(r.next_poll_at for r in records if r.next_poll_at is not None)
+        # What another process (a replica, or this one restarted after kill -9) sees.
+        assert await env.store.due_jobs(now, 100) == []
+        assert lease - now <= 3 * POLICY.interval
+        assert {r.job_id for r in await env.store.due_jobs(lease, 100)} == set(ids)
+
+
+async def test_a_job_stopped_while_its_vault_is_swept_is_left_alone(tmp_path: Path) -> None:
+    async with make_env(tmp_path, page_size=50, detail_s=10_000) as env:
+        ids = await env.add_jobs(long_specs(5, seconds=40.0))
+        await _members(env, ids)
+        assert await env.store.stop_tracking(await env.job(ids[0]), env.clock.now())
+        stopped = await env.job(ids[0])
+
+        async def others_finished() -> bool:
+            return all(r.finished for r in await env.jobs(ids[1:]))
+
+        await env.run_until(others_finished, step=1.0, max_steps=120)
+        victim = await env.job(ids[0])
+        assert victim.tracking is Tracking.STOPPED
+        assert victim.version == stopped.version and victim.status == "InProgress"
+        transitions, _ = await env.store.history(victim.pk)
+        assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
+        assert env.gets(ids[0]) == 0
+        for record in await env.jobs(ids[1:]):
+            transitions, _ = await env.store.history(record.pk)
+            assert [(t.from_status, t.to_status) for t in transitions] == [
+                (None, "InProgress"),
+                ("InProgress", "Completed"),
+            ]

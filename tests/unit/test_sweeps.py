@@ -3,6 +3,7 @@ sweep is worth its pages, and what a decision from a list item (no extendedInfo)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,14 +12,18 @@ import pytest
 from backupjobd.azure import JobObservation
 from backupjobd.decisions import (
     SWEEP_FILTER,
+    JobDecision,
     JobState,
     PollPolicy,
     Seen,
+    StuckRules,
     Tracking,
     decide_job,
     sweep_observation,
+    sweep_status_changed,
     sweep_worthwhile,
 )
+from backupjobd.store import JobRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DETAIL = timedelta(seconds=60)
@@ -195,3 +200,104 @@ def test_the_full_read_after_a_terminal_list_item_finishes_the_job(final: str) -
 def test_a_list_decision_on_an_early_poll_keeps_the_short_interval() -> None:
     decision = decide_job(state(poll_count=1), Seen(listed(), full=False), NOW, POLICY, 0.5)
     assert decision.next_poll_at == NOW + POLICY.min_interval
+
+
+# --------------------------------------------------------------------------- after a sweep
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "changed"),
+    [
+        ("InProgress", "InProgress", False),
+        (None, "InProgress", False),  # never seen: the list item is its first look
+        ("InProgress", None, True),  # left the in-progress list
+        ("InProgress", "Cancelling", True),
+        ("Cancelling", "Cancelling", False),
+        *[("InProgress", final, True) for final in TERMINAL],
+    ],
+)
+def test_sweep_status_changed(ours: str | None, theirs: str | None, changed: bool) -> None:
+    """A changed status needs its read at once; a merely due detail read can wait."""
+    item = None if theirs is None else listed(theirs)
+    assert sweep_status_changed(ours, item) is changed
+
+
+def _record(**changes: Any) -> JobRecord:
+    base = JobRecord(
+        pk=1,
+        vault_id="/subscriptions/s/resourceGroups/g/providers/Microsoft.RecoveryServices/vaults/v",
+        job_id=JOB_GUID,
+        source="cli",
+        status="InProgress",
+        tracking=Tracking.ACTIVE,
+        job_type="AzureIaaSVMJob",
+        operation="Backup",
+        entity_friendly_name="vm-1",
+        backup_management_type="AzureIaasVM",
+        start_time=NOW - timedelta(minutes=3),
+        end_time=None,
+        registered_at=NOW - timedelta(minutes=5),
+        last_polled_at=NOW - timedelta(seconds=30),
+        next_poll_at=NOW,
+        finished_at=None,
+        poll_count=7,
+        error_count=0,
+        consecutive_failures=0,
+        not_found_since=None,
+        last_error=None,
+        last_error_at=None,
+        last_snapshot_hash=None,
+        version=3,
+    )
+    return replace(base, **changes)
+
+
+def _swept(record: JobRecord, item: JobObservation) -> JobDecision:
+    return decide_job(record.state(), Seen(item, full=False), NOW, POLICY, 0.5)
+
+
+def test_a_sweep_that_saw_the_job_as_we_know_it_changes_only_the_schedule() -> None:
+    record = _record()
+    decision = _swept(record, listed())
+    assert record.schedule_only(decision, NOW)
+    after = record.after(decision, NOW)
+    assert (after.next_poll_at, after.poll_count, after.version) != (
+        record.next_poll_at,
+        record.poll_count,
+        record.version,
+    )
+
+
+@pytest.mark.parametrize(
+    ("record_changes", "item"),
+    [
+        ({"status": None}, listed()),  # first sighting: a transition
+        ({"last_error": "HTTP 500"}, listed()),  # a good read clears the error
+        ({"consecutive_failures": 2}, listed()),
+        ({"operation": None}, listed()),  # the list fills in what we did not know
+        ({}, listed("Cancelling")),
+    ],
+)
+def test_a_sweep_that_learned_something_is_written(
+    record_changes: dict[str, Any], item: JobObservation
+) -> None:
+    record = _record(**record_changes)
+    assert not record.schedule_only(_swept(record, item), NOW)
+
+
+def test_a_job_found_stuck_by_a_sweep_is_written() -> None:
+    record = _record()
+    rules = StuckRules(default=timedelta(minutes=1))
+    policy = replace(POLICY, stuck=rules)
+    decision = decide_job(record.state(), Seen(listed(), full=False), NOW, policy, 0.5)
+    assert decision.newly_stuck
+    assert not record.schedule_only(decision, NOW)
+
+
+def test_uncounted_sweeps_count_as_polls_for_the_schedule() -> None:
+    """Early polls come quickly; sweeps not yet written still count towards them."""
+    fresh = _record(poll_count=0)
+    early = decide_job(fresh.state(), Seen(listed(), full=False), NOW, POLICY, 0.5)
+    later = decide_job(fresh.state(5), Seen(listed(), full=False), NOW, POLICY, 0.5)
+    assert early.next_poll_at is not None and later.next_poll_at is not None
+    assert early.next_poll_at - NOW < later.next_poll_at - NOW
