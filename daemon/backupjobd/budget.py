@@ -85,6 +85,11 @@ class ReadBudget:
             return 0.0
         return max(0.0, bucket.tokens) / self._burst
 
+    def spare_reads(self, subscription_id: str) -> int:
+        """Reads in the upper half of the bucket: what optional reads may spend now without
+        eating into what status reads need (0 while paused)."""
+        return int(self.spare(subscription_id) * self._burst - self._burst / 2)
+
     def affordable(self, subscription_id: str, within_seconds: float) -> int:
         """How many reads the bucket can serve within `within_seconds` (0 while paused)."""
         bucket = self._bucket(subscription_id)

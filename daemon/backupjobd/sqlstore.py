@@ -197,14 +197,26 @@ class SqlStore(Store):
         self, now: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[JobRecord]:
         t = schema.jobs
-        query = (
-            select(t)
-            .where(t.c.tracking == Tracking.ACTIVE.value, t.c.next_poll_at <= now)
-            .order_by(t.c.next_poll_at)
-            .limit(limit + len(exclude))
-        )
-        rows = await self._read(query, "reading due jobs")
-        return [_job(r) for r in rows if r.pk not in exclude][:limit]
+        due = (t.c.tracking == Tracking.ACTIVE.value, t.c.next_poll_at <= now)
+        return await self._jobs_excluding(due, limit, exclude, "reading due jobs")
+
+    async def _jobs_excluding(
+        self, where: tuple[Any, ...], limit: int, exclude: Collection[int], what: str
+    ) -> list[JobRecord]:
+        """Jobs matching `where`, soonest due first, leaving out `exclude` (the jobs in
+        flight, possibly thousands): their keys come from the index alone, and only the
+        rows kept are read in full."""
+        t = schema.jobs
+        if not exclude:
+            query = select(t).where(*where).order_by(t.c.next_poll_at).limit(limit)
+            return [_job(r) for r in await self._read(query, what)]
+        keys = select(t.c.pk).where(*where).order_by(t.c.next_poll_at)
+        found = await self._read(keys.limit(limit + len(exclude)), what)
+        pks = [r.pk for r in found if r.pk not in exclude][:limit]
+        if not pks:
+            return []
+        query = select(t).where(t.c.pk.in_(pks), *where).order_by(t.c.next_poll_at)
+        return [_job(r) for r in await self._read(query, what)]
 
     async def finished_durations(
         self, limit: int = 5000
@@ -238,19 +250,13 @@ class SqlStore(Store):
         self, vault_id: str, due_before: datetime, limit: int, exclude: Collection[int] = ()
     ) -> list[JobRecord]:
         t = schema.jobs
-        query = (
-            select(t)
-            .where(
-                t.c.tracking == Tracking.ACTIVE.value,
-                t.c.vault_key == vault_id.lower(),
-                t.c.status == "InProgress",
-                t.c.next_poll_at <= due_before,
-            )
-            .order_by(t.c.next_poll_at)
-            .limit(limit + len(exclude))
+        where = (
+            t.c.tracking == Tracking.ACTIVE.value,
+            t.c.vault_key == vault_id.lower(),
+            t.c.status == "InProgress",
+            t.c.next_poll_at <= due_before,
         )
-        rows = await self._read(query, "reading sweep candidates")
-        return [_job(r) for r in rows if r.pk not in exclude][:limit]
+        return await self._jobs_excluding(where, limit, exclude, "reading sweep candidates")
 
     async def reschedule_jobs(
         self, pks: Sequence[int], next_poll_at: datetime, polled_at: datetime | None = None

@@ -122,6 +122,9 @@ class Tracker:
         self._detail = timedelta(seconds=detail_interval_seconds)
         self._sweep_sizes: dict[str, int] = {}
         self._vaults: dict[str, _Vault] = {}
+        # Detail reads handed on and not yet done, by subscription (and which jobs).
+        self._details_queued: dict[str, int] = {}
+        self._detail_pks: set[int] = set()
         self._handed_on: set[int] = set()
         self._durations = DurationModel(())
         self._durations_at = -DURATIONS_REFRESH_SECONDS
@@ -255,7 +258,7 @@ class Tracker:
         room: dict[str, int] = {}
         kept: list[JobRecord] = []
         for job in singles:
-            sub = job.vault_id.split("/")[2].lower()
+            sub = _subscription(job.vault_id)
             if sub not in room:
                 room[sub] = 0 if budget.delay(sub) > 1.0 else budget.affordable(sub, 5.0)
             if room[sub] > 0:
@@ -335,6 +338,10 @@ class Tracker:
             finally:
                 if isinstance(item, JobRecord):
                     self._jobs_in_flight.discard(item.pk)
+                    if item.pk in self._detail_pks:
+                        self._detail_pks.discard(item.pk)
+                        sub = _subscription(item.vault_id)
+                        self._details_queued[sub] = self._details_queued.get(sub, 1) - 1
                 elif isinstance(item, _Sweep):
                     # Jobs handed on to single GETs stay in flight until those finish, and
                     # members until the vault's next sweep.
@@ -384,7 +391,7 @@ class Tracker:
         self.polls += 1
         self._sweep_sizes[item.vault_id.lower()] = len(listed)
         now = self._clock()
-        affordable = self._detail_affordable(item.vault_id)
+        room = self._detail_room(item.vault_id)
         changed: list[tuple[JobRecord, JobDecision]] = []
         unchanged: list[JobRecord] = []
         urgent: list[JobRecord] = []
@@ -398,11 +405,14 @@ class Tracker:
                 seen,
                 now,
                 self._detail,
-                detail_affordable=affordable,
+                detail_affordable=room is None or room > 0,
             )
             if obs is None:
-                changed_status = sweep_status_changed(record.status, seen)
-                (urgent if changed_status else background).append(record)
+                if sweep_status_changed(record.status, seen):
+                    urgent.append(record)
+                else:
+                    background.append(record)
+                    room = None if room is None else room - 1
                 continue
             decision = decide_job(
                 record.state(vault.uncounted.get(record.pk, 0)),
@@ -422,6 +432,10 @@ class Tracker:
                 changed.append((vault.caught_up(record), decision))
         self._hand_on(self._leave(vault, urgent))
         self._hand_on(self._leave(vault, background), BACKGROUND)
+        if background:
+            sub = _subscription(item.vault_id)
+            self._details_queued[sub] = self._details_queued.get(sub, 0) + len(background)
+            self._detail_pks.update(r.pk for r in background)
         if next_sweep is None:
             vault.next_sweep = None
             return
@@ -520,6 +534,16 @@ class Tracker:
             self._jobs_in_flight.difference_update(vault.pending)
             vault.pending.clear()
         return out
+
+    def _detail_room(self, vault_id: str) -> int | None:
+        """How many detail reads a sweep may hand on now (None: no budget, no limit): the
+        upper half of the subscription's bucket, less the detail reads already queued, so
+        that details never crowd out the reads that record ends."""
+        budget = self._arm.budget
+        if budget is None:
+            return None
+        sub = _subscription(vault_id)
+        return max(0, budget.spare_reads(sub) - self._details_queued.get(sub, 0))
 
     def _detail_affordable(self, vault_id: str) -> bool:
         """Detail reads only while at least half the subscription's read budget is left."""
@@ -713,6 +737,8 @@ class Tracker:
         except TimeoutError:
             drained = False
         await self._release_members()
+        self._details_queued.clear()
+        self._detail_pks.clear()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -793,11 +819,15 @@ DURATIONS_REFRESH_SECONDS = 300.0
 SWEEP_PAGE_SIZE = 200
 
 
+def _subscription(vault_id: str) -> str:
+    return vault_id.split("/")[2].lower()
+
+
 def _round_robin(jobs: Sequence[JobRecord]) -> list[JobRecord]:
     """Interleave subscriptions so one subscription's backlog does not queue ahead of all."""
     lanes: dict[str, list[JobRecord]] = {}
     for job in jobs:
-        lanes.setdefault(job.vault_id.split("/")[2].lower(), []).append(job)
+        lanes.setdefault(_subscription(job.vault_id), []).append(job)
     out: list[JobRecord] = []
     for row in itertools.zip_longest(*lanes.values()):
         out.extend(job for job in row if job is not None)
