@@ -371,6 +371,7 @@ class Tracker:
 
     async def _sweep(self, item: _Sweep, vault: _Vault) -> None:
         listed: dict[str, JobObservation] = {}
+        listed_at = self._clock()
         try:
             async for page in self._arm.list_jobs(azure.vault_from_id(item.vault_id), SWEEP_FILTER):
                 listed.update((obs.job_id, obs) for obs in page)
@@ -439,6 +440,8 @@ class Tracker:
         if next_sweep is None:
             vault.next_sweep = None
             return
+        # The next sweep is an interval after this one's list, not after its processing.
+        next_sweep -= now - listed_at
         if vault.next_sweep is None:
             # A vault's first sweep: a random phase, so that vaults registered together do
             # not all sweep (and then read the jobs that ended) at the same moment.
