@@ -68,7 +68,11 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+        # Every transaction here ends explicitly (commit, or the rollback that ends a
+        # read), so the pool's own rollback on return would be one more thread round trip.
+        engine = create_async_engine(
+            url, connect_args={"timeout": busy_timeout_ms / 1000}, pool_reset_on_return=None
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -82,10 +86,11 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            # Writers take the lock up front so a read-then-write never fails to upgrade;
-            # readers keep WAL's concurrency.
-            read_only = conn.get_execution_options().get(_READ_ONLY, False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            # Writers take the lock up front so a read-then-write never fails to upgrade.
+            # Reads are single statements: autocommit, each its own WAL snapshot, without a
+            # BEGIN round trip to the connection's thread.
+            if not conn.get_execution_options().get(_READ_ONLY, False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True)
