@@ -7,6 +7,7 @@ from Azure goes through here and comes out in one shape.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -172,6 +173,12 @@ def parse_time(value: object) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise BodyError(f"timestamp is not a string: {_clip(value)}")
+    return _parse_time_text(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_time_text(value: str) -> datetime | None:
+    """Cached: every sweep lists a running job's same `startTime` again."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

@@ -3,7 +3,7 @@ sweep is worth its pages, and what a decision from a list item (no extendedInfo)
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,8 +12,11 @@ import pytest
 from backupjobd.azure import JobObservation
 from backupjobd.decisions import (
     SWEEP_FILTER,
+    Failure,
     JobDecision,
     JobState,
+    Missing,
+    Outcome,
     PollPolicy,
     Seen,
     StuckRules,
@@ -301,3 +304,87 @@ def test_uncounted_sweeps_count_as_polls_for_the_schedule() -> None:
     later = decide_job(fresh.state(5), Seen(listed(), full=False), NOW, POLICY, 0.5)
     assert early.next_poll_at is not None and later.next_poll_at is not None
     assert early.next_poll_at - NOW < later.next_poll_at - NOW
+
+
+# What `schedule_only` must agree with: the record after the decision differs from the
+# record before only in when it was polled (next poll, last poll, poll count, version).
+_BOOKKEEPING = {"next_poll_at", "last_polled_at", "poll_count", "version"}
+
+
+def _only_schedule_differs(before: JobRecord, after: JobRecord) -> bool:
+    return all(
+        getattr(before, f.name) == getattr(after, f.name)
+        for f in fields(JobRecord)
+        if f.name not in _BOOKKEEPING
+    )
+
+
+_RECORD_DEVIATIONS: list[dict[str, Any]] = [
+    {"status": None},
+    {"status": "Cancelling"},
+    {"last_error": "HTTP 500"},
+    {"consecutive_failures": 2},
+    {"stuck_since": NOW - timedelta(hours=1)},
+    {"not_found_since": NOW - timedelta(minutes=1)},
+    {"start_time": None},
+    {"start_time": NOW - timedelta(hours=2)},
+    {"end_time": NOW},
+    {"job_type": None},
+    {"job_type": "AzureWorkloadJob"},
+    {"operation": None},
+    {"operation": "Restore"},
+    {"entity_friendly_name": None},
+    {"entity_friendly_name": "vm-2"},
+    {"backup_management_type": None},
+    {"backup_management_type": "AzureWorkload"},
+    {"last_snapshot_hash": "abc"},
+    {"last_detail_at": NOW - timedelta(minutes=1)},
+]
+_ITEM_DEVIATIONS: list[dict[str, Any]] = [
+    {"status": "Cancelling"},
+    {"status": "Completed"},
+    {"start_time": None},
+    {"start_time": NOW - timedelta(hours=2)},
+    {"end_time": NOW},
+    {"job_type": None},
+    {"job_type": "AzureWorkloadJob"},
+    {"operation": None},
+    {"operation": "Restore"},
+    {"entity_friendly_name": None},
+    {"entity_friendly_name": "vm-2"},
+    {"backup_management_type": None},
+    {"backup_management_type": "AzureWorkload"},
+]
+_OUTCOMES = ["list", "full", "missing", "failure", "stuck"]
+
+
+def _cases() -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """The matching pair (a sweep that saw the job as we know it), and every single and
+    double deviation from it: a check missing from `schedule_only` shows up as one case."""
+    cases = [({}, {}, outcome) for outcome in _OUTCOMES]
+    cases += [(r, {}, "list") for r in _RECORD_DEVIATIONS]
+    cases += [({}, i, "list") for i in _ITEM_DEVIATIONS]
+    cases += [(r, i, "list") for r in _RECORD_DEVIATIONS for i in _ITEM_DEVIATIONS]
+    cases += [(r, {}, o) for r in _RECORD_DEVIATIONS for o in _OUTCOMES]
+    return cases
+
+
+@pytest.mark.parametrize(("record_changes", "item_changes", "outcome_kind"), _cases())
+def test_schedule_only_agrees_with_the_record_after_the_decision(
+    record_changes: dict[str, Any], item_changes: dict[str, Any], outcome_kind: str
+) -> None:
+    record = _record(**record_changes)
+    outcome: Outcome
+    if outcome_kind in ("list", "full", "stuck"):
+        status = item_changes.get("status", "InProgress")
+        item = replace(listed(status), **item_changes)
+        outcome = Seen(item, full=outcome_kind == "full")
+    elif outcome_kind == "missing":
+        outcome = Missing()
+    else:
+        outcome = Failure("HTTP 503", transient=True)
+    stuck = timedelta(minutes=1) if outcome_kind == "stuck" else None
+    policy = replace(POLICY, stuck=StuckRules(default=stuck))
+    decision = decide_job(record.state(), outcome, NOW, policy, 0.5)
+    expected = _only_schedule_differs(record, record.after(decision, NOW))
+    assert record.schedule_only(decision, NOW) is expected
