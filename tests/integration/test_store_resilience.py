@@ -36,7 +36,7 @@ from backupjobd.emulator import (
 )
 from backupjobd.errors import StoreError
 from backupjobd.registration import JobRegistration
-from backupjobd.sqlstore import SqlStore, create_engine
+from backupjobd.sqlstore import SqlStore
 from backupjobd.store import JobRecord
 from backupjobd.tracker import Tracker
 
@@ -94,10 +94,10 @@ class Db:
 async def open_db(tmp_path: Path, busy_timeout_ms: int = 5000) -> Db:
     path = tmp_path / "resilience.db"
     url = f"sqlite+aiosqlite:///{path}"
-    engine = create_engine(url, busy_timeout_ms)
+    store = SqlStore.from_url(url, busy_timeout_ms)
     disk = DiskLimit()
-    event.listen(engine.sync_engine, "checkout", disk.on_checkout)
-    store = SqlStore(engine, url)
+    for engine in store.engines:
+        event.listen(engine, "checkout", disk.on_checkout)
     await store.migrate()
     return Db(path, url, store, disk)
 
