@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import yarl
 
 from backupjobd import azure
@@ -275,7 +275,7 @@ class ArmClient:
             if len(raw) > _MAX_BODY_BYTES:
                 raise TransientError("answer body too large")
             try:
-                return json.loads(raw)
+                return orjson.loads(raw)
             except (ValueError, RecursionError):
                 raise TransientError("garbled answer: body is not JSON") from None
         code, message = _arm_error(raw)
@@ -332,7 +332,7 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
 
 def _arm_error(raw: bytes) -> tuple[str | None, str | None]:
     try:
-        body = json.loads(raw) if raw else None
+        body = orjson.loads(raw) if raw else None
     except (ValueError, RecursionError):
         return None, None
     error = body.get("error") if isinstance(body, dict) else None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from backupjobd.errors import InvalidInput
 
@@ -308,8 +309,9 @@ def snapshot_hash(properties: dict[str, Any]) -> str:
             for t in ext["tasksList"]
         ]
         stable["extendedInfo"] = {**ext, "tasksList": tasks}
-    canonical = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # Sorted, compact, UTF-8 JSON (as json.dumps with sort_keys, compact separators and
+    # ensure_ascii=False, but for the spelling of some floats), several times faster.
+    return hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def actions_info(properties: dict[str, Any]) -> list[str]:

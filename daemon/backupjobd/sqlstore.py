@@ -17,6 +17,7 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any, TypeVar
 
+import orjson
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -853,7 +854,9 @@ def _append_rows(conn: Connection, writes: Sequence[JobWrite]) -> None:
             "content_hash": w.decision.snapshot.content_hash,
             "observed_at": w.now,
             "status": w.decision.status,
-            "properties": json.dumps(w.decision.snapshot.properties, sort_keys=True),
+            "properties": orjson.dumps(
+                w.decision.snapshot.properties, option=orjson.OPT_SORT_KEYS
+            ).decode(),
         }
         for w in writes
         if w.decision.snapshot is not None
