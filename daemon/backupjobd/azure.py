@@ -242,9 +242,7 @@ def parse_job_resource(body: object) -> JobObservation:
     vault: VaultRef | None = None
     job_id: str | None = None
     if isinstance(raw_id, str):
-        match = JOB_ID_RE.match(raw_id)
-        if match:
-            vault, job_id = _vault_from_match(match), match.group("job").lower()
+        vault, job_id = _job_arm_id(raw_id)
     if job_id is None:
         name = body.get("name")
         if isinstance(name, str) and GUID_RE.match(name):
@@ -264,6 +262,15 @@ def parse_job_resource(body: object) -> JobObservation:
         duration=parse_duration(props.get("duration")),
         properties=props,
     )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _job_arm_id(raw_id: str) -> tuple[VaultRef | None, str | None]:
+    """Cached: every sweep lists a running job's same ARM id again."""
+    match = JOB_ID_RE.match(raw_id)
+    if match is None:
+        return None, None
+    return _vault_from_match(match), match.group("job").lower()
 
 
 def parse_operation_status(body: object) -> OperationObservation:
