@@ -7,6 +7,7 @@ table-driven unit test.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,12 +45,18 @@ class StuckRules:
     by_key: tuple[tuple[str, timedelta], ...] = ()
 
     def threshold(self, operation: str | None, job_type: str | None) -> timedelta | None:
-        rules = {_rule_key(k): v for k, v in self.by_key}
-        op = _rule_key(operation or "")
-        for key in (f"{op}/{(job_type or '').strip().lower()}", op):
-            if key in rules:
-                return rules[key]
-        return self.default
+        return _threshold(self, operation, job_type)
+
+
+@functools.lru_cache(maxsize=4096)
+def _threshold(rules: StuckRules, operation: str | None, job_type: str | None) -> timedelta | None:
+    """Cached: a sweep asks this for every running job, with a handful of distinct keys."""
+    by_key = {_rule_key(k): v for k, v in rules.by_key}
+    op = _rule_key(operation or "")
+    for key in (f"{op}/{(job_type or '').strip().lower()}", op):
+        if key in by_key:
+            return by_key[key]
+    return rules.default
 
 
 def _rule_key(key: str) -> str:
