@@ -94,8 +94,10 @@ class _Vault:
 
 WorkItem = JobRecord | OperationRecord | _Sweep
 T = TypeVar("T")
-# Queue priorities: status reads first; detail snapshots of running jobs when nothing waits.
-URGENT, BACKGROUND = 0, 1
+# Queue priorities: sweeps first (one sweep detects the ends of a whole vault; queued
+# behind another vault's burst of GETs it would delay them all), then status reads, then
+# detail snapshots of running jobs when nothing else waits.
+SWEEP, URGENT, BACKGROUND = 0, 1, 2
 
 
 class Tracker:
@@ -228,7 +230,7 @@ class Tracker:
             if sweep.records:
                 self._jobs_in_flight.update(swept)
                 self._vault(sweep.vault_id).sweeping = True
-                self._put(sweep)
+                self._put(sweep, SWEEP)
             queued += len(sweep.records)
         queued += self._due_member_sweeps(now)
         singles = self._within_budgets(singles)
@@ -248,7 +250,7 @@ class Tracker:
             records = (*vault.members.values(), *vault.pending.values())
             vault.pending.clear()
             vault.sweeping = True
-            self._put(_Sweep(vault.vault_id, records))
+            self._put(_Sweep(vault.vault_id, records), SWEEP)
             queued += len(records)
         return queued
 
