@@ -343,7 +343,9 @@ class Tracker:
                 logger.exception("poll failed, will retry", extra=_fields(item))
             finally:
                 if isinstance(item, JobRecord):
-                    self._jobs_in_flight.discard(item.pk)
+                    vault = self._vaults.get(item.vault_id.lower())
+                    if vault is None or item.pk not in vault.pending:
+                        self._jobs_in_flight.discard(item.pk)
                     if item.pk in self._detail_pks:
                         self._detail_pks.discard(item.pk)
                         sub = _subscription(item.vault_id)
@@ -599,7 +601,19 @@ class Tracker:
                 terminal = decision.tracking is Tracking.FINISHED
                 self._metrics.transition(decision.status, end if terminal else None, now)
         self._log_job(record, outcome, decision)
+        self._rejoin(record, decision, now)
         return decision
+
+    def _rejoin(self, record: JobRecord, decision: JobDecision, now: datetime) -> None:
+        """A job of a swept vault read on its own (a detail read) and still running joins
+        the vault's next sweep at once; back in the store it would wait for its next poll
+        and then for the sweep after it."""
+        vault = self._vaults.get(record.vault_id.lower())
+        if vault is None or not vault.members or decision.tracking is not Tracking.ACTIVE:
+            return
+        if decision.status != "InProgress":
+            return
+        vault.pending[record.pk] = record.after(decision, now)
 
     def _log_job(self, record: JobRecord, outcome: Outcome, decision: JobDecision) -> None:
         fields = _fields(record)
