@@ -194,6 +194,10 @@ class SqlStore(Store):
 
     async def migrate(self) -> None:
         cfg = alembic_config(self._url)
+        # Every CLI command migrates first: when the schema is already at head, a read says
+        # so without taking the write lock (which a starting daemon may be waiting for).
+        if await self._revision() == ScriptDirectory.from_config(cfg).get_current_head():
+            return
 
         def upgrade(conn: Connection) -> None:
             if conn.dialect.name == "postgresql":
@@ -207,18 +211,20 @@ class SqlStore(Store):
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, "migrating the database") from exc
 
-    async def check_schema(self) -> None:
-        head = ScriptDirectory.from_config(alembic_config(self._url)).get_current_head()
-
+    async def _revision(self) -> str | None:
         def current(conn: Connection) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
 
         try:
             async with self._engine.connect() as conn:
                 await conn.execution_options(**{_READ_ONLY: True})
-                revision = await conn.run_sync(current)
+                return await conn.run_sync(current)
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, "reading the schema version") from exc
+
+    async def check_schema(self) -> None:
+        head = ScriptDirectory.from_config(alembic_config(self._url)).get_current_head()
+        revision = await self._revision()
         if revision != head:
             raise StoreError(f"database schema is at {revision}, expected {head}: run migrate")
 
