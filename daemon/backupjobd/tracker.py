@@ -279,7 +279,8 @@ class Tracker:
         vault's InProgress jobs due within half an interval, so their schedules line up."""
         if self._sweep_min_jobs <= 0:
             return None
-        affordable = self._detail_affordable(due[0].vault_id)
+        room = self._detail_room(due[0].vault_id)
+        affordable = room is None or room > 0
         sweepable = [
             r
             for r in due
@@ -555,14 +556,6 @@ class Tracker:
             return None
         sub = _subscription(vault_id)
         return max(0, budget.spare_reads(sub) - self._details_queued.get(sub, 0))
-
-    def _detail_affordable(self, vault_id: str) -> bool:
-        """Detail reads only while at least half the subscription's read budget is left."""
-        budget = self._arm.budget
-        if budget is None:
-            return True
-        subscription = azure.vault_from_id(vault_id).subscription_id
-        return budget.spare(subscription) >= 0.5
 
     def _hand_on(self, records: Sequence[JobRecord], priority: int = URGENT) -> None:
         for record in records:
