@@ -414,11 +414,16 @@ def main() -> int:
     parser.add_argument("--first-poll-timeout", type=float, default=120.0)
     parser.add_argument("--log-level", default="INFO", help="the daemon's [log] level")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--keep", type=Path, help="work in this directory and keep it (database, daemon log)"
+    )
     args = parser.parse_args()
+    run = run_inflight if args.inflight is not None else run_tracked
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return run(args, args.keep)
     with tempfile.TemporaryDirectory(prefix="backupjobd-scale-") as tmp:
-        if args.inflight is not None:
-            return run_inflight(args, Path(tmp))
-        return run_tracked(args, Path(tmp))
+        return run(args, Path(tmp))
 
 
 if __name__ == "__main__":

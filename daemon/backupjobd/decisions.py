@@ -465,3 +465,27 @@ def sweep_settles(
 def sweep_worthwhile(due_in_vault: int, expected_pages: int, min_jobs: int) -> bool:
     """A sweep costs one read per page; single GETs cost one read per due job."""
     return due_in_vault >= max(min_jobs, expected_pages + 1)
+
+
+# The golden ratio's fractional part: the k-th vault's phase is k times it, modulo one
+# interval, which spreads any number of vaults evenly without knowing their count.
+_GOLDEN = 0.6180339887498949
+
+
+def sweep_phase(vault_index: int, interval: timedelta) -> float:
+    """Seconds into each interval at which the vault's sweeps run (its slot)."""
+    return (vault_index * _GOLDEN) % 1.0 * interval.total_seconds()
+
+
+def sweep_slot(
+    listed_at: datetime, wanted: datetime, phase: float, interval: timedelta
+) -> datetime:
+    """When a vault's next sweep runs: the latest of its slots (every `interval`, offset
+    by `phase`) not after `wanted`. Vaults then sweep spread over the interval, and so are
+    the reads of the jobs each sweep finds ended; swept together, those reads queue behind
+    each other in the subscription's budget. Never later than the jobs asked; gaps under
+    one interval (a new job's first polls) stay as asked."""
+    if wanted - listed_at < interval:
+        return wanted
+    into_slot = (wanted.timestamp() - phase) % interval.total_seconds()
+    return wanted - timedelta(seconds=into_slot)

@@ -12,7 +12,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-STRUCTURED_FIELDS = ("job_id", "vault", "action", "operation_id", "from_status", "to_status")
+STRUCTURED_FIELDS = (
+    "job_id",
+    "vault",
+    "action",
+    "operation_id",
+    "from_status",
+    "to_status",
+    "finished",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -39,7 +39,9 @@ from backupjobd.decisions import (
     decide_job,
     decide_operation,
     sweep_observation,
+    sweep_phase,
     sweep_settles,
+    sweep_slot,
     sweep_status_changed,
     sweep_worthwhile,
 )
@@ -78,6 +80,8 @@ class _Vault:
     uncounted: dict[int, int] = field(default_factory=dict)
     # Jobs that became due while the vault had members: they join its next sweep.
     pending: dict[int, JobRecord] = field(default_factory=dict)
+    # Seconds into each interval at which this vault sweeps (see `sweep_slot`).
+    phase: float = 0.0
     next_sweep: datetime | None = None
     last_sweep: datetime | None = None
     sweeping: bool = False
@@ -323,7 +327,8 @@ class Tracker:
         key = vault_id.lower()
         vault = self._vaults.get(key)
         if vault is None:
-            vault = self._vaults[key] = _Vault(vault_id)
+            phase = sweep_phase(len(self._vaults), self._policy.interval)
+            vault = self._vaults[key] = _Vault(vault_id, phase=phase)
         return vault
 
     async def _worker(self) -> None:
@@ -449,12 +454,11 @@ class Tracker:
         if next_sweep is None:
             vault.next_sweep = None
             return
-        # The next sweep is an interval after this one's list, not after its processing.
-        next_sweep -= now - listed_at
-        if vault.next_sweep is None:
-            # A vault's first sweep: a random phase, so that vaults registered together do
-            # not all sweep (and then read the jobs that ended) at the same moment.
-            next_sweep = now + (next_sweep - now) * (0.5 + self._rng.random() / 2)
+        # The next sweep is an interval after this one's list, not after its processing,
+        # and on the vault's own slot.
+        next_sweep = sweep_slot(
+            listed_at, next_sweep - (now - listed_at), vault.phase, self._policy.interval
+        )
         vault.next_sweep, vault.last_sweep = next_sweep, now
         # The stored next poll is a lease beyond the next sweep: if this process dies, the
         # jobs come due again by themselves.
@@ -467,8 +471,11 @@ class Tracker:
         if self._metrics is not None:
             self._metrics.poll("sweep", "ok")
         logger.debug(
-            "swept vault %s: %d in progress listed, %d unchanged, %d recorded, %d need a GET",
+            "swept vault %s (listed from %s in %.1f s): %d in progress listed, %d unchanged,"
+            " %d recorded, %d need a GET",
             item.vault_id,
+            listed_at.isoformat(),
+            (now - listed_at).total_seconds(),
             len(listed),
             len(unchanged),
             len(changed),
@@ -613,15 +620,24 @@ class Tracker:
         logger.debug(
             "polled job %s: %s", record.job_id, type(outcome).__name__.lower(), extra=fields
         )
+        finished = decision.tracking is Tracking.FINISHED
         if decision.transition is not None:
+            # One line per state change: a change that ends tracking says so itself.
             old, new = decision.transition
             logger.info(
-                "job %s %s: %s -> %s",
+                "job %s %s: %s -> %s%s",
                 record.job_id,
                 decision.observation.operation if decision.observation else "",
                 old or "(new)",
                 new,
-                extra={**fields, "action": "transition", "from_status": old, "to_status": new},
+                " (finished)" if finished else "",
+                extra={
+                    **fields,
+                    "action": "transition",
+                    "from_status": old,
+                    "to_status": new,
+                    "finished": finished,
+                },
             )
         if decision.newly_stuck:
             logger.warning(
@@ -638,7 +654,7 @@ class Tracker:
                 decision.status,
                 extra={**fields, "action": "unknown_status"},
             )
-        if decision.tracking is Tracking.FINISHED:
+        if finished and decision.transition is None:
             logger.info(
                 "job %s finished: %s",
                 record.job_id,

@@ -232,6 +232,30 @@ async def test_unknown_status_is_recorded_and_the_job_stays_active(
     assert len(unknown) == 1
 
 
+async def test_one_info_line_per_state_change_the_last_says_finished(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="backupjobd.tracker")
+    job = env.state.add_job(JobSpec(final_status="Failed", duration_seconds=3))
+    await env.register_job(job.job_id)
+
+    async def finished() -> bool:
+        return (await env.job(job.job_id)).tracking is Tracking.FINISHED
+
+    await env.run_until(finished)
+    lines = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.INFO and getattr(r, "job_id", None) == job.job_id
+    ]
+    assert [(vars(r)["from_status"], vars(r)["to_status"]) for r in lines] == [
+        (None, "InProgress"),
+        ("InProgress", "Failed"),
+    ]
+    assert [vars(r)["finished"] for r in lines] == [False, True]
+    assert lines[-1].getMessage().endswith("InProgress -> Failed (finished)")
+
+
 async def test_job_that_stays_404_becomes_lost_after_the_grace_period(env: Env) -> None:
     job_id = str(uuid.uuid4())  # the emulator never heard of it
     await env.register_job(job_id)

@@ -3,6 +3,7 @@ sweep is worth its pages, and what a decision from a list item (no extendedInfo)
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,8 @@ from backupjobd.decisions import (
     Tracking,
     decide_job,
     sweep_observation,
+    sweep_phase,
+    sweep_slot,
     sweep_status_changed,
     sweep_worthwhile,
 )
@@ -388,3 +391,58 @@ def test_schedule_only_agrees_with_the_record_after_the_decision(
     decision = decide_job(record.state(), outcome, NOW, policy, 0.5)
     expected = _only_schedule_differs(record, record.after(decision, NOW))
     assert record.schedule_only(decision, NOW) is expected
+
+
+# ---------------------------------------------------------------- sweep slots
+
+
+INTERVAL = timedelta(seconds=30)
+LISTED = datetime(2026, 3, 1, 12, 0, 7, 250_000, tzinfo=UTC)
+
+
+def _into_slot(at: datetime, phase: float) -> float:
+    return (at.timestamp() - phase) % INTERVAL.total_seconds()
+
+
+@pytest.mark.parametrize("phase", [0.0, 3.7, 7.25, 12.0, 29.9])
+@pytest.mark.parametrize("after", [30.0, 30.4, 45.0, 59.99, 120.0])
+def test_the_next_sweep_is_the_latest_slot_not_after_the_wanted_time(
+    phase: float, after: float
+) -> None:
+    wanted = LISTED + timedelta(seconds=after)
+    slot = sweep_slot(LISTED, wanted, phase, INTERVAL)
+    assert wanted - INTERVAL < slot <= wanted
+    assert slot > LISTED
+    assert min(_into_slot(slot, phase), 30.0 - _into_slot(slot, phase)) < 1e-5
+
+
+def test_a_vault_on_its_slot_sweeps_exactly_every_interval() -> None:
+    phase = sweep_phase(3, INTERVAL)
+    slot = sweep_slot(LISTED, LISTED + INTERVAL + timedelta(seconds=4), phase, INTERVAL)
+    for _ in range(5):
+        following = sweep_slot(slot, slot + INTERVAL, phase, INTERVAL)
+        assert abs((following - slot).total_seconds() - 30.0) < 1e-5
+        slot = following
+
+
+def test_vaults_listed_together_sweep_next_at_their_own_slots() -> None:
+    wanted = LISTED + INTERVAL
+    slots = sorted(
+        sweep_slot(LISTED, wanted, sweep_phase(k, INTERVAL), INTERVAL) for k in range(10)
+    )
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= 30.0 / 30
+
+
+@pytest.mark.parametrize("after", [0.0, 5.0, 29.99])
+def test_a_gap_under_one_interval_stays_as_asked(after: float) -> None:
+    wanted = LISTED + timedelta(seconds=after)
+    assert sweep_slot(LISTED, wanted, 11.0, INTERVAL) == wanted
+
+
+@pytest.mark.parametrize("vaults", range(1, 101))
+def test_phases_spread_any_number_of_vaults_over_the_interval(vaults: int) -> None:
+    phases = sorted(sweep_phase(k, INTERVAL) for k in range(vaults))
+    assert all(0.0 <= p < 30.0 for p in phases)
+    gaps = [b - a for a, b in itertools.pairwise(phases)] + [30.0 - phases[-1] + phases[0]]
+    assert min(gaps) >= 30.0 / (3 * vaults)
