@@ -272,6 +272,8 @@ class _Stats:
     faults_served: int = 0
     faults_by_kind: Counter[str] = field(default_factory=Counter)
     job_gets: Counter[str] = field(default_factory=Counter)
+    # GETs of jobs still running (progress reads, or polls before the end).
+    job_gets_running: int = 0
     throttled: int = 0
     reads_by_subscription: Counter[str] = field(default_factory=Counter)
 
@@ -574,8 +576,10 @@ class EmulatorState:
         self._stats.requests += 1
         self._stats.by_kind[kind] += 1
 
-    def record_job_get(self, job_id: str) -> None:
+    def record_job_get(self, job_id: str, *, running: bool = False) -> None:
         self._stats.job_gets[job_id] += 1
+        if running:
+            self._stats.job_gets_running += 1
 
     def stats(self) -> JSONDict:
         stats: JSONDict = {
@@ -584,6 +588,7 @@ class EmulatorState:
             "faults_served": self._stats.faults_served,
             "faults_by_kind": dict(self._stats.faults_by_kind),
             "job_gets": dict(self._stats.job_gets),
+            "job_gets_running": self._stats.job_gets_running,
             "jobs": len(self._jobs),
             "throttled": self._stats.throttled,
             "reads_by_subscription": dict(self._stats.reads_by_subscription),
@@ -813,10 +818,12 @@ async def _get_job(
 ) -> web.StreamResponse:
     job_id = match["job"]
     job = state.find_job(_vault_from(match), job_id)
-    state.record_job_get(job.job_id if job is not None else job_id)
     if job is None:
+        state.record_job_get(job_id)
         return _not_found("backupJobs", job_id, match)
-    return web.json_response(state.render_job(job))
+    body = state.render_job(job)
+    state.record_job_get(job.job_id, running="endTime" not in body["properties"])
+    return web.json_response(body)
 
 
 async def _cancel_job(

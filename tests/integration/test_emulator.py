@@ -180,6 +180,17 @@ async def test_not_found_window_then_visible(emu: Emu) -> None:
     assert status == 404
     stats = emu.state.stats()
     assert stats["job_gets"][job_id] == 2
+    assert stats["job_gets_running"] == 1  # 404s are no reads of a running job
+
+
+async def test_stats_tell_reads_of_running_jobs_from_reads_of_ended_ones(emu: Emu) -> None:
+    job_id = await emu.add_job(duration_seconds=10)
+    for _ in range(3):  # at 0 s and 6 s running, at 12 s ended
+        await emu.arm_json("GET", job_path(job_id))
+        emu.clock.t += 6
+    stats = emu.state.stats()
+    assert stats["job_gets"][job_id] == 3
+    assert stats["job_gets_running"] == 2
 
 
 async def test_auth_required(emu: Emu) -> None:
@@ -503,6 +514,7 @@ async def test_admin_bulk_create_stats_and_reset(emu: Emu) -> None:
         "faults_served": 0,
         "faults_by_kind": {},
         "job_gets": {},
+        "job_gets_running": 0,
         "jobs": 0,
         "throttled": 0,
         "reads_by_subscription": {},
