@@ -7,7 +7,7 @@ Splits each job's lag (first terminal transition's observed_at minus the job's e
 into: waiting for its vault's next sweep to start listing, the list itself, and from the
 end of that list to the single GET that recorded the end (queue and read budget). Needs
 the daemon's DEBUG log ("swept vault … (listed from … in … s)" lines). Prints percentiles
-of each part, for all jobs and for the slowest 1%, and how many sweeps started per second.
+of each part, for all jobs and for the slowest 1%.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import bisect
 import re
 import sqlite3
 import sys
-from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -92,9 +91,6 @@ def main() -> int:
                 f"    {name:<18} p50 {percentile(values, 50):6.1f} s  p99"
                 f" {percentile(values, 99):6.1f} s  max {percentile(values, 100):6.1f} s"
             )
-    per_second = Counter(s.replace(microsecond=0) for vs in sweeps.values() for s, _ in vs)
-    busiest = per_second.most_common(1)[0][1]
-    print(f"  sweeps started in the busiest second: {busiest} of {len(sweeps)} vaults")
     return 0
 
 
