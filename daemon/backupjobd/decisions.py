@@ -489,3 +489,24 @@ def sweep_slot(
         return wanted
     into_slot = (wanted.timestamp() - phase) % interval.total_seconds()
     return wanted - timedelta(seconds=into_slot)
+
+
+def sweep_lease(
+    next_sweep: datetime, stored: datetime | None, policy: PollPolicy
+) -> datetime | None:
+    """The lease to store for a vault's swept jobs, or None when the stored one still does.
+
+    A lease (the stored next poll of jobs a sweep looks after) keeps every other process
+    from polling them; it must reach an interval past the next sweep. Renewing it is a row
+    write per job, so a renewal reaches further: after a `kill -9` the jobs come due when
+    it ends, at most `max_detection_lag` after the last sweep, and meanwhile sweeps write
+    nothing (their polls are counted at the next write)."""
+    if stored is not None and stored >= next_sweep + policy.interval:
+        return None
+    return next_sweep + lease_span(policy)
+
+
+def lease_span(policy: PollPolicy) -> timedelta:
+    """How far past the next sweep a lease reaches: an interval, or as far as keeps a job
+    that ends just after a sweep of a dead process within `max_detection_lag`."""
+    return max(policy.interval, policy.max_detection_lag - policy.interval)

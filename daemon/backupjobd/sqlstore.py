@@ -357,23 +357,35 @@ class SqlStore(Store):
         return await self._jobs_excluding(where, limit, exclude, "reading sweep candidates")
 
     async def reschedule_jobs(
-        self, pks: Sequence[int], next_poll_at: datetime, polled_at: datetime | None = None
+        self,
+        pks: Sequence[int],
+        next_poll_at: datetime,
+        polled_at: datetime | None = None,
+        polls: Sequence[int] | None = None,
     ) -> int:
         t = schema.jobs
-        values: dict[str, Any] = {"next_poll_at": next_poll_at}
-        if polled_at is not None:
-            values.update(last_polled_at=polled_at, poll_count=t.c.poll_count + 1)
+        # One UPDATE per distinct poll increment (sweeps give most jobs the same one).
+        by_polls: dict[int, list[int]] = {}
+        counts = polls if polls is not None else [1] * len(pks)
+        for pk, count in zip(pks, counts, strict=True):
+            by_polls.setdefault(count if polled_at is not None else 0, []).append(pk)
 
         def move(conn: Connection) -> int:
             updated = 0
-            for start in range(0, len(pks), _IN_CHUNK):
-                chunk = list(pks[start : start + _IN_CHUNK])
-                result = conn.execute(
-                    update(t)
-                    .where(t.c.pk.in_(chunk), t.c.tracking == Tracking.ACTIVE.value)
-                    .values(**values)
-                )
-                updated += result.rowcount
+            for count, group in by_polls.items():
+                values: dict[str, Any] = {"next_poll_at": next_poll_at}
+                if polled_at is not None:
+                    values.update(last_polled_at=polled_at, poll_count=t.c.poll_count + count)
+                for start in range(0, len(group), _IN_CHUNK):
+                    result = conn.execute(
+                        update(t)
+                        .where(
+                            t.c.pk.in_(group[start : start + _IN_CHUNK]),
+                            t.c.tracking == Tracking.ACTIVE.value,
+                        )
+                        .values(**values)
+                    )
+                    updated += result.rowcount
             return updated
 
         if not pks:

@@ -334,10 +334,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def reschedule_jobs(
-        self, pks: Sequence[int], next_poll_at: datetime, polled_at: datetime | None = None
+        self,
+        pks: Sequence[int],
+        next_poll_at: datetime,
+        polled_at: datetime | None = None,
+        polls: Sequence[int] | None = None,
     ) -> int:
         """Move the next poll of these jobs, when still active, without a new version: nothing
-        observed changed. With `polled_at`, also record a poll (last poll time, poll count).
+        observed changed. With `polled_at`, also record polls: the last poll time, and the
+        poll count raised by `polls[i]` for `pks[i]` (1 each by default). One transaction.
         Returns how many jobs were still active; fewer means someone else changed some."""
 
     @abc.abstractmethod

@@ -38,6 +38,8 @@ from backupjobd.decisions import (
     Tracking,
     decide_job,
     decide_operation,
+    lease_span,
+    sweep_lease,
     sweep_observation,
     sweep_phase,
     sweep_settles,
@@ -70,14 +72,19 @@ class _Sweep:
 @dataclass(slots=True)
 class _Vault:
     """The jobs a vault's sweeps look after between sweeps. Members stay in memory (and in
-    flight): a sweep that sees them unchanged costs no row read and no row write, only one
-    bulk reschedule that keeps their stored next poll (a lease) beyond the next sweep, so
-    neither the dispatcher nor another replica polls them meanwhile."""
+    flight): a sweep that sees them unchanged costs no row read and no row write. Their
+    stored next poll is a lease beyond the next sweep, so neither the dispatcher nor
+    another replica polls them meanwhile; one bulk reschedule renews it every few sweeps
+    (`sweep_lease`) and stores the polls counted since."""
 
     vault_id: str
     members: dict[int, JobRecord] = field(default_factory=dict)
-    # Sweeps of a member since its row was last written (poll count not yet stored).
+    # Sweeps of a member since its record above was written (not in its poll count).
     uncounted: dict[int, int] = field(default_factory=dict)
+    # Sweeps of a member not yet in its row's poll count (stored at the next renewal).
+    unstored: dict[int, int] = field(default_factory=dict)
+    # The earliest lease stored for the members (None: none stored yet).
+    lease_until: datetime | None = None
     # Jobs that became due while the vault had members: they join its next sweep.
     pending: dict[int, JobRecord] = field(default_factory=dict)
     # Seconds into each interval at which this vault sweeps (see `sweep_slot`).
@@ -87,7 +94,9 @@ class _Vault:
     sweeping: bool = False
 
     def caught_up(self, record: JobRecord) -> JobRecord:
-        """The member's row as stored: its sweeps counted as polls."""
+        """The member's record with its sweeps counted as polls: what its next write
+        stores (so the polls not yet stored are stored by it)."""
+        self.unstored.pop(record.pk, None)
         polls = self.uncounted.pop(record.pk, 0)
         if not polls:
             return record
@@ -165,6 +174,11 @@ class Tracker:
         """Polls or sweeps under way (members waiting for their vault's next sweep are not)."""
         members = sum(len(v.members) for v in self._vaults.values())
         return bool(self._ops_in_flight) or len(self._jobs_in_flight) > members
+
+    def next_sweep_at(self, vault_id: str) -> datetime | None:
+        """When the vault's members are swept next (None: no sweep planned)."""
+        vault = self._vaults.get(vault_id.lower())
+        return None if vault is None else vault.next_sweep
 
     def _put(self, item: WorkItem, priority: int = URGENT) -> None:
         self._queue.put_nowait((priority, next(self._queued), item))
@@ -462,12 +476,15 @@ class Tracker:
         vault.next_sweep, vault.last_sweep = next_sweep, now
         # The stored next poll is a lease beyond the next sweep: if this process dies, the
         # jobs come due again by themselves.
-        lease = next_sweep + self._policy.interval
+        renewal = sweep_lease(next_sweep, vault.lease_until, self._policy)
         fields: dict[str, object] = {"vault": item.vault_id, "action": "sweep", "job_id": None}
         if changed:
+            lease = renewal or next_sweep + lease_span(self._policy)
             await self._commit_swept(vault, changed, lease, now, fields)
         if unchanged:
-            await self._reschedule_members(vault, unchanged, lease, now, fields)
+            await self._reschedule_members(vault, unchanged, renewal, now, fields)
+        if renewal is not None:
+            vault.lease_until = renewal
         if self._metrics is not None:
             self._metrics.poll("sweep", "ok")
         logger.debug(
@@ -518,16 +535,22 @@ class Tracker:
         self,
         vault: _Vault,
         unchanged: list[JobRecord],
-        lease: datetime,
+        lease: datetime | None,
         now: datetime,
         fields: dict[str, object],
     ) -> None:
+        """Count the sweep as a poll of each member; with a `lease` (a renewal), store the
+        polls counted so far and the lease in one bulk write."""
         pks = [r.pk for r in unchanged]
-        moved = await self._persist(
-            functools.partial(self._store.reschedule_jobs, pks, lease, now), fields
-        )
         for pk in pks:
             vault.uncounted[pk] = vault.uncounted.get(pk, 0) + 1
+            vault.unstored[pk] = vault.unstored.get(pk, 0) + 1
+        if lease is None:
+            return
+        polls = [vault.unstored.pop(pk) for pk in pks]
+        moved = await self._persist(
+            functools.partial(self._store.reschedule_jobs, pks, lease, now, polls), fields
+        )
         if moved < len(pks):
             # Someone else changed some of them (stopped them, or another replica recorded
             # their end): make them due now, so they are read again from the store.
@@ -549,7 +572,7 @@ class Tracker:
             out.append(vault.caught_up(record))
         if not vault.members:
             # No sweep of this vault is coming: jobs waiting for one go back to the store.
-            vault.next_sweep = None
+            vault.next_sweep = vault.lease_until = None
             self._jobs_in_flight.difference_update(vault.pending)
             vault.pending.clear()
         return out
@@ -743,16 +766,19 @@ class Tracker:
     async def _release_members(self) -> None:
         """Hand the members back to the store's schedule, due now, so that the next process
         polls them at once instead of waiting for their lease."""
-        pks = [pk for vault in self._vaults.values() for pk in vault.members]
+        now = self._clock()
         for vault in self._vaults.values():
+            pks = list(vault.members)
+            polls = [vault.unstored.get(pk, 0) for pk in pks]
+            last_sweep = vault.last_sweep
             self._leave(vault, list(vault.members.values()))
-        self._jobs_in_flight.difference_update(pks)
-        if not pks:
-            return
-        try:
-            await self._store.reschedule_jobs(pks, self._clock())
-        except BackupJobdError as exc:
-            logger.warning("could not hand %d swept jobs back: %s", len(pks), exc)
+            self._jobs_in_flight.difference_update(pks)
+            if not pks:
+                continue
+            try:
+                await self._store.reschedule_jobs(pks, now, last_sweep, polls)
+            except BackupJobdError as exc:
+                logger.warning("could not hand %d swept jobs back: %s", len(pks), exc)
 
     async def drain(self, grace_seconds: float) -> bool:
         """Stop taking work; let in-flight polls finish (and commit) within the grace time."""

@@ -298,6 +298,23 @@ async def test_reschedule_jobs_moves_only_active_jobs_and_keeps_their_version(
     assert await store.reschedule_jobs([], lease) == 0
 
 
+async def test_reschedule_jobs_stores_each_jobs_own_count_of_polls_in_one_call(
+    store: SqlStore,
+) -> None:
+    jobs = [await register_job(store, jid(n), T0) for n in range(1, 6)]
+    jobs = [await poll(store, r, seen(VAULT, r.job_id, "InProgress"), T0) for r in jobs]
+    lease, polled = T0 + 120 * SEC, T0 + 30 * SEC
+    counts = [3, 1, 3, 0, 7]
+    assert await store.reschedule_jobs([r.pk for r in jobs], lease, polled, counts) == 5
+    for before, count in zip(jobs, counts, strict=True):
+        after = await reload(store, before.job_id)
+        assert after.poll_count == before.poll_count + count
+        assert after.last_polled_at == polled and after.next_poll_at == lease
+        assert after.version == before.version
+    with pytest.raises(ValueError):
+        await store.reschedule_jobs([jobs[0].pk, jobs[1].pk], lease, polled, [1])
+
+
 async def test_due_jobs_honours_limit_and_exclude(store: SqlStore) -> None:
     records = [await register_job(store, jid(n), T0 + n * SEC) for n in range(1, 6)]
     pks = [r.pk for r in records]

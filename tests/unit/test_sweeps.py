@@ -23,6 +23,8 @@ from backupjobd.decisions import (
     StuckRules,
     Tracking,
     decide_job,
+    lease_span,
+    sweep_lease,
     sweep_observation,
     sweep_phase,
     sweep_slot,
@@ -446,3 +448,58 @@ def test_phases_spread_any_number_of_vaults_over_the_interval(vaults: int) -> No
     assert all(0.0 <= p < 30.0 for p in phases)
     gaps = [b - a for a, b in itertools.pairwise(phases)] + [30.0 - phases[-1] + phases[0]]
     assert min(gaps) >= 30.0 / (3 * vaults)
+
+
+# ---------------------------------------------------------------- leases
+
+LEASE_POLICY = PollPolicy(interval=INTERVAL, max_detection_lag=timedelta(seconds=120))
+
+
+def test_a_first_lease_reaches_the_longest_lag_after_the_next_sweep_less_an_interval() -> None:
+    next_sweep = LISTED + INTERVAL
+    assert lease_span(LEASE_POLICY) == timedelta(seconds=90)
+    assert sweep_lease(next_sweep, None, LEASE_POLICY) == next_sweep + timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("stored_after_next_sweep", "renewed"),
+    [(None, True), (-5.0, True), (0.0, True), (29.9, True), (30.0, False), (90.0, False)],
+)
+def test_a_lease_is_renewed_only_when_it_no_longer_covers_the_next_sweep_and_an_interval(
+    stored_after_next_sweep: float | None, renewed: bool
+) -> None:
+    next_sweep = LISTED + INTERVAL
+    stored = (
+        None
+        if stored_after_next_sweep is None
+        else next_sweep + timedelta(seconds=stored_after_next_sweep)
+    )
+    lease = sweep_lease(next_sweep, stored, LEASE_POLICY)
+    assert (lease is not None) is renewed
+
+
+def test_steady_sweeps_renew_the_lease_every_third_sweep_and_it_always_covers_them() -> None:
+    stored, writes, sweep = None, [], LISTED
+    for n in range(12):
+        next_sweep = sweep + INTERVAL
+        lease = sweep_lease(next_sweep, stored, LEASE_POLICY)
+        if lease is not None:
+            stored = lease
+            writes.append(n)
+        assert stored is not None
+        assert stored >= next_sweep + INTERVAL
+        # A dead process's jobs come due within the longest detection lag of its last sweep.
+        assert stored - sweep <= LEASE_POLICY.max_detection_lag
+        sweep = next_sweep
+    assert writes == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("lag_s", [10.0, 30.0, 45.0, 60.0])
+def test_a_short_detection_lag_still_leases_one_interval_past_the_next_sweep(
+    lag_s: float,
+) -> None:
+    policy = PollPolicy(interval=INTERVAL, max_detection_lag=timedelta(seconds=lag_s))
+    assert lease_span(policy) == max(INTERVAL, timedelta(seconds=lag_s) - INTERVAL)
+    next_sweep = LISTED + INTERVAL
+    lease = sweep_lease(next_sweep, None, policy)
+    assert lease is not None and lease >= next_sweep + INTERVAL
