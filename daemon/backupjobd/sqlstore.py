@@ -44,7 +44,7 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backupjobd import schema
 from backupjobd.azure import VaultRef, vault_from_id
@@ -231,61 +231,11 @@ class SqlStore(Store):
     async def register(
         self, registrations: Sequence[Registration], now: datetime
     ) -> list[RegisterResult]:
-        try:
-            async with self._engine.begin() as conn:
-                return [await self._register_one(conn, reg, now, None) for reg in registrations]
-        except (SQLAlchemyError, OSError) as exc:
-            raise _translate(exc, "registering") from exc
 
-    async def _register_one(
-        self, conn: AsyncConnection, reg: Registration, now: datetime, operation_pk: int | None
-    ) -> RegisterResult:
-        if isinstance(reg, JobRegistration):
-            t = schema.jobs
-            found = await conn.scalar(
-                select(t.c.pk).where(t.c.vault_key == reg.vault.key, t.c.job_id == reg.job_id)
-            )
-            if found is None:
-                await conn.execute(
-                    insert(t).values(
-                        vault_key=reg.vault.key,
-                        vault_id=reg.vault.id,
-                        job_id=reg.job_id,
-                        source=reg.source,
-                        tracking=Tracking.ACTIVE.value,
-                        registered_at=now,
-                        next_poll_at=now,
-                        poll_count=0,
-                        error_count=0,
-                        consecutive_failures=0,
-                        operation_pk=operation_pk,
-                        version=0,
-                    )
-                )
-            return RegisterResult("job", reg.vault.id, reg.job_id, found is None)
-        o = schema.operations
-        found = await conn.scalar(
-            select(o.c.pk).where(
-                o.c.vault_key == reg.vault.key, o.c.operation_id == reg.operation_id
-            )
-        )
-        if found is None:
-            await conn.execute(
-                insert(o).values(
-                    vault_key=reg.vault.key,
-                    vault_id=reg.vault.id,
-                    operation_id=reg.operation_id,
-                    url=reg.url,
-                    source=reg.source,
-                    tracking=Tracking.ACTIVE.value,
-                    registered_at=now,
-                    next_poll_at=now,
-                    poll_count=0,
-                    consecutive_failures=0,
-                    version=0,
-                )
-            )
-        return RegisterResult("operation", reg.vault.id, reg.operation_id, found is None)
+        def register(conn: Connection) -> list[RegisterResult]:
+            return [_register_one(conn, reg, now, None) for reg in registrations]
+
+        return await self._run(register, "registering", write=True)
 
     async def due_jobs(
         self, now: datetime, limit: int, exclude: Collection[int] = ()
@@ -454,23 +404,21 @@ class SqlStore(Store):
         if decision.job_ids:
             values["job_ids"] = json.dumps(list(decision.job_ids))
         vault = vault_from_id(record.vault_id)
-        try:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    update(o)
-                    .where(and_(o.c.pk == record.pk, o.c.version == record.version))
-                    .values(**values)
-                )
-                if result.rowcount != 1:
-                    return None
-                return [
-                    await self._register_one(
-                        conn, JobRegistration(vault, job_id, "operation"), now, record.pk
-                    )
-                    for job_id in decision.job_ids
-                ]
-        except (SQLAlchemyError, OSError) as exc:
-            raise _translate(exc, f"saving operation {record.operation_id}") from exc
+
+        def save(conn: Connection) -> list[RegisterResult] | None:
+            result = conn.execute(
+                update(o)
+                .where(and_(o.c.pk == record.pk, o.c.version == record.version))
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return None
+            return [
+                _register_one(conn, JobRegistration(vault, job_id, "operation"), now, record.pk)
+                for job_id in decision.job_ids
+            ]
+
+        return await self._run(save, f"saving operation {record.operation_id}", write=True)
 
     async def list_jobs(
         self,
@@ -951,3 +899,53 @@ def _operation(row: Row[Any]) -> OperationRecord:
         job_ids=tuple(json.loads(row.job_ids)) if row.job_ids else (),
         version=row.version,
     )
+
+
+def _register_one(
+    conn: Connection, reg: Registration, now: datetime, operation_pk: int | None
+) -> RegisterResult:
+    """Insert the job (or operation) unless it is already known; a known one is left as is."""
+    if isinstance(reg, JobRegistration):
+        t = schema.jobs
+        found = conn.scalar(
+            select(t.c.pk).where(t.c.vault_key == reg.vault.key, t.c.job_id == reg.job_id)
+        )
+        if found is None:
+            conn.execute(
+                insert(t).values(
+                    vault_key=reg.vault.key,
+                    vault_id=reg.vault.id,
+                    job_id=reg.job_id,
+                    source=reg.source,
+                    tracking=Tracking.ACTIVE.value,
+                    registered_at=now,
+                    next_poll_at=now,
+                    poll_count=0,
+                    error_count=0,
+                    consecutive_failures=0,
+                    operation_pk=operation_pk,
+                    version=0,
+                )
+            )
+        return RegisterResult("job", reg.vault.id, reg.job_id, found is None)
+    o = schema.operations
+    found = conn.scalar(
+        select(o.c.pk).where(o.c.vault_key == reg.vault.key, o.c.operation_id == reg.operation_id)
+    )
+    if found is None:
+        conn.execute(
+            insert(o).values(
+                vault_key=reg.vault.key,
+                vault_id=reg.vault.id,
+                operation_id=reg.operation_id,
+                url=reg.url,
+                source=reg.source,
+                tracking=Tracking.ACTIVE.value,
+                registered_at=now,
+                next_poll_at=now,
+                poll_count=0,
+                consecutive_failures=0,
+                version=0,
+            )
+        )
+    return RegisterResult("operation", reg.vault.id, reg.operation_id, found is None)
