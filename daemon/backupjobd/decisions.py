@@ -498,15 +498,22 @@ def sweep_lease(
 
     A lease (the stored next poll of jobs a sweep looks after) keeps every other process
     from polling them; it must reach an interval past the next sweep. Renewing it is a row
-    write per job, so a renewal reaches further: after a `kill -9` the jobs come due when
-    it ends, at most `max_detection_lag` after the last sweep, and meanwhile sweeps write
-    nothing (their polls are counted at the next write)."""
+    write per job, so a renewal reaches further (`lease_span`) and sweeps write nothing
+    until it runs short (their polls are counted at the next write). After a `kill -9` the
+    jobs come due when it ends."""
     if stored is not None and stored >= next_sweep + policy.interval:
         return None
     return next_sweep + lease_span(policy)
 
 
+# A renewed lease reaches this many intervals past the next sweep: renewed every third
+# sweep, and a dead process's jobs wait at most four intervals.
+LEASE_INTERVALS = 3
+
+
 def lease_span(policy: PollPolicy) -> timedelta:
-    """How far past the next sweep a lease reaches: an interval, or as far as keeps a job
-    that ends just after a sweep of a dead process within `max_detection_lag`."""
-    return max(policy.interval, policy.max_detection_lag - policy.interval)
+    """How far past the next sweep a lease reaches: `LEASE_INTERVALS` intervals, but not so
+    far that a job ending just after a dead process's last sweep is detected later than
+    `max_detection_lag` (and at least one interval)."""
+    longest = max(policy.interval, policy.max_detection_lag - policy.interval)
+    return min(LEASE_INTERVALS * policy.interval, longest)

@@ -455,10 +455,32 @@ def test_phases_spread_any_number_of_vaults_over_the_interval(vaults: int) -> No
 LEASE_POLICY = PollPolicy(interval=INTERVAL, max_detection_lag=timedelta(seconds=120))
 
 
-def test_a_first_lease_reaches_the_longest_lag_after_the_next_sweep_less_an_interval() -> None:
+def test_a_first_lease_reaches_three_intervals_past_the_next_sweep() -> None:
     next_sweep = LISTED + INTERVAL
     assert lease_span(LEASE_POLICY) == timedelta(seconds=90)
     assert sweep_lease(next_sweep, None, LEASE_POLICY) == next_sweep + timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "lag_s", "span_s"),
+    [
+        (30, 120, 90),  # the defaults: three intervals, and the lag allows them
+        (1, 120, 3),  # a short interval: three intervals, not the whole lag
+        (5, 120, 15),
+        (30, 90, 60),  # a short lag: the lag less the interval
+        (30, 45, 30),  # never under one interval
+        (30, 10, 30),
+    ],
+)
+def test_the_lease_span_is_three_intervals_within_the_longest_detection_lag(
+    interval_s: float, lag_s: float, span_s: float
+) -> None:
+    policy = PollPolicy(
+        interval=timedelta(seconds=interval_s),
+        min_interval=timedelta(seconds=1),
+        max_detection_lag=timedelta(seconds=lag_s),
+    )
+    assert lease_span(policy) == timedelta(seconds=span_s)
 
 
 @pytest.mark.parametrize(
@@ -499,7 +521,6 @@ def test_a_short_detection_lag_still_leases_one_interval_past_the_next_sweep(
     lag_s: float,
 ) -> None:
     policy = PollPolicy(interval=INTERVAL, max_detection_lag=timedelta(seconds=lag_s))
-    assert lease_span(policy) == max(INTERVAL, timedelta(seconds=lag_s) - INTERVAL)
     next_sweep = LISTED + INTERVAL
     lease = sweep_lease(next_sweep, None, policy)
     assert lease is not None and lease >= next_sweep + INTERVAL
