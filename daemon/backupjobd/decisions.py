@@ -491,19 +491,15 @@ def sweep_slot(
     return wanted - timedelta(seconds=into_slot)
 
 
-def sweep_lease(
-    next_sweep: datetime, stored: datetime | None, policy: PollPolicy
-) -> datetime | None:
-    """The lease to store for a vault's swept jobs, or None when the stored one still does.
+def lease_renewal_due(next_sweep: datetime, stored: datetime | None, policy: PollPolicy) -> bool:
+    """Whether a vault's swept jobs need their lease stored again (to `next_sweep +
+    lease_span`): the one stored must reach an interval past the next sweep.
 
     A lease (the stored next poll of jobs a sweep looks after) keeps every other process
-    from polling them; it must reach an interval past the next sweep. Renewing it is a row
-    write per job, so a renewal reaches further (`lease_span`) and sweeps write nothing
-    until it runs short (their polls are counted at the next write). After a `kill -9` the
-    jobs come due when it ends."""
-    if stored is not None and stored >= next_sweep + policy.interval:
-        return None
-    return next_sweep + lease_span(policy)
+    from polling them. Renewing it is a row write per job, so a renewal reaches further
+    (`lease_span`) and sweeps write nothing until it runs short (their polls are counted at
+    the next write). After a `kill -9` the jobs come due when it ends."""
+    return stored is None or stored < next_sweep + policy.interval
 
 
 # A renewed lease reaches this many intervals past the next sweep: renewed every third

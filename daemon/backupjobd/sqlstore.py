@@ -373,7 +373,9 @@ class SqlStore(Store):
             return []
         what = f"job {writes[0].record.job_id}" if len(writes) == 1 else f"{len(writes)} jobs"
         distinct = len({w.record.pk for w in writes}) == len(writes)
-        if len(writes) > 1 and distinct and self._engine.dialect.supports_sane_multi_rowcount:
+        # The dialect of the engine the work runs on (on SQLite, the direct one).
+        dialect = (self._direct or self._engine).dialect
+        if len(writes) > 1 and distinct and dialect.supports_sane_multi_rowcount:
             try:
                 await self._run(
                     functools.partial(_apply_many, writes), f"saving {what}", write=True

@@ -38,8 +38,8 @@ from backupjobd.decisions import (
     Tracking,
     decide_job,
     decide_operation,
+    lease_renewal_due,
     lease_span,
-    sweep_lease,
     sweep_observation,
     sweep_phase,
     sweep_settles,
@@ -75,7 +75,7 @@ class _Vault:
     flight): a sweep that sees them unchanged costs no row read and no row write. Their
     stored next poll is a lease beyond the next sweep, so neither the dispatcher nor
     another replica polls them meanwhile; one bulk reschedule renews it every few sweeps
-    (`sweep_lease`) and stores the polls counted since."""
+    (`lease_renewal_due`) and stores the polls counted since."""
 
     vault_id: str
     members: dict[int, JobRecord] = field(default_factory=dict)
@@ -476,15 +476,15 @@ class Tracker:
         vault.next_sweep, vault.last_sweep = next_sweep, now
         # The stored next poll is a lease beyond the next sweep: if this process dies, the
         # jobs come due again by themselves.
-        renewal = sweep_lease(next_sweep, vault.lease_until, self._policy)
+        lease = next_sweep + lease_span(self._policy)
+        renew = lease_renewal_due(next_sweep, vault.lease_until, self._policy)
         fields: dict[str, object] = {"vault": item.vault_id, "action": "sweep", "job_id": None}
         if changed:
-            lease = renewal or next_sweep + lease_span(self._policy)
             await self._commit_swept(vault, changed, lease, now, fields)
         if unchanged:
-            await self._reschedule_members(vault, unchanged, renewal, now, fields)
-        if renewal is not None:
-            vault.lease_until = renewal
+            await self._reschedule_members(vault, unchanged, lease if renew else None, now, fields)
+        if renew:
+            vault.lease_until = lease
         if self._metrics is not None:
             self._metrics.poll("sweep", "ok")
         logger.debug(

@@ -23,8 +23,8 @@ from backupjobd.decisions import (
     StuckRules,
     Tracking,
     decide_job,
+    lease_renewal_due,
     lease_span,
-    sweep_lease,
     sweep_observation,
     sweep_phase,
     sweep_slot,
@@ -458,7 +458,7 @@ LEASE_POLICY = PollPolicy(interval=INTERVAL, max_detection_lag=timedelta(seconds
 def test_a_first_lease_reaches_three_intervals_past_the_next_sweep() -> None:
     next_sweep = LISTED + INTERVAL
     assert lease_span(LEASE_POLICY) == timedelta(seconds=90)
-    assert sweep_lease(next_sweep, None, LEASE_POLICY) == next_sweep + timedelta(seconds=90)
+    assert lease_renewal_due(next_sweep, None, LEASE_POLICY)
 
 
 @pytest.mark.parametrize(
@@ -496,17 +496,15 @@ def test_a_lease_is_renewed_only_when_it_no_longer_covers_the_next_sweep_and_an_
         if stored_after_next_sweep is None
         else next_sweep + timedelta(seconds=stored_after_next_sweep)
     )
-    lease = sweep_lease(next_sweep, stored, LEASE_POLICY)
-    assert (lease is not None) is renewed
+    assert lease_renewal_due(next_sweep, stored, LEASE_POLICY) is renewed
 
 
 def test_steady_sweeps_renew_the_lease_every_third_sweep_and_it_always_covers_them() -> None:
     stored, writes, sweep = None, [], LISTED
     for n in range(12):
         next_sweep = sweep + INTERVAL
-        lease = sweep_lease(next_sweep, stored, LEASE_POLICY)
-        if lease is not None:
-            stored = lease
+        if lease_renewal_due(next_sweep, stored, LEASE_POLICY):
+            stored = next_sweep + lease_span(LEASE_POLICY)
             writes.append(n)
         assert stored is not None
         assert stored >= next_sweep + INTERVAL
@@ -522,5 +520,6 @@ def test_a_short_detection_lag_still_leases_one_interval_past_the_next_sweep(
 ) -> None:
     policy = PollPolicy(interval=INTERVAL, max_detection_lag=timedelta(seconds=lag_s))
     next_sweep = LISTED + INTERVAL
-    lease = sweep_lease(next_sweep, None, policy)
-    assert lease is not None and lease >= next_sweep + INTERVAL
+    assert next_sweep + lease_span(policy) >= next_sweep + INTERVAL
+    # ...and a lease of exactly that still counts as covering the next sweep.
+    assert not lease_renewal_due(next_sweep, next_sweep + lease_span(policy), policy)
