@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import ipaddress
 import itertools
-import json
 import logging
 import math
 import random
@@ -54,6 +54,37 @@ READS_REMAINING_HEADER: Final = "x-ms-ratelimit-remaining-subscription-reads"
 CANCELLING_SECONDS: Final = 1.0
 #: Fraction of a job's duration after which the snapshot task is done.
 SNAPSHOT_FRACTION: Final = 0.4
+
+# Bounds of admin input: the admin API has no authentication and runs in the event loop, so
+# one request must not be able to wedge the emulator or exhaust its memory. They leave ample
+# room for the tests, scripts/demo.py and bench/*.py (1,000 jobs per request, 100,000 in all).
+#: Largest admin request body (aiohttp's default, stated so nobody raises it unknowingly).
+MAX_BODY_BYTES: Final = 1024 * 1024
+#: Most jobs or vaults one admin request may create.
+MAX_ITEMS_PER_REQUEST: Final = 10_000
+#: Most jobs held at once, counting those that pending operations will bring (~1 KB each).
+MAX_JOBS: Final = 500_000
+#: Most jobs one operation may announce (Azure's multi-item operations name a handful).
+MAX_OPERATION_JOBS: Final = 1_000
+MAX_OPERATIONS: Final = 100_000
+MAX_VAULTS: Final = 100_000
+#: Most entries in the fault queue, which every ARM request scans.
+MAX_QUEUED_FAULTS: Final = 1_000
+MAX_FAULT_COUNT: Final = 1_000_000
+MAX_RANDOM_FAULT_KINDS: Final = 64
+MAX_RETRY_AFTER: Final = 3_600
+#: Longest duration, delay, not-found window or backdating: a year keeps timestamps sane.
+MAX_SECONDS: Final = 366 * 86_400
+MAX_PAGE_SIZE: Final = 10_000
+MAX_READ_BURST: Final = 1_000_000
+#: Slowest refill: keeps the computed Retry-After finite (at most 1,000 s).
+MIN_READ_REFILL_PER_SECOND: Final = 0.001
+MAX_READ_REFILL_PER_SECOND: Final = 1_000_000.0
+MAX_SEED: Final = 2**63 - 1
+#: Longest job id, status, operation, job type, entity, container or item name.
+MAX_NAME_LENGTH: Final = 256
+#: Longest vault ARM id or fault path filter.
+MAX_ID_LENGTH: Final = 1_024
 
 _API_VERSION_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -311,6 +342,8 @@ class EmulatorState:
         self._vaults: dict[str, str] = {}
         self._operations: dict[str, EmulatedOperation] = {}
         self._pending: list[tuple[float, int, EmulatedOperation]] = []
+        #: Job ids announced by pending operations, which count against ``MAX_JOBS``.
+        self._pending_jobs = 0
         self._faults: deque[Fault] = deque()
         self._stats = _Stats()
         self._seq = itertools.count(1)
@@ -393,6 +426,15 @@ class EmulatorState:
         canonical = _vault_id(found["sub"], found["rg"], found["vault"])
         return self._vaults.setdefault(canonical.lower(), canonical)
 
+    def is_known_vault(self, vault_id: str) -> bool:
+        return vault_id.lower() in self._vaults
+
+    def sizes(self) -> tuple[int, int, int, int]:
+        """(jobs held or announced, operations, vaults, queued faults), to bound admin input."""
+        self.now()
+        held = len(self._jobs) + self._pending_jobs
+        return held, len(self._operations), len(self._vaults), len(self._faults)
+
     def vaults_in_subscription(self, subscription_id: str) -> list[str]:
         """The subscription's known vaults in the order they became known (stable paging)."""
         prefix = f"/subscriptions/{subscription_id.lower()}/"
@@ -456,6 +498,7 @@ class EmulatorState:
         )
         self._operations[op.operation_id.lower()] = op
         heapq.heappush(self._pending, (op.done_at, next(self._seq), op))
+        self._pending_jobs += len(op.job_ids)
         self.now()  # a zero-delay operation completes immediately
         return op
 
@@ -468,6 +511,7 @@ class EmulatorState:
 
     def _materialize(self, op: EmulatedOperation) -> None:
         op.materialized = True
+        self._pending_jobs -= len(op.job_ids)
         for job_id in op.job_ids:
             key = (op.vault_id.lower(), job_id.lower())
             if key not in self._jobs:
@@ -604,6 +648,7 @@ class EmulatorState:
         self._vaults.clear()
         self._operations.clear()
         self._pending.clear()
+        self._pending_jobs = 0
         self._faults.clear()
         self.random_faults = None
         if self.read_budget is not None:
@@ -1245,26 +1290,43 @@ _JOB_FIELDS: Final = {
 }
 
 
-def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+def _number(
+    body: Mapping[str, Any],
+    key: str,
+    default: float,
+    minimum: float = 0.0,
+    maximum: float = MAX_SECONDS,
+) -> float:
+    """A finite JSON number in [minimum, maximum]; NaN, infinities and booleans are refused."""
     value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValidationError(f"{key} must be a non-negative number")
+    # NaN fails every comparison and infinities the bounds; comparing before float() keeps a
+    # huge integer from overflowing the conversion.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not minimum <= value <= maximum
+    ):
+        raise ValidationError(f"{key} must be a number between {minimum:g} and {maximum:g}")
     return float(value)
 
 
-def _integer(body: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+def _integer(body: Mapping[str, Any], key: str, default: int, minimum: int, maximum: int) -> int:
     value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(f"{key} must be an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValidationError(f"{key} must be an integer between {minimum} and {maximum}")
     return value
 
 
-def _string(body: Mapping[str, Any], key: str, default: str | None) -> str | None:
+def _string(
+    body: Mapping[str, Any], key: str, default: str | None, max_length: int = MAX_NAME_LENGTH
+) -> str | None:
     value = body.get(key, default)
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{key} must be a non-empty string")
+    if len(value) > max_length:
+        raise ValidationError(f"{key} must be at most {max_length} characters")
     return value
 
 
@@ -1274,10 +1336,21 @@ def _require_object(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
+def _items(raw: Any, what: str) -> list[Any]:
+    """An admin body that is one object or an array of them, at most ``MAX_ITEMS_PER_REQUEST``."""
+    items = raw if isinstance(raw, list) else [raw]
+    if len(items) > MAX_ITEMS_PER_REQUEST:
+        raise ValidationError(f"{what}: at most {MAX_ITEMS_PER_REQUEST} per request")
+    return items
+
+
 def _reject_unknown(body: Mapping[str, Any], allowed: set[str], what: str) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ValidationError(f"unknown {what} field(s): {', '.join(unknown)}")
+        # Names come from the client: show a few, shortened, so the error stays one short line.
+        shown = ", ".join(repr(name[:64]) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ValidationError(f"unknown {what} field(s): {shown}{more}")
 
 
 def _parse_job_spec(body: Mapping[str, Any]) -> JobSpec:
@@ -1292,7 +1365,7 @@ def _parse_job_spec(body: Mapping[str, Any]) -> JobSpec:
 
 
 def _parse_vault(body: Mapping[str, Any]) -> str:
-    vault_id = _string(body, "vault_id", DEFAULT_VAULT_ID) or DEFAULT_VAULT_ID
+    vault_id = _string(body, "vault_id", DEFAULT_VAULT_ID, MAX_ID_LENGTH) or DEFAULT_VAULT_ID
     found = _VAULT_RE.match(vault_id.rstrip("/"))
     if found is None:
         raise ValidationError(f"vault_id {vault_id!r} is not a Recovery Services vault ARM id")
@@ -1306,10 +1379,31 @@ def _parse_arm_name(body: Mapping[str, Any], key: str, default: str | None) -> s
     return value
 
 
+def _check_room(state: EmulatorState, *, jobs: int = 0, vaults: Iterable[str] = ()) -> None:
+    """Refuse what would take the emulator past ``MAX_JOBS`` or ``MAX_VAULTS``."""
+    held, _, known, _ = state.sizes()
+    if held + jobs > MAX_JOBS:
+        raise ValidationError(
+            f"jobs: {held} held, {jobs} more would pass the limit of {MAX_JOBS}"
+            " (POST /admin/reset to start over)"
+        )
+    new = {v.lower() for v in vaults if not state.is_known_vault(v)}
+    if known + len(new) > MAX_VAULTS:
+        raise ValidationError(
+            f"vault_id: {known} vaults known, {len(new)} more would pass the limit of"
+            f" {MAX_VAULTS} (POST /admin/reset to start over)"
+        )
+
+
 async def _json_body(request: web.Request) -> Any:
     try:
         return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ValidationError(f"body must be at most {MAX_BODY_BYTES} bytes") from exc
+    except RecursionError as exc:
+        raise ValidationError("body is nested too deeply") from exc
+    # ValueError covers JSONDecodeError and integers longer than Python converts.
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(f"body is not valid JSON: {exc}") from exc
 
 
@@ -1320,8 +1414,7 @@ def _admin_error(exc: ValidationError) -> web.Response:
 async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     try:
-        raw = await _json_body(request)
-        items = raw if isinstance(raw, list) else [raw]
+        items = _items(await _json_body(request), "jobs")
         parsed: list[tuple[str, str | None, JobSpec, float]] = []
         for item in items:
             body = _require_object(item, "job")
@@ -1333,6 +1426,7 @@ async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
                 raise ValidationError(f"job_id {job_id!r} is not a valid job name")
             ago = _number(body, "started_seconds_ago", 0.0)
             parsed.append((_parse_vault(body), job_id, _parse_job_spec(body), ago))
+        _check_room(state, jobs=len(parsed), vaults=[vault_id for vault_id, *_ in parsed])
         seen: set[tuple[str, str]] = set()
         for vault_id, job_id, _, _ in parsed:
             if job_id is None:
@@ -1396,12 +1490,20 @@ async def _admin_add_operation(request: web.Request) -> web.StreamResponse:
             raise ValidationError("api_version must look like yyyy-mm-dd[-preview]")
         container = _parse_arm_name(body, "container_name", DEFAULT_CONTAINER_NAME)
         item = _parse_arm_name(body, "protected_item_name", DEFAULT_PROTECTED_ITEM_NAME)
+        delay = _number(body, "delay_seconds", 1.0)
+        job_count = _integer(body, "job_count", 1, 1, MAX_OPERATION_JOBS)
+        job_spec = _parse_job_spec(jobs_body)
+        if state.sizes()[1] >= MAX_OPERATIONS:
+            raise ValidationError(
+                f"operations: at most {MAX_OPERATIONS} (POST /admin/reset to start over)"
+            )
+        _check_room(state, jobs=job_count if result == "Succeeded" else 0)
         op = state.add_operation(
             vault_id=vault_id,
-            delay_seconds=_number(body, "delay_seconds", 1.0),
+            delay_seconds=delay,
             result=result,
-            job_count=_integer(body, "job_count", 1, 1),
-            job_spec=_parse_job_spec(jobs_body),
+            job_count=job_count,
+            job_spec=job_spec,
             container_name=container if item_level else None,
             protected_item_name=item if item_level else None,
         )
@@ -1439,11 +1541,15 @@ async def _admin_add_fault(request: web.Request) -> web.StreamResponse:
             kind = str(kind)
         if not isinstance(kind, str) or kind not in FAULT_KINDS:
             raise ValidationError(f"kind must be one of {sorted(FAULT_KINDS)}")
+        count = _integer(body, "count", 1, 1, MAX_FAULT_COUNT)
+        retry_after = _integer(body, "retry_after", 1, 0, MAX_RETRY_AFTER)
+        path_contains = _string(body, "path_contains", None, MAX_ID_LENGTH)
+        if state.sizes()[3] >= MAX_QUEUED_FAULTS:
+            raise ValidationError(
+                f"faults: at most {MAX_QUEUED_FAULTS} queued (POST /admin/reset to start over)"
+            )
         fault = state.add_fault(
-            kind,
-            count=_integer(body, "count", 1, 1),
-            retry_after=_integer(body, "retry_after", 1, 0),
-            path_contains=_string(body, "path_contains", None),
+            kind, count=count, retry_after=retry_after, path_contains=path_contains
         )
     except ValidationError as exc:
         return _admin_error(exc)
@@ -1460,20 +1566,22 @@ async def _admin_add_fault(request: web.Request) -> web.StreamResponse:
 
 def _set_random_faults(state: EmulatorState, body: Mapping[str, Any]) -> web.Response:
     _reject_unknown(body, {"kind", "rate", "kinds", "retry_after", "seed"}, "fault")
-    rate = body.get("rate")
-    if isinstance(rate, bool) or not isinstance(rate, int | float):
+    if "rate" not in body:
         raise ValidationError("rate must be a number between 0 and 1")
+    rate = _number(body, "rate", 0.0, 0.0, 1.0)
     kinds = body.get("kinds", list(DEFAULT_RANDOM_FAULT_KINDS))
-    if not isinstance(kinds, list):
-        raise ValidationError("kinds must be a list of fault kinds")
+    if not isinstance(kinds, list) or len(kinds) > MAX_RANDOM_FAULT_KINDS:
+        raise ValidationError(
+            f"kinds must be a list of at most {MAX_RANDOM_FAULT_KINDS} fault kinds"
+        )
     kinds = [str(k) if isinstance(k, int) and not isinstance(k, bool) else k for k in kinds]
     if not all(isinstance(k, str) for k in kinds):
         raise ValidationError("kinds must be a list of fault kinds")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValidationError("seed must be an integer or null")
+    if seed is not None:
+        seed = _integer(body, "seed", 0, 0, MAX_SEED)
     faults = state.set_random_faults(
-        float(rate), kinds, retry_after=_integer(body, "retry_after", 1, 0), seed=seed
+        rate, kinds, retry_after=_integer(body, "retry_after", 1, 0, MAX_RETRY_AFTER), seed=seed
     )
     logger.info("random faults %s", f"at rate {rate}" if faults else "off")
     return web.json_response(
@@ -1508,13 +1616,21 @@ async def _admin_set_config(request: web.Request) -> web.StreamResponse:
         _reject_unknown(body, {"read_burst", "read_refill_per_second", "page_size"}, "config")
         refill = state.read_refill_per_second
         if "read_refill_per_second" in body:
-            refill = _number(body, "read_refill_per_second", refill)
-            if refill <= 0:
-                raise ValidationError("read_refill_per_second must be > 0")
+            refill = _number(
+                body,
+                "read_refill_per_second",
+                refill,
+                MIN_READ_REFILL_PER_SECOND,
+                MAX_READ_REFILL_PER_SECOND,
+            )
         burst = state.read_budget.burst if state.read_budget else None
         if "read_burst" in body:
-            burst = None if body["read_burst"] is None else _integer(body, "read_burst", 1, 1)
-        page_size = _integer(body, "page_size", state.page_size, 1)
+            burst = (
+                None
+                if body["read_burst"] is None
+                else _integer(body, "read_burst", 1, 1, MAX_READ_BURST)
+            )
+        page_size = _integer(body, "page_size", state.page_size, 1, MAX_PAGE_SIZE)
     except ValidationError as exc:
         return _admin_error(exc)
     state.configure_reads(burst, refill)
@@ -1534,13 +1650,12 @@ async def _admin_add_vaults(request: web.Request) -> web.StreamResponse:
     """`{"vault_id": …}` or an array of them: vaults without jobs, for subscription lists."""
     state = request.app[STATE_KEY]
     try:
-        raw = await _json_body(request)
-        items = raw if isinstance(raw, list) else [raw]
         ids = []
-        for item in items:
+        for item in _items(await _json_body(request), "vaults"):
             body = _require_object(item, "vault")
             _reject_unknown(body, {"vault_id"}, "vault")
             ids.append(_parse_vault(body))
+        _check_room(state, vaults=ids)
     except ValidationError as exc:
         return _admin_error(exc)
     return web.json_response({"vaults": [state.add_vault(v) for v in ids]}, status=201)
@@ -1571,9 +1686,34 @@ async def _admin_get_job(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether a listening address only takes connections from this machine."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _warn_if_exposed(hosts: Iterable[str], required_token: str | None) -> None:
+    """One warning when reachable from other machines: the admin API never asks who calls."""
+    exposed = sorted({h for h in hosts if not _is_loopback(h)})
+    if not exposed:
+        return
+    logger.warning(
+        "emulator listens beyond loopback (%s): its admin API (/admin/*) has no authentication,"
+        " --token guards only the ARM API%s, so anyone who can reach it can create jobs, inject"
+        " faults or reset it; keep it on 127.0.0.1",
+        ", ".join(exposed),
+        "" if required_token is not None else " (not set: any bearer token is accepted)",
+    )
+
+
 def build_emulator_app(state: EmulatorState | None = None) -> web.Application:
     """The emulator as an aiohttp app, for TestServer or any runner."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = state if state is not None else EmulatorState()
     app.router.add_post("/admin/jobs", _admin_add_jobs)
     app.router.add_get("/admin/jobs/{job_id}", _admin_get_job)
@@ -1620,6 +1760,9 @@ async def run_emulator(
         await site.start()
         actual_port = int(runner.addresses[0][1]) if runner.addresses else port
         logger.info("emulator listening on http://%s:%d", host, actual_port)
+        # The bound addresses, not ``host``: a name may resolve beyond loopback, "" binds all.
+        bound = [str(address[0]) for address in runner.addresses]
+        _warn_if_exposed(bound or [host], required_token)
         if ready is not None:
             ready(actual_port)
         await asyncio.Event().wait()
