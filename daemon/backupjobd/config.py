@@ -10,9 +10,11 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,53 @@ CREDENTIALS = (
     "static-token",
 )
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+WEEK = 7 * 24 * 3600
+DAYS_30 = 30 * 24 * 3600
+# Every number the config holds, with the inclusive range `_validate` enforces. Generous, but
+# finite: a value past them is a typo, and would otherwise crash `serve` later (a timedelta
+# or datetime overflow on every poll) or exhaust it (a billion pollers). Webhook timeouts and
+# stuck thresholds apply to each entry of `[[notify.webhook]]` and `[stuck.thresholds]`.
+# A numeric key missing here is refused as soon as a value of it is validated.
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "azure.request_timeout_seconds": (0.1, 3600),
+    "database.busy_timeout_ms": (0, 600_000),
+    "polling.interval_seconds": (0.01, WEEK),
+    "polling.min_interval_seconds": (0.01, WEEK),
+    "polling.early_polls": (0, 1000),
+    "polling.tick_seconds": (0.01, 3600),
+    "polling.concurrency": (1, 1024),
+    "polling.batch_size": (1, 10_000),
+    "polling.not_found_grace_seconds": (0, WEEK),
+    "polling.max_backoff_seconds": (0.01, WEEK),
+    "polling.operation_interval_seconds": (0.01, WEEK),
+    "polling.shutdown_timeout_seconds": (0.1, 3600),
+    "polling.sweep_min_jobs": (0, 10_000),
+    "polling.detail_interval_seconds": (0, WEEK),
+    "polling.max_detection_lag_seconds": (0, WEEK),
+    "throttle.reads_burst": (1, 100_000),
+    "throttle.reads_per_second": (0.01, 100_000),
+    "throttle.reserve_reads": (0, 100_000),
+    "stuck.after_seconds": (1, DAYS_30),
+    "stuck.thresholds": (1, DAYS_30),
+    "api.port": (1, 65535),
+    "api.max_body_bytes": (1024, 64 * 1024 * 1024),
+    "api.healthy_tick_age_seconds": (0.1, WEEK),
+    "api.idle_timeout_seconds": (0.1, 3600),
+    "api.body_timeout_seconds": (0.1, 3600),
+    "api.max_connections": (4, 100_000),
+    "notify.max_attempts": (1, 10_000),
+    "notify.max_backoff_seconds": (0.01, WEEK),
+    "notify.webhook.timeout_seconds": (0.1, 3600),
+    "discovery.interval_seconds": (1, WEEK),
+    "discovery.lookback_hours": (0.01, 2160),
+    "discovery.overlap_seconds": (0, WEEK),
+    "discovery.vault_refresh_seconds": (1, WEEK),
+}
+# sun_path holds 108 bytes on Linux, the terminating NUL included.
+MAX_UNIX_SOCKET_BYTES = 107
+MIN_API_TOKEN_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -123,6 +172,13 @@ class ApiConfig:
     token_env: str = "BACKUPJOBD_API_TOKEN"
     max_body_bytes: int = 1_048_576
     healthy_tick_age_seconds: float = 30.0
+    # Host names a token-less API answers besides loopback ones (DNS rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
+    # Idle and slow-header clients are dropped after this; a request body gets its own.
+    idle_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 30.0
+    # Open client connections at most (and at most half of the descriptor limit).
+    max_connections: int = 256
 
 
 WEBHOOK_EVENTS = ("all", "terminal", "failures", "stuck")
@@ -268,6 +324,8 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
         return _webhooks(key, value, from_env)
     if kind is tuple and key.startswith("discovery."):
         return _discovery_list(key, value, from_env)
+    if kind is tuple and key == "api.allowed_hosts":
+        return _host_names(key, value, from_env)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -282,16 +340,10 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
             except ValueError:
                 pass
     elif kind is float:
-        number: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif from_env:
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if number is not None and math.isfinite(number):
+        number = _finite_float(value, from_env)
+        if number is not None:
             return number
+        raise ConfigError(f"config key {key} must be a finite number, got {_shown(value)}")
     elif kind is str and isinstance(value, str):
         return str(value)
     elif kind is dict:
@@ -301,13 +353,35 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
                 table = json.loads(value)
             except ValueError:
                 raise ConfigError(f"config key {key} must be a JSON object") from None
-        if isinstance(table, dict) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-            for v in table.values()
-        ):
-            return {str(k): float(v) for k, v in table.items()}
-        raise ConfigError(f"config key {key} must be a table of positive numbers")
-    raise ConfigError(f"config key {key} must be {kind.__name__}, got {value!r}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"config key {key} must be a table of numbers")
+        numbers: dict[str, float] = {}
+        for name, item in table.items():
+            number = _finite_float(item, False)
+            if number is None:
+                where = f"{key}[{json.dumps(str(name))}]"
+                raise ConfigError(f"config key {where} must be a number, got {_shown(item)}")
+            numbers[str(name)] = number
+        return numbers
+    raise ConfigError(f"config key {key} must be {kind.__name__}, got {_shown(value)}")
+
+
+def _finite_float(value: Any, from_env: bool) -> float | None:
+    """A finite float, or None: NaN, infinities and integers too big for a float (TOML's are
+    unbounded) are no duration, and `float()` would raise OverflowError on the last."""
+    if isinstance(value, bool) or not (isinstance(value, int | float) or from_env):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: Any) -> str:
+    """A value for a one-line error: repr escapes newlines, and a huge value is cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]:
@@ -341,16 +415,16 @@ def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]
         for name in ("name", "secret_env"):
             if not isinstance(table.get(name, ""), str):
                 raise ConfigError(f"config key {where}.{name} must be a string")
-        timeout = table.get("timeout_seconds", 10.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise ConfigError(f"config key {where}.timeout_seconds must be > 0")
+        timeout = _finite_float(table.get("timeout_seconds", 10.0), False)
+        if timeout is None:
+            raise ConfigError(f"config key {where}.timeout_seconds must be a number")
         hooks.append(
             WebhookConfig(
                 url=url,
                 name=table.get("name") or f"webhook-{index + 1}",
                 events=tuple(events),
                 secret_env=table.get("secret_env", ""),
-                timeout_seconds=float(timeout),
+                timeout_seconds=timeout,
             )
         )
     if any(len(h.name) > 100 for h in hooks):
@@ -359,6 +433,26 @@ def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]
     if len(set(names)) != len(names):
         raise ConfigError(f"config key {key}: webhook names must be unique")
     return tuple(hooks)
+
+
+def _host_names(key: str, value: Any, from_env: bool) -> tuple[str, ...]:
+    """`api.allowed_hosts`: an array of host names (from the environment, a JSON array or a
+    comma-separated list), lower-cased; each a valid name or address, no port."""
+    if from_env:
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ConfigError(f"config key {key} must be a JSON array of host names") from None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key {key} must be an array of host names")
+    for name in value:
+        if not _is_host(name):
+            raise ConfigError(f"config key {key}: {name[:80]!r} is not a host name (no port)")
+    return tuple(dict.fromkeys(v.lower() for v in value))
 
 
 def _discovery_list(key: str, value: Any, from_env: bool) -> tuple[str, ...]:
@@ -402,65 +496,144 @@ def _validate(config: Config) -> None:
     if not _API_VERSION_RE.match(az.api_version):
         raise ConfigError("config key azure.api_version must look like YYYY-MM-DD[-preview]")
     check_endpoint(az.endpoint)
-    if az.request_timeout_seconds <= 0:
-        raise ConfigError("config key azure.request_timeout_seconds must be > 0")
+    _validate_ranges(config)
     if not config.database.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError(
             "config key database.url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
         )
     poll = config.polling
-    positive = (
-        "interval_seconds",
-        "min_interval_seconds",
-        "tick_seconds",
-        "operation_interval_seconds",
-        "max_backoff_seconds",
-        "shutdown_timeout_seconds",
-    )
-    for key in positive:
-        if getattr(poll, key) <= 0:
-            raise ConfigError(f"config key polling.{key} must be > 0")
     if poll.min_interval_seconds > poll.interval_seconds:
         raise ConfigError("config key polling.min_interval_seconds must be <= interval_seconds")
-    if poll.concurrency < 1 or poll.batch_size < 1:
-        raise ConfigError("config keys polling.concurrency and polling.batch_size must be >= 1")
-    if poll.not_found_grace_seconds < 0:
-        raise ConfigError("config key polling.not_found_grace_seconds must be >= 0")
-    throttle = config.throttle
-    if throttle.reads_burst < 1 or throttle.reads_per_second <= 0 or throttle.reserve_reads < 0:
+    _validate_api(config.api)
+    if config.discovery.enabled and not (config.discovery.vault or config.discovery.subscription):
         raise ConfigError(
-            "config keys throttle.reads_burst and throttle.reads_per_second must be > 0"
+            "config key discovery.enabled: discovery needs a [[discovery.vault]] or a "
+            "[[discovery.subscription]]"
         )
-    api = config.api
-    if not 0 < api.port < 65536:
-        raise ConfigError("config key api.port must be between 1 and 65535")
-    if api.max_body_bytes < 1024 or api.healthy_tick_age_seconds <= 0:
-        raise ConfigError(
-            "config keys api.max_body_bytes (>= 1024) and api.healthy_tick_age_seconds"
-        )
-    if config.notify.max_attempts < 1 or config.notify.max_backoff_seconds <= 0:
-        raise ConfigError(
-            "config keys notify.max_attempts and notify.max_backoff_seconds must be > 0"
-        )
-    _validate_discovery(config.discovery)
-    if config.stuck.after_seconds <= 0:
-        raise ConfigError("config key stuck.after_seconds must be > 0")
     if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("config key log.level must be DEBUG, INFO, WARNING or ERROR")
     if config.log.format not in ("text", "json"):
         raise ConfigError("config key log.format must be text or json")
 
 
-def _validate_discovery(disc: DiscoveryConfig) -> None:
-    for key in ("interval_seconds", "lookback_hours", "vault_refresh_seconds"):
-        if getattr(disc, key) <= 0:
-            raise ConfigError(f"config key discovery.{key} must be > 0")
-    if disc.overlap_seconds < 0:
-        raise ConfigError("config key discovery.overlap_seconds must be >= 0")
-    if disc.enabled and not (disc.vault or disc.subscription):
+def _validate_ranges(config: Config) -> None:
+    for range_key, key, value in _numbers(config):
+        if range_key not in NUMBER_RANGES:
+            # Fails closed: a number without bounds is the bug this check exists for.
+            raise ConfigError(f"config key {key} has no range (add it to NUMBER_RANGES)")
+        low, high = NUMBER_RANGES[range_key]
+        if not low <= value <= high:
+            raise ConfigError(
+                f"config key {key} must be between {_number(low)} and {_number(high)},"
+                f" got {_number(value)}"
+            )
+
+
+def _numbers(config: Config) -> Iterator[tuple[str, str, float]]:
+    """(key in NUMBER_RANGES, key as the error names it, value) for every number in the
+    config: plain keys, the values of tables, and the keys of arrays of tables."""
+    for section in _SECTIONS:
+        values = getattr(config, section)
+        for spec in dataclasses.fields(values):
+            key = f"{section}.{spec.name}"
+            value = getattr(values, spec.name)
+            if isinstance(value, dict):
+                for name, number in value.items():
+                    yield key, f"{key}[{json.dumps(name)}]", number
+            elif isinstance(value, tuple):
+                for index, item in enumerate(value):
+                    if dataclasses.is_dataclass(item):
+                        for inner in dataclasses.fields(item):
+                            number = getattr(item, inner.name)
+                            if _is_number(number):
+                                yield f"{key}.{inner.name}", f"{key}[{index}].{inner.name}", number
+            elif _is_number(value):
+                yield key, key, value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value: float) -> str:
+    """1024 rather than 1024.0, 1e+18 rather than eighteen zeros, and never a thousand digits."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    text = repr(value)
+    return text if len(text) <= 30 else f"{text[:30]}… ({len(text)} digits)"
+
+
+def _validate_api(api: ApiConfig) -> None:
+    """A bind with a stray space, or a socket path the kernel cuts short, would otherwise
+    fail in `serve` with a traceback (or listen somewhere else)."""
+    if not _is_host(api.bind):
         raise ConfigError(
-            "config key discovery.enabled: discovery needs a [[discovery.vault]] or a "
-            "[[discovery.subscription]]"
+            "config key api.bind must be an IP address (IPv6 without brackets) or a host name,"
+            f" got {_shown(api.bind)}"
+        )
+    if api.unix_socket:
+        if not api.unix_socket.startswith("/") or "\x00" in api.unix_socket:
+            raise ConfigError(
+                "config key api.unix_socket must be an absolute path,"
+                f" got {_shown(api.unix_socket)}"
+            )
+        size = len(os.fsencode(api.unix_socket))
+        if size > MAX_UNIX_SOCKET_BYTES:
+            raise ConfigError(
+                f"config key api.unix_socket must be at most {MAX_UNIX_SOCKET_BYTES} bytes long"
+                f" (a unix socket's limit), got {size}"
+            )
+
+
+def _is_host(host: str) -> bool:
+    """An IP address or an RFC 1123 host name, with no whitespace or control character."""
+    if not host or not host.isprintable() or any(ch.isspace() for ch in host):
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return (
+        len(host) <= 253
+        and all(_HOST_LABEL_RE.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+
+
+def check_api_token(token: str, env_name: str) -> None:
+    """A short API token can be guessed, and whitespace or control characters do not survive
+    an Authorization header. The error names the variable, never the token (nor its length)."""
+    if len(token) < MIN_API_TOKEN_LENGTH:
+        raise ConfigError(
+            f"${env_name}: the API token must be at least {MIN_API_TOKEN_LENGTH} characters long"
+        )
+    if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in token):
+        raise ConfigError(
+            f"${env_name}: the API token must not contain whitespace or control characters"
+        )
+
+
+def check_serve_database(url: str) -> None:
+    """`serve` keeps every job in the database: an in-memory SQLite one (`:memory:`, an empty
+    path, `mode=memory`) loses them all on exit, and each connection sees its own, empty."""
+    if not url.startswith("sqlite"):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError("config key database.url is not a valid database URL") from None
+    database = (parsed.database or "").lower()
+    mode = parsed.query.get("mode", ())
+    modes = {m.lower() for m in ((mode,) if isinstance(mode, str) else mode)}
+    if database in ("", ":memory:") or database.startswith("file::memory:") or "memory" in modes:
+        raise ConfigError(
+            "config key database.url names an in-memory SQLite database, which serve would"
+            " lose on exit: use a file path"
         )
 
 
