@@ -23,7 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from backupjobd import azure, registration
+from backupjobd import apiguard, azure, registration
+from backupjobd.apiguard import ConnectionGuard, GuardedSite
 from backupjobd.arm import ArmClient
 from backupjobd.config import ApiConfig, is_loopback
 from backupjobd.credentials import TokenProvider
@@ -52,6 +53,8 @@ UNIX_SOCKET_MODE = 0o660
 READY_CHECK_TIMEOUT_SECONDS = 5.0
 DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_CANCEL_FOLLOW_SECONDS = 10.0
+# How long the rest of a body that a handler did not read is waited for before closing.
+LINGERING_SECONDS = 2.0
 
 # Patterns shared by the handlers and the OpenAPI document (ECMA- and Python-compatible).
 GUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -94,6 +97,7 @@ _TICK_AGE: web.AppKey[Callable[[], float | None]] = web.AppKey("last_tick_age")
 _CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 _DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 _CANCEL_FOLLOW: web.AppKey[float] = web.AppKey("cancel_follow_seconds", float)
+_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard", ConnectionGuard)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -126,11 +130,19 @@ def build_api_app(
 ) -> web.Application:
     """The aiohttp application; `api_token` (when not None) guards /v1 and /metrics."""
     document = openapi_document(endpoint, secured=api_token is not None, config=config)
+    guard = ConnectionGuard(
+        apiguard.connection_cap(config.max_connections, apiguard.descriptor_limit())
+    )
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[
+            guard.busy_middleware,
             _error_middleware,
             _auth_middleware(api_token),
+            _browser_middleware(
+                check_host=api_token is None and not config.unix_socket,
+                extra_hosts=config.allowed_hosts,
+            ),
             _query_middleware(_query_parameters(document)),
         ],
     )
@@ -143,6 +155,7 @@ def build_api_app(
     app[_TICK_AGE] = last_tick_age
     app[_CLOCK] = clock
     app[_CANCEL_FOLLOW] = cancel_follow_seconds
+    app[_GUARD] = guard
     app[_DOCUMENT] = json.dumps(document, separators=(",", ":")).encode("utf-8")
     r = app.router
     r.add_post("/v1/jobs", _register)
@@ -160,23 +173,46 @@ def build_api_app(
 
 async def start_api(app: web.Application, config: ApiConfig) -> web.AppRunner:
     """Listen on the unix socket when one is configured, else on bind:port. The access log
-    is off: request lines would be noise, and headers (Authorization) must never be logged."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    is off: request lines would be noise, and headers (Authorization) must never be logged.
+    Idle and slow-header clients are dropped after `idle_timeout_seconds`; a failure to
+    listen is one `ApiStartError` line."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=config.idle_timeout_seconds,
+        lingering_time=min(config.idle_timeout_seconds, LINGERING_SECONDS),
+        logger=apiguard.ProtocolLog(logging.getLogger(f"{__name__}.http"), {}),
+    )
     await runner.setup()
+    guard = app[_GUARD]
+    assert runner.server is not None
+    guard.attach(runner.server)
     try:
         site: web.BaseSite
         if config.unix_socket:
-            site = web.UnixSite(runner, config.unix_socket)
-            await site.start()
-            os.chmod(config.unix_socket, UNIX_SOCKET_MODE)
+            apiguard.check_unix_socket(config.unix_socket)
+            site = GuardedSite(runner, guard, path=config.unix_socket)
+            where = config.unix_socket
         else:
-            site = web.TCPSite(runner, config.bind, config.port)
+            site = GuardedSite(runner, guard, host=config.bind, port=config.port)
+            where = f"{config.bind}:{config.port}"
+        try:
             await site.start()
+        except OSError as exc:
+            raise apiguard.listen_error(where, exc) from None
+        if config.unix_socket:
+            os.chmod(config.unix_socket, UNIX_SOCKET_MODE)
     except BaseException:
         await runner.cleanup()
         raise
     where = ", ".join(_address(a) for a in runner.addresses) or site.name
-    logger.info("HTTP API listening on %s", where, extra={"action": "api_start"})
+    logger.info(
+        "HTTP API listening on %s (at most %d connections)",
+        where,
+        guard.cap,
+        extra={"action": "api_start"},
+    )
     return runner
 
 
@@ -203,7 +239,10 @@ async def _error_middleware(request: web.Request, handler: _Handler) -> web.Stre
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        response = _error(exc.status, exc.code, exc.message, exc.headers)
+        if exc.status == 408:  # the rest of a slow body is not waited for
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -223,6 +262,15 @@ async def _error_middleware(request: web.Request, handler: _Handler) -> web.Stre
             _one_line(str(exc)),
             {"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)},
         )
+    except ConnectionError as exc:
+        logger.debug(
+            "API client went away during %s %s: %s",
+            request.method,
+            request.path,
+            exc,
+            extra={"action": "api_client_gone"},
+        )
+        return _error(400, "incomplete_request", "the client went away")
     except Exception:
         logger.exception(
             "API request %s %s failed", request.method, request.path, extra={"action": "api_error"}
@@ -271,6 +319,41 @@ def _query_middleware(allowed: dict[tuple[str, str], frozenset[str]]) -> Any:
     return middleware
 
 
+def _browser_middleware(*, check_host: bool, extra_hosts: tuple[str, ...]) -> Any:
+    """Keeps web pages out (see `apiguard`): a token-less API answers loopback Host names
+    only; state-changing calls refuse foreign Origins and need a JSON content type."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if check_host and not apiguard.host_allowed(host, extra_hosts):
+            logger.info(
+                "API refused a request for Host %r (not loopback; see api.allowed_hosts)",
+                azure._clip(host or "", 80),
+                extra={"action": "api_host_refused"},
+            )
+            raise ApiError(
+                421,
+                "misdirected_request",
+                "this API answers loopback host names only (add others to api.allowed_hosts)",
+            )
+        routed = request.match_info.http_exception is None  # else a 404/405 follows anyway
+        if routed and request.method in apiguard.STATE_CHANGING_METHODS:
+            if not apiguard.origin_allowed(request.headers.get("Origin"), host):
+                raise ApiError(403, "forbidden_origin", "cross-origin requests are refused")
+            if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+                raise ApiError(403, "forbidden_origin", "cross-site requests are refused")
+            if not apiguard.is_json_content_type(request.headers.get("Content-Type", "")):
+                raise ApiError(
+                    415,
+                    "unsupported_media_type",
+                    "state-changing calls need Content-Type: application/json",
+                )
+        return await handler(request)
+
+    return middleware
+
+
 def _auth_middleware(api_token: str | None) -> Any:
     expected = api_token.encode("utf-8") if api_token is not None else None
 
@@ -304,7 +387,7 @@ def _guarded(path: str) -> bool:
 async def _register(request: web.Request) -> web.StreamResponse:
     """Same forms, validation and all-or-nothing semantics as `backupjobd register -`."""
     app = request.app
-    if not _is_json_type(request.content_type):
+    if not apiguard.is_json_content_type(request.content_type):
         raise ApiError(
             415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)"
         )
@@ -312,7 +395,13 @@ async def _register(request: web.Request) -> web.StreamResponse:
     limit = app[_CONFIG].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(app[_CONFIG].body_timeout_seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", "the request body did not arrive in time"
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -584,13 +673,6 @@ def _datetime_param(request: web.Request, name: str) -> datetime | None:
 
 def _bad_param(name: str, problem: str) -> ApiError:
     return ApiError(400, "invalid_parameter", f"parameter {name} {problem}")
-
-
-def _is_json_type(content_type: str) -> bool:
-    main = content_type.lower()
-    return main == "application/json" or (
-        main.startswith("application/") and main.endswith("+json")
-    )
 
 
 def _one_line(text: str) -> str:
@@ -1139,6 +1221,7 @@ def openapi_document(
             }
         },
     }
+    _browser_rules(paths, host_checked=not secured and not (config and config.unix_socket))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1169,8 +1252,33 @@ _ERROR_DESCRIPTIONS = {
     "404": "The job is not tracked",
     "409": "Conflict: the GUID is in several vaults (give ?vault=), the job is not active, "
     "or Azure refused",
-    "415": "The body is not JSON",
+    "403": "A foreign Origin (cross-site request from a web page)",
+    "415": "The body is not JSON (state-changing calls need Content-Type: application/json)",
+    "421": "The Host is not a loopback name (nor in api.allowed_hosts); the API has no token",
 }
+
+
+def _browser_rules(paths: dict[str, Any], *, host_checked: bool) -> None:
+    """The answers of `_browser_middleware`, on every operation they can come from; the
+    state-changing calls without a body of their own take an (ignored) JSON body, since
+    they need its content type."""
+    for item in paths.values():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            if host_checked:
+                responses["421"] = _error_response("421")
+            if method.upper() in apiguard.STATE_CHANGING_METHODS:
+                responses["403"] = _error_response("403")
+                responses["415"] = _error_response("415")
+                operation.setdefault(
+                    "requestBody",
+                    {
+                        "required": True,
+                        "description": "Ignored; the call needs Content-Type: application/json "
+                        "(which a browser cannot send cross-site without a preflight)",
+                        "content": {"application/json": {"schema": {}}},
+                    },
+                )
 
 
 def _error_response(code: str) -> dict[str, Any]:

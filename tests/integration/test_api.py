@@ -43,6 +43,8 @@ OTHER_VAULT = (
     "/providers/Microsoft.RecoveryServices/vaults/vault-two"
 )
 MAX_BODY = 4096
+# State-changing calls need a JSON content type (a browser cannot send one cross-site).
+JSON_TYPE = {"Content-Type": "application/json"}
 BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -524,7 +526,7 @@ async def test_a_guid_in_two_vaults_is_409_until_the_vault_is_given(h: Harness) 
         assert (await error_of(await h.client.get(path), 409))["code"] == "ambiguous"
         resp = await h.client.get(path, params={"vault": OTHER_VAULT})
         assert resp.status == 200
-    resp = await h.client.delete(f"/v1/jobs/{G1}")
+    resp = await h.client.delete(f"/v1/jobs/{G1}", headers=JSON_TYPE)
     await error_of(resp, 409)
     resp = await h.client.get(
         f"/v1/jobs/{G1}",
@@ -540,7 +542,7 @@ async def test_delete_stops_polling_and_keeps_history(h: Harness) -> None:
     far = BASE + timedelta(days=30)
     assert [j.job_id for j in await h.store.due_jobs(far, 10)] == [G1]
 
-    resp = await h.client.delete(f"/v1/jobs/{G1}")
+    resp = await h.client.delete(f"/v1/jobs/{G1}", headers=JSON_TYPE)
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["tracking"] == "stopped" and body["next_poll_at"] is None
@@ -549,17 +551,18 @@ async def test_delete_stops_polling_and_keeps_history(h: Harness) -> None:
     hist = await (await h.client.get(f"/v1/jobs/{G1}/history")).json()
     assert [t["to_status"] for t in hist["transitions"]] == ["InProgress"]
 
-    again = await h.client.delete(f"/v1/jobs/{G1}")
+    again = await h.client.delete(f"/v1/jobs/{G1}", headers=JSON_TYPE)
     assert (await error_of(again, 409))["code"] == "not_active"
-    await error_of(await h.client.delete(f"/v1/jobs/{G2}"), 404)
-    await error_of(await h.client.delete("/v1/jobs/zzz"), 400)
+    await error_of(await h.client.delete(f"/v1/jobs/{G2}", headers=JSON_TYPE), 404)
+    await error_of(await h.client.delete("/v1/jobs/zzz", headers=JSON_TYPE), 400)
 
 
 async def test_delete_of_a_finished_job_is_409(h: Harness) -> None:
     h.emulator.add_job(JobSpec(duration_seconds=0.0), job_id=G1)
     await h.post_json(job_arm_id(G1))
     assert (await h.observe(G1)).finished
-    assert (await error_of(await h.client.delete(f"/v1/jobs/{G1}"), 409))["code"] == "not_active"
+    stopped_again = await h.client.delete(f"/v1/jobs/{G1}", headers=JSON_TYPE)
+    assert (await error_of(stopped_again, 409))["code"] == "not_active"
 
 
 # ---- cancel ----------------------------------------------------------------------------
@@ -570,7 +573,7 @@ async def test_cancel_goes_to_azure_and_the_job_then_reads_cancelling_then_cance
 ) -> None:
     h.emulator.add_job(JobSpec(duration_seconds=3600.0), job_id=G1)
     await h.post_json(job_arm_id(G1))
-    resp = await h.client.post(f"/v1/jobs/{G1}/cancel")
+    resp = await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE)
     assert resp.status == 202, await resp.text()
     assert await resp.json() == {"job_id": G1, "cancel": "accepted"}
     vault = azure.vault_from_id(VAULT)
@@ -586,13 +589,13 @@ async def test_cancel_follows_azures_location_until_completed(
     h = await make_harness(cancel_follow_seconds=10.0)
     h.emulator.add_job(JobSpec(duration_seconds=3600.0), job_id=G1)
     await h.post_json(job_arm_id(G1))
-    resp = await h.client.post(f"/v1/jobs/{G1}/cancel")
+    resp = await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE)
     assert resp.status == 202
     assert await resp.json() == {"job_id": G1, "cancel": "completed"}
 
 
 async def test_cancel_of_an_untracked_job_is_404_without_calling_azure(h: Harness) -> None:
-    await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel"), 404)
+    await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE), 404)
     assert h.emulator.stats()["requests"] == 0
 
 
@@ -600,7 +603,7 @@ async def test_cancel_when_azure_does_not_know_the_job_is_404_with_azures_code(
     h: Harness,
 ) -> None:
     await h.post_json(job_arm_id(G1))
-    err = await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel"), 404)
+    err = await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE), 404)
     assert err["code"] != "not_found"  # Azure's own code, not ours
 
 
@@ -608,7 +611,7 @@ async def test_cancel_while_azure_throttles_is_503_with_retry_after(h: Harness) 
     h.emulator.add_job(JobSpec(duration_seconds=3600.0), job_id=G1)
     await h.post_json(job_arm_id(G1))
     h.emulator.add_fault("429", retry_after=7, path_contains="/cancel")
-    resp = await h.client.post(f"/v1/jobs/{G1}/cancel")
+    resp = await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE)
     assert (await error_of(resp, 503))["code"] == "azure_unavailable"
     assert resp.headers["Retry-After"] == "7"
 
@@ -629,7 +632,8 @@ async def test_cancel_refused_by_azure_keeps_azures_code(
     arm_app.router.add_route("*", "/{tail:.*}", refuse)
     h = await make_harness(arm_app=arm_app)
     await h.post_json(job_arm_id(G1))
-    err = await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel"), api_status)
+    resp = await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE)
+    err = await error_of(resp, api_status)
     assert err["code"] == "BMSUserErrorJobNotCancellable"
     assert ARM_TOKEN not in err["message"]
 
