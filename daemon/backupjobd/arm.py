@@ -33,6 +33,7 @@ from backupjobd.errors import (
     TransientError,
 )
 from backupjobd.metrics import Metrics
+from backupjobd.redact import redact_secrets
 from backupjobd.registration import Endpoint
 
 logger = logging.getLogger(__name__)
@@ -91,21 +92,26 @@ class ArmClient:
         return self._budget
 
     async def get_job(self, vault: VaultRef, job_id: str) -> JobObservation:
-        body = await self._get_json(self.job_url(vault, job_id), vault.subscription_id)
+        answer = await self._send("GET", self.job_url(vault, job_id), vault.subscription_id)
+        body = self._raise_for(answer)
         try:
             job = azure.parse_job_resource(body)
         except azure.BodyError as exc:
-            raise TransientError(f"unexpected job body: {exc}") from None
+            raise TransientError(_redacted(f"unexpected job body: {exc}", answer)) from None
         if job.job_id != job_id.lower():
-            raise TransientError(f"asked for job {job_id}, Azure answered with {job.job_id}")
+            raise TransientError(
+                _redacted(f"asked for job {job_id}, Azure answered with {job.job_id}", answer)
+            )
         return job
 
     async def get_operation(self, vault: VaultRef, operation_id: str) -> OperationObservation:
-        body = await self._get_json(self.operation_url(vault, operation_id), vault.subscription_id)
+        url = self.operation_url(vault, operation_id)
+        answer = await self._send("GET", url, vault.subscription_id)
+        body = self._raise_for(answer)
         try:
             return azure.parse_operation_status(body)
         except azure.BodyError as exc:
-            raise TransientError(f"unexpected operation body: {exc}") from None
+            raise TransientError(_redacted(f"unexpected operation body: {exc}", answer)) from None
 
     async def list_jobs(
         self, vault: VaultRef, odata_filter: str | None = None, *, max_pages: int = 1000
@@ -125,7 +131,9 @@ class ArmClient:
                 try:
                     page.append(azure.parse_job_resource(item))
                 except azure.BodyError as exc:
-                    logger.debug("skipping an unparseable list item: %s", exc)
+                    logger.debug(
+                        "skipping an unparseable list item: %s", _redacted(str(exc), answer)
+                    )
             yield page
             next_link = body.get("nextLink")
             if not next_link:
@@ -315,9 +323,17 @@ class _Answer:
 
 def _scrub(exc: BackupJobdError, token: str) -> None:
     """A server that echoes the Authorization header must not put our token into a log line
-    or the database: errors carry text from Azure's body, so redact the token there."""
-    if token and exc.args and isinstance(exc.args[0], str) and token in exc.args[0]:
-        exc.args = (exc.args[0].replace(token, "[redacted]"),)
+    or the database: errors carry text from Azure's body (message and code), so redact
+    anything token-like there, including clipped or base64-encoded echoes of our token."""
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (redact_secrets(exc.args[0], token), *exc.args[1:])
+    if isinstance(exc, PermanentError) and exc.code is not None:
+        exc.code = redact_secrets(exc.code, token)
+
+
+def _redacted(text: str, answer: _Answer) -> str:
+    """`text` built from the body of `answer`, safe to log or store."""
+    return redact_secrets(text, answer.token)
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:

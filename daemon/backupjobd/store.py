@@ -410,9 +410,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def due_outbox(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        skip_webhooks: Collection[str] = (),
     ) -> list[OutboxRecord]:
-        """Pending webhook deliveries whose next attempt has come, oldest first."""
+        """Pending webhook deliveries whose next attempt has come, oldest first; none for
+        `skip_webhooks` (receivers still busy), so their backlog cannot fill the batch."""
 
     @abc.abstractmethod
     async def outbox_result(
