@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import uuid
@@ -21,13 +22,14 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from backupjobd.api import api_token_required, build_api_app, start_api
+from backupjobd.apiguard import AcceptFailureLog
 from backupjobd.arm import ArmClient
 from backupjobd.budget import ReadBudget
-from backupjobd.config import Config
+from backupjobd.config import Config, check_api_token, check_serve_database
 from backupjobd.credentials import TokenProvider, build_token_provider
 from backupjobd.decisions import PollPolicy, StuckRules
 from backupjobd.discovery import Discoverer
-from backupjobd.errors import ConfigError
+from backupjobd.errors import ConfigError, StoreError
 from backupjobd.metrics import Metrics
 from backupjobd.notify import Notifier
 from backupjobd.registration import Endpoint
@@ -41,6 +43,9 @@ STATUS_LOG_SECONDS = 60.0
 # A daemon records a heartbeat this often; `wait` treats one silent for 3 beats as gone.
 HEARTBEAT_SECONDS = 5.0
 LIVENESS_WINDOW = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+# SIGHUP is what closing the terminal of a foreground `serve` sends: drain, as on SIGTERM.
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def utcnow() -> datetime:
@@ -83,6 +88,8 @@ def api_token(config: Config, env: Mapping[str, str]) -> str | None:
             f"api.bind {config.api.bind} is not loopback: set ${config.api.token_env} "
             "to the bearer token clients must send"
         )
+    if token is not None:
+        check_api_token(token, config.api.token_env)
     return token
 
 
@@ -102,15 +109,44 @@ def management_endpoint(config: Config) -> Endpoint:
     return Endpoint.from_url(config.azure.endpoint)
 
 
-async def open_store(config: Config) -> SqlStore:
-    """A store whose schema is at head (migrations are idempotent and serialised)."""
-    store = SqlStore.from_url(config.database.url, config.database.busy_timeout_ms)
+async def open_store(config: Config, *, read_only: bool = False) -> SqlStore:
+    """A store whose schema is at head (migrations are idempotent and serialised).
+    `read_only`: for commands that only read; nothing is created or written."""
+    store = SqlStore.from_url(
+        config.database.url, config.database.busy_timeout_ms, read_only=read_only
+    )
     try:
         await store.migrate()
     except BaseException:
         await store.close()
         raise
     return store
+
+
+async def open_store_retrying(
+    config: Config, stop: asyncio.Event, *, first_delay: float = 1.0, max_delay: float = 30.0
+) -> SqlStore | None:
+    """`serve` waits out a database that is full, locked or unreachable at start (the same
+    faults it waits out while running) instead of exiting; None when stopped meanwhile.
+    A fault that waiting cannot fix (bad URL, wrong schema) fails at once."""
+    delay = first_delay
+    while True:
+        try:
+            return await open_store(config)
+        except StoreError as exc:
+            if not exc.transient:
+                raise
+            logger.warning(
+                "database unavailable at start (%s); retrying in %.0f s",
+                exc,
+                delay,
+                extra={"action": "start_retry"},
+            )
+        try:
+            await asyncio.wait_for(stop.wait(), delay * (0.5 + random.random() / 2))
+            return None
+        except TimeoutError:
+            delay = min(max_delay, delay * 2)
 
 
 @dataclass
@@ -151,9 +187,13 @@ async def arm_client(
 
 
 @asynccontextmanager
-async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runtime]:
+async def runtime(
+    config: Config, env: Mapping[str, str], store: SqlStore | None = None
+) -> AsyncIterator[Runtime]:
+    """Everything `serve` runs on; it closes the store, also one that was passed in."""
     metrics = Metrics()
-    store = await open_store(config)
+    if store is None:
+        store = await open_store(config)
     try:
         async with arm_client(config, env, metrics) as arm:
             tracker = Tracker(
@@ -174,8 +214,10 @@ async def runtime(config: Config, env: Mapping[str, str]) -> AsyncIterator[Runti
 
 
 async def serve(config: Config, env: Mapping[str, str]) -> int:
-    """Run until SIGTERM/SIGINT; the first signal drains, a second one aborts."""
-    secrets = webhook_secrets(config, env)  # fail before starting anything
+    """Run until SIGTERM/SIGINT/SIGHUP; the first signal drains, a second one aborts.
+    SIGUSR1/SIGUSR2 are logged and otherwise ignored (their default action would kill us)."""
+    check_serve_database(config.database.url)  # fail before starting anything
+    secrets = webhook_secrets(config, env)
     token = api_token(config, env)
     systemd = SdNotifier.from_env(env)
     watchdog_every = watchdog_interval(env, os.getpid())
@@ -196,10 +238,21 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
             if main_task is not None:
                 main_task.cancel()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    def on_ignored_signal(signum: int) -> None:
+        logger.info("received %s: ignored", signal.Signals(signum).name)
+
+    for signum in DRAIN_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    for signum in IGNORED_SIGNALS:
+        loop.add_signal_handler(signum, on_ignored_signal, signum)
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptFailureLog())
     try:
-        async with runtime(config, env) as rt:
+        store = await open_store_retrying(config, stop)
+        if store is None:
+            logger.info("stopped before the database became available", extra={"action": "stop"})
+            return 0
+        async with runtime(config, env, store) as rt:
             counts = await rt.store.counts()
             logger.info(
                 "backupjobd serving %s with %s; resuming %d jobs and %d operations",
@@ -239,6 +292,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 coalesce=True,
                 id="heartbeat",
             )
+            notifier: Notifier | None = None
             if config.notify.webhook:
                 notifier = Notifier(
                     rt.store,
@@ -249,6 +303,8 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                     max_attempts=config.notify.max_attempts,
                     max_backoff=timedelta(seconds=config.notify.max_backoff_seconds),
                     metrics=rt.metrics,
+                    # A tick waits this long for quick receivers; it must end before the next.
+                    settle_seconds=min(0.5, config.polling.tick_seconds / 2),
                 )
                 scheduler.add_job(
                     notifier.tick,
@@ -304,7 +360,11 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 await stop.wait()
             finally:
                 scheduler.shutdown(wait=False)
-                drained = await rt.tracker.drain(config.polling.shutdown_timeout_seconds)
+                grace = config.polling.shutdown_timeout_seconds
+                drained, _ = await asyncio.gather(
+                    rt.tracker.drain(grace),
+                    notifier.drain(grace) if notifier is not None else _nothing_to_drain(),
+                )
                 await instance.beat(rt.store, stopped=True)
                 if api_runner is not None:
                     await api_runner.cleanup()
@@ -316,8 +376,13 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
     except asyncio.CancelledError:
         return 1
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.set_exception_handler(previous_handler)
+        for signum in (*DRAIN_SIGNALS, *IGNORED_SIGNALS):
             loop.remove_signal_handler(signum)
+
+
+async def _nothing_to_drain() -> bool:
+    return True
 
 
 @dataclass

@@ -11,11 +11,13 @@ import asyncio
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 from alembic import command
@@ -37,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -49,7 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from backupjobd import schema
 from backupjobd.azure import VaultRef, vault_from_id
 from backupjobd.decisions import JobDecision, OperationDecision, Tracking
-from backupjobd.errors import StoreError
+from backupjobd.errors import ConfigError, StoreError
 from backupjobd.registration import JobRegistration, Registration
 from backupjobd.store import (
     DiscoveryState,
@@ -82,6 +85,65 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# Query options of a PostgreSQL URL that asyncpg's connect() takes (libpq's `sslmode` is
+# translated to asyncpg's `ssl`); any other option would fail every connection attempt with
+# a TypeError deep in asyncpg.
+_ASYNCPG_OPTIONS = frozenset(
+    {
+        "ssl",
+        "timeout",
+        "command_timeout",
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+        "direct_tls",
+        "server_settings",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+        "prepared_statement_cache_size",
+        "prepared_statement_name_func",
+    }
+)
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def postgres_url(url: str) -> str:
+    """`?sslmode=` as libpq spells it becomes asyncpg's `?ssl=`; unknown options are a
+    one-line ConfigError instead of a TypeError on every connection."""
+    parsed = make_url(url)
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        mode = query.pop("sslmode")
+        query.setdefault("ssl", mode)
+    ssl_mode = query.get("ssl")
+    if isinstance(ssl_mode, str) and ssl_mode not in _SSL_MODES | {"true", "false"}:
+        raise ConfigError(
+            f"database.url: sslmode/ssl must be one of {', '.join(sorted(_SSL_MODES))}"
+        )
+    unknown = sorted(set(query) - _ASYNCPG_OPTIONS)
+    if unknown:
+        raise ConfigError(f"database.url: unknown PostgreSQL option {unknown[0]!r}")
+    return parsed.set(query=query).render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None for an in-memory database)."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def read_only_url(url: str) -> str:
+    """A SQLite URL that opens the existing file without ever writing to it (a read command
+    on a read-only mount, or on a database that does not exist, which must not be created)."""
+    path = sqlite_path(url)
+    if path is None:
+        return url
+    return f"{make_url(url).drivername}:///file:{quote(path, safe='/')}?mode=ro&uri=true"
+
+
 def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Every transaction here ends explicitly (commit, or the rollback that ends a
@@ -91,7 +153,7 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
         )
         _sqlite_setup(engine.sync_engine, busy_timeout_ms)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(postgres_url(url), pool_pre_ping=True)
 
 
 def create_direct_engine(url: str, busy_timeout_ms: int = 5000) -> Engine | None:
@@ -116,7 +178,8 @@ def _sqlite_setup(engine: Engine, busy_timeout_ms: int) -> None:
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not _opened_read_only(engine):
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -129,6 +192,10 @@ def _sqlite_setup(engine: Engine, busy_timeout_ms: int) -> None:
         # BEGIN round trip.
         if not conn.get_execution_options().get(_READ_ONLY, False):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _opened_read_only(engine: Engine) -> bool:
+    return engine.url.query.get("mode") == "ro"
 
 
 # Threads (and pooled connections) for the direct SQLite engine: a writer waiting on a
@@ -149,10 +216,29 @@ class SqlStore(Store):
         )
 
     @classmethod
-    def from_url(cls, url: str, busy_timeout_ms: int = 5000) -> SqlStore:
+    def from_url(
+        cls, url: str, busy_timeout_ms: int = 5000, *, read_only: bool = False
+    ) -> SqlStore:
+        """`read_only` (SQLite): open the existing file without writing to it; a missing file
+        is an error instead of a new empty database."""
+        path = sqlite_path(url) if url.startswith("sqlite") else None
+        if path is not None and not os.path.isdir(os.path.dirname(path) or "."):
+            # SQLite says only "unable to open database file", which looks worth retrying.
+            raise StoreError(f"database directory {os.path.dirname(path)} does not exist")
+        if read_only and url.startswith("sqlite"):
+            if path is not None and not os.path.exists(path):
+                raise StoreError(
+                    f"database {path} does not exist (check database.url; serve or register "
+                    "creates it)"
+                )
+            url = read_only_url(url)
         return cls(
             create_engine(url, busy_timeout_ms), url, create_direct_engine(url, busy_timeout_ms)
         )
+
+    @property
+    def read_only(self) -> bool:
+        return make_url(self._url).query.get("mode") == "ro"
 
     @property
     def engine(self) -> AsyncEngine:
@@ -196,8 +282,14 @@ class SqlStore(Store):
         cfg = alembic_config(self._url)
         # Every CLI command migrates first: when the schema is already at head, a read says
         # so without taking the write lock (which a starting daemon may be waiting for).
-        if await self._revision() == ScriptDirectory.from_config(cfg).get_current_head():
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        revision = await self._revision()
+        if revision == head:
             return
+        if self.read_only:
+            raise StoreError(
+                f"database schema is at {revision}, expected {head}: run `backupjobd migrate`"
+            )
 
         def upgrade(conn: Connection) -> None:
             if conn.dialect.name == "postgresql":
@@ -515,7 +607,11 @@ class SqlStore(Store):
         return out
 
     async def due_outbox(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        skip_webhooks: Collection[str] = (),
     ) -> list[OutboxRecord]:
         o = schema.outbox
         query = (
@@ -524,6 +620,8 @@ class SqlStore(Store):
             .order_by(o.c.next_attempt_at, o.c.pk)
             .limit(limit + len(exclude))
         )
+        if skip_webhooks:
+            query = query.where(o.c.webhook.not_in(sorted(skip_webhooks)))
         rows = await self._read(query, "reading due webhook deliveries")
         return [_outbox(r) for r in rows if r.pk not in exclude][:limit]
 
