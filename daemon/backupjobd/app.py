@@ -13,10 +13,11 @@ import random
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -34,10 +35,11 @@ from backupjobd.metrics import Metrics
 from backupjobd.notify import Notifier
 from backupjobd.registration import Endpoint
 from backupjobd.sdnotify import SdNotifier, watchdog_interval
-from backupjobd.sqlstore import SqlStore
+from backupjobd.sqlstore import SchemaBehind, SqlStore
 from backupjobd.tracker import Tracker
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATUS_LOG_SECONDS = 60.0
 # A daemon records a heartbeat this often; `wait` treats one silent for 3 beats as gone.
@@ -111,16 +113,39 @@ def management_endpoint(config: Config) -> Endpoint:
 
 async def open_store(config: Config, *, read_only: bool = False) -> SqlStore:
     """A store whose schema is at head (migrations are idempotent and serialised).
-    `read_only`: for commands that only read; nothing is created or written."""
+    `read_only` (commands that only read): nothing is created or written, unless the schema
+    is behind, when the database is opened for writing once to migrate it."""
     store = SqlStore.from_url(
         config.database.url, config.database.busy_timeout_ms, read_only=read_only
     )
     try:
         await store.migrate()
+    except SchemaBehind:
+        await store.close()
+        return await open_store(config)
     except BaseException:
         await store.close()
         raise
     return store
+
+
+async def retry_transient(
+    work: Callable[[], Awaitable[T]], doing: str, deadline_seconds: float
+) -> T:
+    """`work` again after a transient store error (a database locked by other writers) with
+    backoff and jitter, until `deadline_seconds` have passed; then the last error."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + deadline_seconds
+    delay = 0.05
+    while True:
+        try:
+            return await work()
+        except StoreError as exc:
+            if not exc.transient or loop.time() + delay > give_up_at:
+                raise
+            logger.debug("%s: %s; retrying in %.2f s", doing, exc, delay)
+        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        delay = min(2.0, delay * 2)
 
 
 async def open_store_retrying(

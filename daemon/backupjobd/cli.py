@@ -1,4 +1,9 @@
-"""The `backupjobd` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input."""
+"""The `backupjobd` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input,
+141 stdout closed early (`| head`).
+
+Every text (non-JSON) line goes through `printable`: job and entity names come from Azure
+and are whatever someone named a VM, so they must not reach the terminal as control codes.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,26 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from backupjobd import __version__, app, azure, config, logs, registration, waiter
 from backupjobd.errors import BackupJobdError, ConfigError, InvalidInput
 from backupjobd.registration import Registration
 from backupjobd.store import JobRecord, Store, iso
+from backupjobd.text import json_safe, printable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_STDOUT_CLOSED = 128 + 13  # what a shell shows for a program killed by SIGPIPE
+MAX_LIST_LIMIT = 1_000_000
+# A registration waits this long in all for a database that other writers hold locked.
+REGISTER_RETRY_SECONDS = 60.0
+MAX_ERROR_CHARS = 2000  # an error line echoes input; a huge argument must not become a huge line
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        """One line, like every other refusal: scripts read the last line of stderr."""
+        self.exit(EXIT_USAGE, _error_line(f"{message} (see {self.prog} --help)", self.prog))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
     lst = jobs_sub.add_parser("list", help="list tracked jobs")
     lst.add_argument("--status", help="an Azure status, or active / finished / lost")
-    lst.add_argument("--limit", type=int, help="at most this many jobs")
+    lst.add_argument("--limit", type=_limit, help=f"at most this many jobs (<= {MAX_LIST_LIMIT})")
     lst.add_argument("--stuck", action="store_true", help="only jobs flagged stuck")
     lst.add_argument("--json", action="store_true")
     for name, text in (("show", "one job's current state"), ("history", "transitions, snapshots")):
@@ -89,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops_list.add_argument("--json", action="store_true")
 
     emu = sub.add_parser("emulator", help="run the bundled Azure Backup jobs API emulator")
-    emu.add_argument("--port", type=int, default=8443)
+    emu.add_argument("--port", type=_port, default=8443)
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--token", help="accept only this bearer token (default: any)")
     emu.add_argument("--read-burst", type=int, metavar="N", help="per-subscription read budget")
@@ -101,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code.
+
+    When stdout is closed early (`backupjobd jobs list | head -1`) the command stops quietly
+    with exit 141, 128 + SIGPIPE, the status a shell already shows for any program whose
+    reader went away, and writes nothing to stderr: the reader asked for less, nothing failed.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            _flush_stdout()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_STDOUT_CLOSED
+    except _OutputError as exc:
+        sys.stderr.write(_error_line(str(exc)))
+        return EXIT_FAILURE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     env = dict(os.environ)
     try:
@@ -111,23 +142,90 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(app.serve(cfg, env))
         return asyncio.run(_dispatch(args, cfg, env))
+    except _OutputError:
+        raise
     except (InvalidInput, ConfigError) as exc:
-        print(f"backupjobd: error: {exc}", file=sys.stderr)
+        sys.stderr.write(_error_line(str(exc)))
         return EXIT_USAGE
     except BackupJobdError as exc:
-        print(f"backupjobd: error: {exc}", file=sys.stderr)
+        sys.stderr.write(_error_line(str(exc)))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
 
+class _OutputError(BackupJobdError):
+    """stdout refused the output (a full disk, say); a closed pipe is not an error."""
+
+
+def _say(*lines: str) -> None:
+    """Write lines of text output, each escaped: no caller can forget to."""
+    _write("".join(printable(line) + "\n" for line in lines or [""]))
+
+
+def _write(text: str) -> None:
+    """All of `text` or an exception. CPython's BufferedWriter returns early from a write
+    larger than its buffer when the pipe's reader leaves mid-way, and TextIOWrapper drops the
+    rest silently: `jobs list --json | head -1` would exit 0 with truncated output. So the
+    bytes go in below the text layer, in a loop that sees every short write."""
+    out = sys.stdout
+    if out is None:  # started with stdout closed: there is no one to tell
+        return
+    try:
+        binary: BinaryIO | None = getattr(out, "buffer", None)
+        if binary is None:
+            out.write(text)
+            return
+        out.flush()  # anything written through the text layer comes first
+        data = memoryview(text.encode(out.encoding, out.errors or "strict"))
+        while data:
+            data = data[binary.write(data) :]
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered goes nowhere, so the interpreter's
+    own flush at exit does not fail again and print a traceback of its own."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def _error_line(message: str, prog: str = "backupjobd") -> str:
+    """`prog: error: message` as one escaped, bounded line (messages quote Azure and input)."""
+    text = printable(message)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "…"
+    return f"{prog}: error: {text}\n"
+
+
 async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[str, str]) -> int:
     if args.command == "register":
         regs = _registrations(args, cfg, sys.stdin)
-    store = await app.open_store(cfg)
+    store = await app.open_store(cfg, read_only=_reads_only(args))
     try:
         if args.command == "migrate":
-            print("database schema is at head")
+            _say("database schema is at head")
             return EXIT_OK
         if args.command == "register":
             return await _register(store, regs, args.json)
@@ -143,7 +241,7 @@ async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[s
                 outcome = await arm.cancel_job(
                     azure.vault_from_id(job.vault_id), job.job_id, follow_seconds=args.follow
                 )
-            print(f"cancel of job {job.job_id} {outcome}; its status follows in the history")
+            _say(f"cancel of job {job.job_id} {outcome}; its status follows in the history")
             return EXIT_OK
         if args.jobs_command == "list":
             jobs = await store.list_jobs(status=args.status, limit=args.limit, stuck=args.stuck)
@@ -175,15 +273,23 @@ async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[s
         await store.close()
 
 
+def _reads_only(args: argparse.Namespace) -> bool:
+    """Commands that only read open the database read-only: they work on a read-only mount
+    and never create an empty database where the configured one is missing."""
+    if args.command in ("jobs", "operations", "cancel"):
+        return True
+    return bool(args.command == "notify" and args.notify_command == "failed")
+
+
 def _registrations(
-    args: argparse.Namespace, cfg: config.Config, stdin: TextIO
+    args: argparse.Namespace, cfg: config.Config, stdin: TextIO | None
 ) -> list[Registration]:
     """Everything given on the command line, validated before anything is stored."""
     endpoint = app.management_endpoint(cfg)
     vault = azure.vault_from_id(args.vault) if args.vault else None
     regs: list[Registration] = []
     if args.stdin == "-":
-        docs = registration.parse_json_documents(stdin.read())
+        docs = registration.parse_json_documents(_read_document(stdin))
         regs.extend(registration.parse_documents(docs, endpoint, vault))
     for job_id in args.job_id:
         if vault is None:
@@ -200,8 +306,32 @@ def _registrations(
     return registration.dedupe(regs)
 
 
+def _read_document(stdin: TextIO | None) -> str:
+    """stdin, refused once it passes the size limit without reading on (200 MB piped in must
+    not become 200 MB, and more, in memory)."""
+    limit = registration.MAX_DOCUMENT_BYTES
+    too_large = InvalidInput(f"input is larger than {limit} bytes")
+    if stdin is None:
+        raise InvalidInput("stdin is closed: nothing to read for -")
+    raw: BinaryIO | None = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream with no bytes below it; a character is at least a byte
+        text = stdin.read(limit + 1)
+        if len(text) > limit:
+            raise too_large
+        return text
+    data = raw.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input is not valid UTF-8 (at byte {exc.start})") from None
+
+
 async def _register(store: Store, regs: list[Registration], as_json: bool) -> int:
-    results = await store.register(regs, app.utcnow())
+    results = await app.retry_transient(
+        lambda: store.register(regs, app.utcnow()), "registering", REGISTER_RETRY_SECONDS
+    )
     if as_json:
         _print_json([dataclasses.asdict(r) for r in results])
         return EXIT_OK
@@ -209,20 +339,18 @@ async def _register(store: Store, regs: list[Registration], as_json: bool) -> in
         vault = r.vault_id.rsplit("/", 1)[-1]
         if r.kind == "job":
             verb = "registered" if r.created else "already tracked:"
-            print(f"{verb} job {r.ident} in vault {vault}")
+            _say(f"{verb} job {r.ident} in vault {vault}")
         elif r.created:
-            print(
-                f"registered operation {r.ident} in vault {vault}: jobs follow once it names them"
-            )
+            _say(f"registered operation {r.ident} in vault {vault}: jobs follow once it names them")
         else:
-            print(f"already tracked: operation {r.ident} in vault {vault}")
+            _say(f"already tracked: operation {r.ident} in vault {vault}")
     return EXIT_OK
 
 
 async def _notify(args: argparse.Namespace, store: Store) -> int:
     if args.notify_command == "retry":
         count = await store.outbox_requeue_dead(app.utcnow())
-        print(f"requeued {count} dead letter(s)")
+        _say(f"requeued {count} dead letter(s)")
         return EXIT_OK
     dead = await store.outbox_list("dead")
     if args.json:
@@ -240,7 +368,7 @@ async def _notify(args: argparse.Namespace, store: Store) -> int:
         for r in dead
     ]
     _table(["EVENT ID", "WEBHOOK", "EVENT", "ATTEMPTS", "CREATED", "LAST ERROR"], rows)
-    print(f"{len(dead)} dead letter(s)")
+    _say(f"{len(dead)} dead letter(s)")
     return EXIT_OK
 
 
@@ -285,10 +413,35 @@ def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {_quote(text)}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {_quote(text)}")
     return value
+
+
+def _limit(text: str) -> int:
+    """A whole number the database can take: SQLite reads a negative LIMIT as "no limit",
+    PostgreSQL refuses it, and neither takes more than 64 bits."""
+    return _bounded_int(text, 0, MAX_LIST_LIMIT)
+
+
+def _port(text: str) -> int:
+    return _bounded_int(text, 0, 65535)
+
+
+def _bounded_int(text: str, low: int, high: int) -> int:
+    refusal = argparse.ArgumentTypeError(f"not a whole number from {low} to {high}: {_quote(text)}")
+    try:
+        value = int(text)
+    except ValueError:  # also digits past Python's int conversion limit
+        raise refusal from None
+    if not low <= value <= high:
+        raise refusal
+    return value
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}…"
 
 
 async def _wait(
@@ -310,8 +463,9 @@ async def _wait(
             outcome = waiter.outcome_code(job)
             state = job.tracking.value if job.tracking.value == "lost" else job.status or "unseen"
             suffix = "" if outcome is not None else " (still running: timed out waiting)"
-            print(f"job {job.job_id}: {state}{suffix}")
+            _say(f"job {job.job_id}: {state}{suffix}")
     if code == waiter.EXIT_TIMEOUT:
+        _flush_stdout()  # the jobs first, then why they are incomplete
         print(
             f"backupjobd: timed out after {args.timeout:g} s waiting for "
             f"{sum(1 for j in jobs if waiter.outcome_code(j) is None)} job(s)",
@@ -321,8 +475,8 @@ async def _wait(
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
-    sys.stdout.write("\n")
+    """Exact values; only characters a terminal would act on are spelled as `\\uXXXX`."""
+    _write(json_safe(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False)) + "\n")
 
 
 def _print_table(jobs: list[JobRecord]) -> None:
@@ -344,40 +498,45 @@ def _print_table(jobs: list[JobRecord]) -> None:
         ["JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS", "START", "END"],
         rows,
     )
-    print(f"{len(jobs)} job(s)")
+    _say(f"{len(jobs)} job(s)")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        print(
+    """Cells are escaped before widths are measured, so columns stay aligned."""
+    lines = [[printable(cell) for cell in line] for line in [headers, *rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    _say(
+        *(
             "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+            for line in lines
         )
+    )
 
 
 def _print_job(job: JobRecord) -> None:
-    for key, value in job.to_json().items():
-        print(f"{key + ':':24}{'-' if value is None else value}")
+    _say(*(f"{key + ':':24}{'-' if v is None else v}" for key, v in job.to_json().items()))
 
 
 def _print_history(job: JobRecord, transitions: list[Any], snapshots: list[Any]) -> None:
-    print(f"job {job.job_id} ({job.operation or '?'} of {job.entity_friendly_name or '?'})")
-    print(f"vault {job.vault_id}")
-    print(f"status {job.status or '-'}, tracking {job.tracking.value}, {job.poll_count} polls")
-    print()
+    _say(
+        f"job {job.job_id} ({job.operation or '?'} of {job.entity_friendly_name or '?'})",
+        f"vault {job.vault_id}",
+        f"status {job.status or '-'}, tracking {job.tracking.value}, {job.poll_count} polls",
+        "",
+    )
     _table(
         ["OBSERVED", "FROM", "TO"],
         [[_short(iso(t.observed_at)), t.from_status or "(new)", t.to_status] for t in transitions],
     )
-    print()
-    print(f"{len(snapshots)} distinct snapshot(s):")
+    lines = ["", f"{len(snapshots)} distinct snapshot(s):"]
     for snap in snapshots:
         ext = snap.properties.get("extendedInfo") or {}
         tasks = ext.get("tasksList") or [] if isinstance(ext, dict) else []
         summary = ", ".join(
             f"{t.get('taskId')}={t.get('status')}" for t in tasks if isinstance(t, dict)
         )
-        print(f"  {_short(iso(snap.observed_at))}  {snap.status:<22} {summary}")
+        lines.append(f"  {_short(iso(snap.observed_at))}  {printable(snap.status):<22} {summary}")
+    _say(*lines)
 
 
 def _short(value: str | None) -> str:
@@ -402,13 +561,10 @@ def _run_emulator(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except ValueError as exc:  # a recording that cannot be loaded, a bad budget
-        print(f"backupjobd: error: {exc}", file=sys.stderr)
+        sys.stderr.write(_error_line(str(exc)))
         return EXIT_USAGE
     except OSError as exc:
-        print(
-            f"backupjobd: error: emulator cannot listen on {args.host}:{args.port}: {exc}",
-            file=sys.stderr,
-        )
+        sys.stderr.write(_error_line(f"emulator cannot listen on {args.host}:{args.port}: {exc}"))
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -137,11 +138,24 @@ def sqlite_path(url: str) -> str | None:
 
 def read_only_url(url: str) -> str:
     """A SQLite URL that opens the existing file without ever writing to it (a read command
-    on a read-only mount, or on a database that does not exist, which must not be created)."""
+    on a read-only mount, or on a database that does not exist, which must not be created).
+
+    A WAL database opened read-only still needs its `-shm` file, which a read-only mount
+    cannot get when no writer is running; then the file is opened as immutable (nobody can
+    write it there), which reads the main file alone."""
     path = sqlite_path(url)
     if path is None:
         return url
-    return f"{make_url(url).drivername}:///file:{quote(path, safe='/')}?mode=ro&uri=true"
+    uri = f"file:{quote(path, safe='/')}?mode=ro"
+    try:
+        probe = sqlite3.connect(uri, uri=True)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.OperationalError:
+        uri += "&immutable=1"
+    return f"{make_url(url).drivername}:///{uri}&uri=true"
 
 
 def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
@@ -192,6 +206,10 @@ def _sqlite_setup(engine: Engine, busy_timeout_ms: int) -> None:
         # BEGIN round trip.
         if not conn.get_execution_options().get(_READ_ONLY, False):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SchemaBehind(StoreError):
+    """A database opened read-only is behind the schema head (it cannot migrate itself)."""
 
 
 def _opened_read_only(engine: Engine) -> bool:
@@ -287,7 +305,7 @@ class SqlStore(Store):
         if revision == head:
             return
         if self.read_only:
-            raise StoreError(
+            raise SchemaBehind(
                 f"database schema is at {revision}, expected {head}: run `backupjobd migrate`"
             )
 

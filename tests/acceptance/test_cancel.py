@@ -27,5 +27,6 @@ def test_cancel_a_running_job_then_the_daemon_records_cancelled(
 
 
 def test_cancel_of_an_untracked_job_is_refused(daemon: Daemon) -> None:
+    daemon.ok("migrate")
     out = daemon.cli("cancel", "0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e")
     assert out.returncode == 2 and "not tracked" in out.stderr
