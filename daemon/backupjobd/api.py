@@ -43,7 +43,13 @@ from backupjobd.store import JobRecord, Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["api_token_required", "build_api_app", "openapi_document", "start_api"]
+__all__ = [
+    "api_token_required",
+    "build_api_app",
+    "connection_guard",
+    "openapi_document",
+    "start_api",
+]
 
 API_VERSION = "1.0.0"
 DEFAULT_LIMIT = 100
@@ -131,7 +137,9 @@ def build_api_app(
     """The aiohttp application; `api_token` (when not None) guards /v1 and /metrics."""
     document = openapi_document(endpoint, secured=api_token is not None, config=config)
     guard = ConnectionGuard(
-        apiguard.connection_cap(config.max_connections, apiguard.descriptor_limit())
+        apiguard.connection_cap(
+            config.max_connections, apiguard.descriptor_limit(), apiguard.descriptors_in_use()
+        )
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
@@ -214,6 +222,11 @@ async def start_api(app: web.Application, config: ApiConfig) -> web.AppRunner:
         extra={"action": "api_start"},
     )
     return runner
+
+
+def connection_guard(app: web.Application) -> ConnectionGuard:
+    """The API's connection cap, for the loop's accept() failure handler to shed idle ones."""
+    return app[_GUARD]
 
 
 def api_token_required(config: ApiConfig) -> bool:

@@ -25,7 +25,7 @@ import resource
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,18 +97,26 @@ def is_json_content_type(content_type: str) -> bool:
     )
 
 
-def connection_cap(configured: int, descriptor_limit: int | None) -> int:
-    """At most half of the process's descriptors go to API clients, so a flood of idle
-    connections cannot starve the database, ARM or the health probe."""
+def connection_cap(configured: int, descriptor_limit: int | None, in_use: int = 0) -> int:
+    """API clients get at most half of the descriptors still free when the API starts, so
+    a flood of idle connections cannot starve the database, ARM or the health probe."""
     if descriptor_limit is None or descriptor_limit <= 0:
         return configured
-    room = int(descriptor_limit * (1 - RESERVED_DESCRIPTORS_SHARE))
+    room = int((descriptor_limit - in_use) * (1 - RESERVED_DESCRIPTORS_SHARE))
     return max(MIN_CONNECTIONS, min(configured, room))
 
 
 def descriptor_limit() -> int | None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def descriptors_in_use() -> int:
+    """Open descriptors of this process (0 where /proc is not there to tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 # ---- connections -----------------------------------------------------------------------
@@ -157,6 +165,18 @@ class ConnectionGuard:
             self.evicted += 1
             idle.force_close()
         return self._server()
+
+    def shed_idle(self) -> int:
+        """Close the older half of the idle connections (at least one): accept() just failed
+        for want of descriptors, and the client waiting in the backlog may be the probe."""
+        if self._server is None:
+            return 0
+        idle = [c for c in self._server.connections if c not in self._busy]
+        shed = idle[: max(1, len(idle) // 2)] if idle else []
+        for connection in shed:
+            connection.force_close()
+        self.evicted += len(shed)
+        return len(shed)
 
     @web.middleware
     async def busy_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -282,12 +302,16 @@ class AcceptFailureLog:
         self._clock = clock
         self._last: float | None = None
         self._suppressed = 0
+        # Called on each such failure to free descriptors (the API's `shed_idle`).
+        self.on_exhausted: Callable[[], object] | None = None
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = str(context.get("message", ""))
         if not message.startswith("socket.accept() out of system resource"):
             loop.default_exception_handler(context)
             return
+        if self.on_exhausted is not None:
+            self.on_exhausted()
         now = self._clock()
         if self._last is not None and now - self._last < ACCEPT_LOG_BACKOFF_SECONDS:
             self._suppressed += 1

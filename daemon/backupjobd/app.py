@@ -22,7 +22,7 @@ from typing import TypeVar
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from backupjobd.api import api_token_required, build_api_app, start_api
+from backupjobd.api import api_token_required, build_api_app, connection_guard, start_api
 from backupjobd.apiguard import AcceptFailureLog
 from backupjobd.arm import ArmClient
 from backupjobd.budget import ReadBudget
@@ -271,7 +271,8 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
     for signum in IGNORED_SIGNALS:
         loop.add_signal_handler(signum, on_ignored_signal, signum)
     previous_handler = loop.get_exception_handler()
-    loop.set_exception_handler(AcceptFailureLog())
+    accept_failures = AcceptFailureLog()
+    loop.set_exception_handler(accept_failures)
     try:
         store = await open_store_retrying(config, stop)
         if store is None:
@@ -353,20 +354,19 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 )
             api_runner = None
             if config.api.enabled:
-                api_runner = await start_api(
-                    build_api_app(
-                        store=rt.store,
-                        arm=rt.arm,
-                        tokens=rt.tokens,
-                        endpoint=management_endpoint(config),
-                        metrics=rt.metrics,
-                        config=config.api,
-                        api_token=token,
-                        last_tick_age=rt.tracker.last_tick_age,
-                        clock=utcnow,
-                    ),
-                    config.api,
+                api_app = build_api_app(
+                    store=rt.store,
+                    arm=rt.arm,
+                    tokens=rt.tokens,
+                    endpoint=management_endpoint(config),
+                    metrics=rt.metrics,
+                    config=config.api,
+                    api_token=token,
+                    last_tick_age=rt.tracker.last_tick_age,
+                    clock=utcnow,
                 )
+                api_runner = await start_api(api_app, config.api)
+                accept_failures.on_exhausted = connection_guard(api_app).shed_idle
             if config.discovery.enabled:
                 discoverer = Discoverer(rt.store, rt.arm, config.discovery, utcnow)
                 scheduler.add_job(

@@ -8,6 +8,7 @@ line (plus its traceback) and cannot drive the terminal of whoever reads the log
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -98,3 +99,15 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     # Library chatter (request lines, scheduler internals) stays out of INFO output.
     for noisy in ("apscheduler", "azure", "aiosqlite", "sqlalchemy", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    executors = logging.getLogger("apscheduler.executors.default")
+    if not any(isinstance(f, DropCancelledJobs) for f in executors.filters):
+        executors.addFilter(DropCancelledJobs())
+
+
+class DropCancelledJobs(logging.Filter):
+    """A tick still running when `serve` stops is cancelled on purpose; APScheduler would
+    report that as a failed job with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)

@@ -137,14 +137,12 @@ def sqlite_path(url: str) -> str | None:
 
 
 def read_only_url(url: str) -> str:
-    """A SQLite URL that opens the existing file without ever writing to it (a read command
-    on a read-only mount, or on a database that does not exist, which must not be created).
-
-    A WAL database opened read-only still needs its `-shm` file, which a read-only mount
-    cannot get when no writer is running; then the file is opened as immutable (nobody can
-    write it there), which reads the main file alone."""
+    """The URL a command that only reads opens. On a read-only mount: the file opened
+    read-only, and when its WAL `-shm` cannot be had there (no writer is running), as
+    immutable, which reads the main file alone. Elsewhere the URL as it is: a read-only
+    connection could not recover the WAL after a writer was killed."""
     path = sqlite_path(url)
-    if path is None:
+    if path is None or not _on_read_only_mount(path):
         return url
     uri = f"file:{quote(path, safe='/')}?mode=ro"
     try:
@@ -156,6 +154,14 @@ def read_only_url(url: str) -> str:
     except sqlite3.OperationalError:
         uri += "&immutable=1"
     return f"{make_url(url).drivername}:///{uri}&uri=true"
+
+
+def _on_read_only_mount(path: str) -> bool:
+    """Only there may a reader skip the WAL (immutable): no writer can exist there."""
+    try:
+        return bool(os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
@@ -237,8 +243,8 @@ class SqlStore(Store):
     def from_url(
         cls, url: str, busy_timeout_ms: int = 5000, *, read_only: bool = False
     ) -> SqlStore:
-        """`read_only` (SQLite): open the existing file without writing to it; a missing file
-        is an error instead of a new empty database."""
+        """`read_only` (SQLite, a command that only reads): a missing file is an error
+        instead of a new empty database, and a file on a read-only mount is opened read-only."""
         path = sqlite_path(url) if url.startswith("sqlite") else None
         if path is not None and not os.path.isdir(os.path.dirname(path) or "."):
             # SQLite says only "unable to open database file", which looks worth retrying.

@@ -165,6 +165,7 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
 def test_bad_input_is_refused_with_one_line_and_exit_2_and_stores_nothing(
     emulator: Emulator, daemon: Daemon
 ) -> None:
+    daemon.ok("migrate")  # read commands refuse a database that does not exist (exit 1)
     foreign = "https://attacker.example.com" + VAULT + "/backupOperations/abc?api-version=1"
     cases: list[tuple[list[str], str | None]] = [
         (["register", "-"], "{not json"),

@@ -69,6 +69,7 @@ def test_discovered_jobs_reach_their_true_final_status(emulator: Emulator, daemo
     too_old = emulator.create_jobs([{"started_seconds_ago": 2 * 24 * 3600}])
     elsewhere = emulator.create_jobs([{"vault_id": ELSEWHERE}])
     _enable_discovery(daemon)
+    daemon.ok("migrate")  # the reads below may come before serve has created the database
     daemon.start()
 
     expected = {j["job_id"] for j in finished + running}

@@ -8,16 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import resource
 import signal
 import socket
 import subprocess
 import threading
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import BIN, Daemon, free_port, wait_until
+from tests.acceptance.conftest import BIN, VAULT, Daemon, free_port, wait_until
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -265,3 +270,47 @@ def test_a_full_disk_at_start_is_waited_for(daemon: Daemon, small_disk: Path) ->
 def test_a_database_in_a_missing_directory_is_one_line(daemon: Daemon, tmp_path: Path) -> None:
     daemon.env["BACKUPJOBD_DATABASE__URL"] = f"sqlite+aiosqlite:///{tmp_path}/nowhere/x.db"
     one_line_error(run_serve(daemon), 1, "does not exist")
+
+
+def test_idle_connections_under_a_low_descriptor_limit(daemon: Daemon) -> None:
+    """`ulimit -n 128` and 200 idle clients: the health probe still answers, the log stays
+    small (no accept() traceback per attempt), and the daemon keeps working."""
+    port = free_port()
+    add_config(daemon, f"\n[api]\nenabled = true\nport = {port}\n")
+    log = daemon.log_path.open("ab")
+    daemon.process = subprocess.Popen(
+        [str(BIN), "--config", str(daemon.config_path), "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=daemon.env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)),
+    )
+    try:
+        wait_until("the API to listen", lambda: "HTTP API listening" in daemon.log_text(), 30)
+        cap = re.search(r"at most (\d+) connections", daemon.log_text())
+        assert cap is not None and int(cap.group(1)) <= 64  # half of the free descriptors
+        idle = []
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        status = http_status(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200
+        job = str(uuid.uuid4())
+        out = daemon.cli("register", "--job", f"{VAULT}/backupJobs/{job}")
+        assert out.returncode == 0, out.stderr
+        for sock in idle:
+            sock.close()
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        log.close()
+    assert daemon.log_path.stat().st_size < 100_000
+    assert "Traceback" not in daemon.log_text()
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -111,6 +111,7 @@ def test_connection_cap_stays_under_half_the_descriptors(
     configured: int, limit: int | None, cap: int
 ) -> None:
     assert connection_cap(configured, limit) == cap
+    assert connection_cap(configured, limit, in_use=20) <= cap
 
 
 class _Clock:
@@ -126,6 +127,8 @@ def test_accept_failures_are_logged_once_then_with_backoff(
 ) -> None:
     clock = _Clock()
     handler = AcceptFailureLog(clock)
+    sheds: list[int] = []
+    handler.on_exhausted = lambda: sheds.append(1)
     loop = asyncio.new_event_loop()
     context: dict[str, Any] = {
         "message": "socket.accept() out of system resource",
@@ -144,6 +147,7 @@ def test_accept_failures_are_logged_once_then_with_backoff(
     assert len(lines) == 2, lines
     assert "Too many open files" in lines[0]
     assert "99 more since the last report" in lines[1]
+    assert len(sheds) == 101  # every failure frees descriptors, only two are logged
     assert not any(r.exc_info for r in caplog.records)
 
 
