@@ -27,6 +27,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check daemon tests scripts migrations
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache

@@ -518,8 +518,8 @@ async def read_db_jobs(db_url: str) -> list[DbJob]:
     """Every job with its end time and when its terminal status was first recorded."""
     from sqlalchemy import and_, func, select
 
-    from backupjobd import schema
-    from backupjobd.sqlstore import SqlStore
+    from backupjobd.adapters.sql import schema
+    from backupjobd.adapters.sql.store import SqlStore
 
     t, tr = schema.jobs, schema.transitions
     seen = func.min(tr.c.observed_at).label("seen")
@@ -544,7 +544,7 @@ async def read_db_jobs(db_url: str) -> list[DbJob]:
 
 
 async def db_counts(db_url: str) -> dict[str, int]:
-    from backupjobd.sqlstore import SqlStore
+    from backupjobd.adapters.sql.store import SqlStore
 
     store = SqlStore.from_url(db_url)
     try:

@@ -223,10 +223,10 @@ async def populate(db_url: str, active: list[str], finished: int, vaults: list[s
     finished with bulk SQL (two transitions and one snapshot each)."""
     from sqlalchemy import bindparam, insert, select, update
 
-    from backupjobd import schema
-    from backupjobd.azure import parse_job_arm_id, vault_from_id
-    from backupjobd.registration import JobRegistration
-    from backupjobd.sqlstore import SqlStore
+    from backupjobd.adapters.sql import schema
+    from backupjobd.adapters.sql.store import SqlStore
+    from backupjobd.core.azure import parse_job_arm_id, vault_from_id
+    from backupjobd.core.registration import JobRegistration
 
     rng = random.Random(11)
     now = datetime.now(UTC)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord, TransitionRecord
+from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.core.model import JobRecord, TransitionRecord
 
 BIN = Path(sys.executable).parent / "backupjobd"
 TOKEN = "soak-token"

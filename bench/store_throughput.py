@@ -32,11 +32,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from backupjobd import azure, schema
-from backupjobd.decisions import JobDecision, PollPolicy, Seen, decide_job
-from backupjobd.registration import JobRegistration
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord, JobWrite
+from backupjobd.adapters.sql import schema
+from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.core import azure
+from backupjobd.core.decisions import JobDecision, PollPolicy, Seen, decide_job
+from backupjobd.core.model import JobRecord, JobWrite
+from backupjobd.core.registration import JobRegistration
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 VAULT = (

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from backupjobd.schema import metadata
+from backupjobd.adapters.sql.schema import metadata
 
 config = context.config
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backupjobd import azure
+from backupjobd.core import azure
 from backupjobd.errors import ConfigError, InvalidInput
 
 ENV_PREFIX = "BACKUPJOBD_"

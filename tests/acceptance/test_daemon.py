@@ -126,10 +126,12 @@ def test_fifty_jobs_registered_in_every_form_reach_their_true_final_status(
 def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     emulator: Emulator, daemon: Daemon
 ) -> None:
-    jobs = emulator.create_jobs(_specs(30, 0, 6))
+    # Long enough to be seen running even when the machine is busy (registering and
+    # starting take a few seconds there).
+    jobs = emulator.create_jobs(_specs(30, 0, 15))
     daemon.ok("register", *[arg for j in jobs for arg in ("--job", j["id"])])
     ops = [
-        emulator.create_operation(delay_seconds=3, job_count=2, jobs=_specs(1, i, 6)[0])
+        emulator.create_operation(delay_seconds=3, job_count=2, jobs=_specs(1, i, 15)[0])
         for i in range(3)
     ]
     for op in ops:

@@ -99,7 +99,7 @@ def test_token_and_client_secret_never_leak(emulator: Emulator, daemon: Daemon) 
     op = emulator.create_operation(delay_seconds=1, job_count=1, jobs={"duration_seconds": 1})
     ev.ok("register", "--operation-url", op["azure_async_operation"])
     # Created last, so that it still answers 404 when the daemon first polls it.
-    (late,) = emulator.create_jobs([{"duration_seconds": 3, "not_found_seconds": 2}])
+    (late,) = emulator.create_jobs([{"duration_seconds": 3, "not_found_seconds": 8}])
     ev.ok("register", "--job", late["id"])
     jobs.append(late)
     expected = {j["job_id"] for j in jobs} | set(op["job_ids"])

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord, TransitionRecord
+from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.core.model import JobRecord, TransitionRecord
 from tests.acceptance.conftest import Daemon, Emulator, http, process_cpu_seconds
 
 JOBS = 2000

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from backupjobd.sqlstore import SqlStore
+from backupjobd.adapters.sql.store import SqlStore
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("BACKUPJOBD_TEST_PG_URL") or DEFAULT_PG_URL

@@ -21,18 +21,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from backupjobd import azure
-from backupjobd.api import api_token_required, build_api_app, openapi_document, start_api
-from backupjobd.arm import ArmClient
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider, TokenProvider
+from backupjobd.adapters.metrics import Metrics
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
-from backupjobd.credentials import StaticTokenProvider, TokenProvider
-from backupjobd.decisions import PollPolicy, Seen, decide_job
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.core import azure
+from backupjobd.core.decisions import PollPolicy, Seen, decide_job
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import Endpoint
+from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import CredentialError
-from backupjobd.metrics import Metrics
-from backupjobd.registration import Endpoint
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord
+from backupjobd.http.api import api_token_required, build_api_app, openapi_document, start_api
 
 API_VERSION = "2025-08-01"
 ARM_TOKEN = "arm-token-NEVER-LOGGED"
@@ -811,7 +811,7 @@ async def test_start_api_on_a_unix_socket(h: Harness, tmp_path: Path) -> None:
 async def test_start_api_on_loopback_tcp_logs_where(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="backupjobd.api")
+    caplog.set_level(logging.INFO, logger="backupjobd.http.api")
     runner = await start_api(h.client.app, ApiConfig(bind="127.0.0.1", port=0))
     try:
         [(host, port, *_)] = runner.addresses

@@ -19,15 +19,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from backupjobd.api import build_api_app, start_api
-from backupjobd.apiguard import ApiStartError
-from backupjobd.arm import ArmClient
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.metrics import Metrics
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
-from backupjobd.metrics import Metrics
-from backupjobd.registration import Endpoint
-from backupjobd.sqlstore import SqlStore
+from backupjobd.core.registration import Endpoint
+from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.http.api import build_api_app, start_api
+from backupjobd.http.guard import ApiStartError
 
 JOB = "0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e"
 JOB_ARM_ID = f"{DEFAULT_VAULT_ID}/backupJobs/{JOB}"

@@ -31,15 +31,15 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.failures import FailureGroup
 
-from backupjobd import azure
-from backupjobd.api import build_api_app, openapi_document, start_api
-from backupjobd.arm import ArmClient
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.metrics import Metrics
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
-from backupjobd.metrics import Metrics
-from backupjobd.registration import Endpoint, JobRegistration
-from backupjobd.sqlstore import SqlStore
+from backupjobd.core import azure
+from backupjobd.core.registration import Endpoint, JobRegistration
+from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.http.api import build_api_app, openapi_document, start_api
 
 API_TOKEN = "schemathesis-api-token"
 API_VERSION = "2025-08-01"

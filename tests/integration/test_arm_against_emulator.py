@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from backupjobd import azure
-from backupjobd.arm import ArmClient
-from backupjobd.credentials import StaticTokenProvider, TokenProvider
-from backupjobd.emulator import (
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider, TokenProvider
+from backupjobd.core import azure
+from backupjobd.emulator.server import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,

@@ -2,7 +2,7 @@
 against the in-process emulator; one fake clock drives the emulator, the Discoverer and the
 Tracker, so windows and cursors are exact and nothing sleeps.
 
-Also here: the `[discovery]` config section, the pure helpers of `backupjobd.discovery`, and
+Also here: the `[discovery]` config section, the pure helpers of `backupjobd.service.discovery`, and
 the store contract of the `discovery_state` table on SQLite and PostgreSQL.
 """
 
@@ -20,12 +20,17 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from backupjobd import azure, config
-from backupjobd.arm import ArmClient
+from backupjobd import config
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import DiscoveryConfig
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.decisions import PollPolicy, Tracking
-from backupjobd.discovery import (
+from backupjobd.core import azure
+from backupjobd.core.decisions import PollPolicy, Tracking
+from backupjobd.core.model import JobRecord
+from backupjobd.emulator.server import EmulatorState, JobSpec, build_emulator_app
+from backupjobd.errors import ConfigError, StoreError
+from backupjobd.service.discovery import (
     Discoverer,
     base_operation,
     filter_time,
@@ -33,11 +38,7 @@ from backupjobd.discovery import (
     window,
     window_filter,
 )
-from backupjobd.emulator import EmulatorState, JobSpec, build_emulator_app
-from backupjobd.errors import ConfigError, StoreError
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord
-from backupjobd.tracker import Tracker
+from backupjobd.service.tracker import Tracker
 
 API = "2025-08-01"
 TOKEN = "discovery-token-SECRET"
@@ -140,7 +141,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 async def test_scheduled_jobs_are_registered_once(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="backupjobd.discovery")
+    caplog.set_level(logging.INFO, logger="backupjobd.service.discovery")
     running = [env.job(VAULT_A, ago=600, duration_seconds=4 * HOUR) for _ in range(3)]
     discoverer = env.discoverer()
 
@@ -274,7 +275,7 @@ async def test_subscription_enumeration_finds_every_vault_across_pages(env: Env)
 async def test_a_failing_vault_does_not_stop_the_others_and_is_retried(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="backupjobd.discovery")
+    caplog.set_level(logging.DEBUG, logger="backupjobd.service.discovery")
     good = env.job(VAULT_A, ago=HOUR, duration_seconds=2 * HOUR)
     bad = env.job(VAULT_B, ago=HOUR, duration_seconds=2 * HOUR)
     env.state.add_fault("500", count=2, path_contains="vaults/vault-b/backupJobs")

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backupjobd import emulator as emulator_module
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, run_emulator
+from backupjobd.emulator import server as emulator_module
+from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, run_emulator
 from tests.acceptance.conftest import BIN, _listening, free_port, wait_until
 from tests.integration.test_emulator import Emu
 from tests.integration.test_emulator import emu as emu  # the fixture, reused

@@ -18,11 +18,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
-from backupjobd import schema
-from backupjobd.azure import vault_from_id
+from backupjobd.adapters.sql import schema
+from backupjobd.adapters.sql.store import SqlStore, alembic_config
+from backupjobd.core.azure import vault_from_id
+from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import StoreError
-from backupjobd.registration import JobRegistration
-from backupjobd.sqlstore import SqlStore, alembic_config
 
 APP_TABLES = {"jobs", "transitions", "snapshots", "operations"}
 VAULT = vault_from_id(

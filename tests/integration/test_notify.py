@@ -24,17 +24,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from backupjobd import azure, cli, events
-from backupjobd.arm import ArmClient
+from backupjobd import cli
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import WebhookConfig
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.decisions import PollPolicy, Tracking
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
-from backupjobd.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier
-from backupjobd.registration import JobRegistration
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord, OutboxRecord
-from backupjobd.tracker import Tracker
+from backupjobd.core import azure, events
+from backupjobd.core.decisions import PollPolicy, Tracking
+from backupjobd.core.model import JobRecord, OutboxRecord
+from backupjobd.core.registration import JobRegistration
+from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.service.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier
+from backupjobd.service.tracker import Tracker
 
 API = "2025-08-01"
 TOKEN = "notify-token-SECRET"

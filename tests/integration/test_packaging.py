@@ -167,7 +167,8 @@ import asyncpg
 import azure.identity.aio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from backupjobd import app, cli
+from backupjobd import bootstrap as app
+from backupjobd import cli
 
 ssl.create_default_context()
 ec.generate_private_key(ec.SECP256R1()).sign(b"x", ec.ECDSA(hashes.SHA256()))
@@ -425,7 +426,12 @@ def test_the_build_context_makes_a_wheel_with_the_migrations(
         for p in (ROOT / "migrations" / "versions").glob("*.py")
     }
     assert expected and expected <= names
-    assert {"backupjobd/migrations/env.py", "backupjobd/sdnotify.py", "backupjobd/cli.py"} <= names
+    assert {
+        "backupjobd/migrations/env.py",
+        "backupjobd/adapters/sdnotify.py",
+        "backupjobd/cli/__init__.py",
+        "backupjobd/core/decisions.py",
+    } <= names
 
 
 # --- deployment files -------------------------------------------------------------------

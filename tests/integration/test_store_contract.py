@@ -1,7 +1,7 @@
 """The `Store` contract, run against SQLite and PostgreSQL through the `store` fixture.
 
 Decisions are built with the real pure core (`decide_job`, `decide_operation`) from job
-and operation bodies parsed by `backupjobd.azure`, so the store sees what the daemon
+and operation bodies parsed by `backupjobd.core.azure`, so the store sees what the daemon
 would hand it.
 """
 
@@ -16,9 +16,15 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Table, func, select
 
-from backupjobd import schema
-from backupjobd.azure import VaultRef, parse_job_resource, parse_operation_status, vault_from_id
-from backupjobd.decisions import (
+from backupjobd.adapters.sql import schema
+from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.core.azure import (
+    VaultRef,
+    parse_job_resource,
+    parse_operation_status,
+    vault_from_id,
+)
+from backupjobd.core.decisions import (
     Failure,
     JobDecision,
     JobState,
@@ -31,15 +37,14 @@ from backupjobd.decisions import (
     decide_job,
     decide_operation,
 )
-from backupjobd.errors import StoreError
-from backupjobd.registration import (
+from backupjobd.core.model import JobRecord, OperationRecord, RegisterResult, TransitionRecord
+from backupjobd.core.registration import (
     Endpoint,
     JobRegistration,
     OperationRegistration,
     operation_from_url,
 )
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord, OperationRecord, RegisterResult, TransitionRecord
+from backupjobd.errors import StoreError
 
 SUB = "5f0c6a2e-1b7d-4c8e-9a3f-2d4e6b8c0a1e"
 VAULT_ID = (

@@ -23,11 +23,15 @@ import pytest
 from aiohttp.test_utils import TestServer
 from sqlalchemy import event, select
 
-from backupjobd import azure, schema
-from backupjobd.arm import ArmClient
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.decisions import JobDecision, PollPolicy, Snapshot, Tracking
-from backupjobd.emulator import (
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.sql import schema
+from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.core import azure
+from backupjobd.core.decisions import JobDecision, PollPolicy, Snapshot, Tracking
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import JobRegistration
+from backupjobd.emulator.server import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,
@@ -35,10 +39,7 @@ from backupjobd.emulator import (
     build_emulator_app,
 )
 from backupjobd.errors import StoreError
-from backupjobd.registration import JobRegistration
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord
-from backupjobd.tracker import Tracker
+from backupjobd.service.tracker import Tracker
 
 T = TypeVar("T")
 VAULT = azure.vault_from_id(DEFAULT_VAULT_ID)

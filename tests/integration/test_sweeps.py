@@ -25,24 +25,24 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from backupjobd import azure
-from backupjobd import budget as budget_module
-from backupjobd.arm import ArmClient
-from backupjobd.budget import ReadBudget
+from backupjobd.adapters import budget as budget_module
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.budget import ReadBudget
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import WebhookConfig
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.decisions import LEASE_INTERVALS, PollPolicy, StuckRules, Tracking
-from backupjobd.emulator import (
+from backupjobd.core import azure
+from backupjobd.core.decisions import LEASE_INTERVALS, PollPolicy, StuckRules, Tracking
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import JobRegistration
+from backupjobd.emulator.server import (
     DEFAULT_VAULT_ID,
     EmulatorState,
     Fault,
     JobSpec,
     build_emulator_app,
 )
-from backupjobd.registration import JobRegistration
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord
-from backupjobd.tracker import Tracker
+from backupjobd.service.tracker import Tracker
 
 API = "2025-08-01"
 TOKEN = "sweeps-token-SECRET"

@@ -18,21 +18,21 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from backupjobd import azure
-from backupjobd.arm import ArmClient
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.decisions import PollPolicy, Tracking
-from backupjobd.emulator import (
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.core import azure
+from backupjobd.core.decisions import PollPolicy, Tracking
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import JobRegistration, OperationRegistration
+from backupjobd.emulator.server import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,
     JobSpec,
     build_emulator_app,
 )
-from backupjobd.registration import JobRegistration, OperationRegistration
-from backupjobd.sqlstore import SqlStore
-from backupjobd.store import JobRecord
-from backupjobd.tracker import Tracker
+from backupjobd.service.tracker import Tracker
 
 API = "2025-08-01"
 TOKEN = "tracker-token-SECRET"
@@ -205,7 +205,7 @@ async def test_ten_jobs_reach_their_final_statuses(env: Env) -> None:
 async def test_unknown_status_is_recorded_and_the_job_stays_active(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="backupjobd.tracker")
+    caplog.set_level(logging.WARNING, logger="backupjobd.service.tracker")
     job = env.state.add_job(JobSpec(final_status="Paused", duration_seconds=2))
     await env.register_job(job.job_id)
 
@@ -235,7 +235,7 @@ async def test_unknown_status_is_recorded_and_the_job_stays_active(
 async def test_one_info_line_per_state_change_the_last_says_finished(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="backupjobd.tracker")
+    caplog.set_level(logging.INFO, logger="backupjobd.service.tracker")
     job = env.state.add_job(JobSpec(final_status="Failed", duration_seconds=3))
     await env.register_job(job.job_id)
 

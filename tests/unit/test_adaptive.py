@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from backupjobd.decisions import DurationModel, PollPolicy, next_interval
+from backupjobd.core.decisions import DurationModel, PollPolicy, next_interval
 
 S = timedelta(seconds=1)
 POLICY = PollPolicy(interval=30 * S, min_interval=5 * S, early_polls=3, max_detection_lag=120 * S)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from backupjobd import apiguard
-from backupjobd.apiguard import (
+from backupjobd.http import guard as apiguard
+from backupjobd.http.guard import (
     AcceptFailureLog,
     ApiStartError,
     ProtocolLog,
@@ -135,7 +135,7 @@ def test_accept_failures_are_logged_once_then_with_backoff(
         "exception": OSError(errno.EMFILE, "Too many open files"),
     }
     try:
-        with caplog.at_level(logging.WARNING, logger="backupjobd.apiguard"):
+        with caplog.at_level(logging.WARNING, logger="backupjobd.http.guard"):
             for _ in range(100):
                 handler(loop, context)
                 clock.t += 0.5
@@ -143,7 +143,7 @@ def test_accept_failures_are_logged_once_then_with_backoff(
             handler(loop, context)
     finally:
         loop.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "backupjobd.apiguard"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "backupjobd.http.guard"]
     assert len(lines) == 2, lines
     assert "Too many open files" in lines[0]
     assert "99 more since the last report" in lines[1]

@@ -21,13 +21,13 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from backupjobd.arm import ArmClient
-from backupjobd.azure import VaultRef, vault_from_id
-from backupjobd.credentials import (
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import (
     REFRESH_MARGIN_SECONDS,
     AzureIdentityTokenProvider,
     TokenProvider,
 )
+from backupjobd.core.azure import VaultRef, vault_from_id
 from backupjobd.errors import (
     CredentialError,
     InvalidInput,

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-# Parsing of Azure identifiers, timestamps, durations and bodies (backupjobd.azure).
+# Parsing of Azure identifiers, timestamps, durations and bodies (backupjobd.core.azure).
 import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from backupjobd import azure
-from backupjobd.azure import BodyError
+from backupjobd.core import azure
+from backupjobd.core.azure import BodyError
 from backupjobd.errors import InvalidInput
 
 SUB = "00000000-0000-0000-0000-000000000001"

@@ -1,6 +1,6 @@
 """The ARM read budget (one token bucket per subscription), on a fake clock.
 
-`acquire` sleeps through `asyncio.sleep` in `backupjobd.budget`; the tests replace that
+`acquire` sleeps through `asyncio.sleep` in `backupjobd.adapters.budget`; the tests replace that
 module's `asyncio` with a namespace whose `sleep` advances the fake clock (or parks until
 the test releases it), so nothing here waits in real time.
 """
@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from backupjobd import azure
-from backupjobd import budget as budget_module
-from backupjobd.arm import ArmClient
-from backupjobd.budget import BucketState, ReadBudget
-from backupjobd.credentials import StaticTokenProvider
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.adapters import budget as budget_module
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.budget import BucketState, ReadBudget
+from backupjobd.adapters.credentials import StaticTokenProvider
+from backupjobd.core import azure
+from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import TransientError
 
 SUB_A = "aaaaaaaa-0000-0000-0000-000000000001"

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from backupjobd import app, config
+from backupjobd import bootstrap as app
+from backupjobd import config
 from backupjobd.config import (
     MIN_API_TOKEN_LENGTH,
     NUMBER_RANGES,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from backupjobd import azure
-from backupjobd.decisions import (
+from backupjobd.core import azure
+from backupjobd.core.decisions import (
     Failure,
     JobState,
     Missing,

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backupjobd import azure, config, events
+from backupjobd import config
 from backupjobd.config import WebhookConfig
-from backupjobd.decisions import (
+from backupjobd.core import azure, events
+from backupjobd.core.decisions import (
     Failure,
     JobDecision,
     JobState,
@@ -25,8 +26,8 @@ from backupjobd.decisions import (
     Tracking,
     decide_job,
 )
+from backupjobd.core.model import JobRecord
 from backupjobd.errors import ConfigError
-from backupjobd.store import JobRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 REGISTERED = NOW - timedelta(minutes=10)

@@ -6,7 +6,7 @@ import asyncio
 import io
 import logging
 
-from backupjobd import logs
+from backupjobd.adapters import logs
 
 
 def _report(exc: BaseException) -> None:

@@ -17,9 +17,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from backupjobd import azure
+from backupjobd.core import azure
+from backupjobd.core.registration import (
+    Endpoint,
+    JobRegistration,
+    operation_from_url,
+    parse_documents,
+)
 from backupjobd.errors import InvalidInput
-from backupjobd.registration import Endpoint, JobRegistration, operation_from_url, parse_documents
 
 pytestmark = pytest.mark.recordings
 

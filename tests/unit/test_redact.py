@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backupjobd.arm import ArmClient
-from backupjobd.credentials import TokenProvider
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import TokenProvider
+from backupjobd.core.redact import REDACTED, redact_secrets
 from backupjobd.errors import PermanentError, TransientError
-from backupjobd.redact import REDACTED, redact_secrets
 from tests.unit.test_arm_client import (
     ANY_URL,
     API,

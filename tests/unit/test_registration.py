@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backupjobd import azure
-from backupjobd.errors import InvalidInput
-from backupjobd.registration import (
+from backupjobd.core import azure
+from backupjobd.core.registration import (
     Endpoint,
     JobRegistration,
     OperationRegistration,
@@ -22,6 +21,7 @@ from backupjobd.registration import (
     parse_documents,
     parse_json_documents,
 )
+from backupjobd.errors import InvalidInput
 
 HOST = "https://management.azure.com"
 ENDPOINT = Endpoint.from_url(HOST)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backupjobd.sdnotify import SdNotifier, watchdog_interval
+from backupjobd.adapters.sdnotify import SdNotifier, watchdog_interval
 
 RECV_TIMEOUT_S = 5.0
 
@@ -125,7 +125,7 @@ def test_without_a_socket_every_method_is_a_no_op(env: dict[str, str]) -> None:
 def test_unsupported_socket_kind_is_disabled_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="backupjobd.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="backupjobd.adapters.sdnotify"):
         notifier = SdNotifier("vsock:2:1234")
 
     assert not notifier.enabled
@@ -138,7 +138,7 @@ def test_send_errors_never_raise_and_warn_once(
 ) -> None:
     notifier = SdNotifier(str(tmp_path / "nobody-listens.sock"))
 
-    with caplog.at_level(logging.DEBUG, logger="backupjobd.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="backupjobd.adapters.sdnotify"):
         notifier.ready()
         notifier.watchdog()
         notifier.stopping()

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from backupjobd import app, azure, config
-from backupjobd.decisions import (
+from backupjobd import bootstrap as app
+from backupjobd import config
+from backupjobd.core import azure
+from backupjobd.core.decisions import (
     Failure,
     JobDecision,
     JobState,

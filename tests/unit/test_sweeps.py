@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from backupjobd.azure import JobObservation
-from backupjobd.decisions import (
+from backupjobd.core.azure import JobObservation
+from backupjobd.core.decisions import (
     SWEEP_FILTER,
     Failure,
     JobDecision,
@@ -31,7 +31,7 @@ from backupjobd.decisions import (
     sweep_status_changed,
     sweep_worthwhile,
 )
-from backupjobd.store import JobRecord
+from backupjobd.core.model import JobRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DETAIL = timedelta(seconds=60)

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from backupjobd.logs import JsonFormatter, TextFormatter
-from backupjobd.text import json_safe, printable
+from backupjobd.adapters.logs import JsonFormatter, TextFormatter
+from backupjobd.core.text import json_safe, printable
 
 # The characters that must never reach a terminal or a log line raw, defined here
 # independently of the implementation.

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from backupjobd.replay import DEFAULT_RETRY_AFTER_CAP, ReplayServer, load_replay
+from backupjobd.emulator.replay import DEFAULT_RETRY_AFTER_CAP, ReplayServer, load_replay
 
 logger = logging.getLogger(__name__)
 
@@ -607,7 +607,7 @@ class EmulatorState:
         *,
         retry_after_cap: int | None = DEFAULT_RETRY_AFTER_CAP,
     ) -> ReplayServer:
-        """Answer ARM requests from these recordings (see ``backupjobd.replay``)."""
+        """Answer ARM requests from these recordings (see ``backupjobd.emulator.replay``)."""
         self.replay = load_replay(paths, retry_after_cap=retry_after_cap)
         logger.info(
             "replaying %d recording(s), %d resources",

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TextIO
 
-from backupjobd.text import json_safe, printable
+from backupjobd.core.text import json_safe, printable
 
 STRUCTURED_FIELDS = (
     "job_id",

@@ -12,7 +12,7 @@ from datetime import datetime
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from backupjobd.budget import ReadBudget
+from backupjobd.adapters.budget import ReadBudget
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

@@ -22,21 +22,22 @@ from typing import TypeVar
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from backupjobd.api import api_token_required, build_api_app, connection_guard, start_api
-from backupjobd.apiguard import AcceptFailureLog
-from backupjobd.arm import ArmClient
-from backupjobd.budget import ReadBudget
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.budget import ReadBudget
+from backupjobd.adapters.credentials import TokenProvider, build_token_provider
+from backupjobd.adapters.metrics import Metrics
+from backupjobd.adapters.sdnotify import SdNotifier, watchdog_interval
+from backupjobd.adapters.sql.store import SchemaBehind, SqlStore
 from backupjobd.config import Config, check_api_token, check_serve_database
-from backupjobd.credentials import TokenProvider, build_token_provider
-from backupjobd.decisions import PollPolicy, StuckRules
-from backupjobd.discovery import Discoverer
+from backupjobd.core.decisions import PollPolicy, StuckRules
+from backupjobd.core.registration import Endpoint
 from backupjobd.errors import ConfigError, StoreError
-from backupjobd.metrics import Metrics
-from backupjobd.notify import Notifier
-from backupjobd.registration import Endpoint
-from backupjobd.sdnotify import SdNotifier, watchdog_interval
-from backupjobd.sqlstore import SchemaBehind, SqlStore
-from backupjobd.tracker import Tracker
+from backupjobd.http.api import api_token_required, build_api_app, connection_guard, start_api
+from backupjobd.http.guard import AcceptFailureLog
+from backupjobd.service.discovery import Discoverer
+from backupjobd.service.notify import Notifier
+from backupjobd.service.tracker import Tracker
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -211,6 +212,34 @@ async def arm_client(
         await tokens.close()
 
 
+def build_tracker(
+    config: Config, store: Store, arm: ArmClient, metrics: Metrics | None = None
+) -> Tracker:
+    """The one way a tracker is made: `serve` and `wait` (with no daemon running) record and
+    announce to webhooks exactly the same things."""
+    return Tracker(
+        store,
+        arm,
+        poll_policy(config),
+        utcnow,
+        concurrency=config.polling.concurrency,
+        batch_size=config.polling.batch_size,
+        metrics=metrics,
+        webhooks=config.notify.webhook,
+        sweep_min_jobs=config.polling.sweep_min_jobs,
+        detail_interval_seconds=config.polling.detail_interval_seconds,
+    )
+
+
+@asynccontextmanager
+async def tracker_for(
+    config: Config, env: Mapping[str, str], store: Store
+) -> AsyncIterator[Tracker]:
+    """A tracker over the caller's store with its own ARM client (for `wait`)."""
+    async with arm_client(config, env) as arm:
+        yield build_tracker(config, store, arm)
+
+
 @asynccontextmanager
 async def runtime(
     config: Config, env: Mapping[str, str], store: SqlStore | None = None
@@ -221,18 +250,7 @@ async def runtime(
         store = await open_store(config)
     try:
         async with arm_client(config, env, metrics) as arm:
-            tracker = Tracker(
-                store,
-                arm,
-                poll_policy(config),
-                utcnow,
-                concurrency=config.polling.concurrency,
-                batch_size=config.polling.batch_size,
-                metrics=metrics,
-                webhooks=config.notify.webhook,
-                sweep_min_jobs=config.polling.sweep_min_jobs,
-                detail_interval_seconds=config.polling.detail_interval_seconds,
-            )
+            tracker = build_tracker(config, store, arm, metrics)
             yield Runtime(config, store, arm.tokens, arm, tracker, metrics, arm.session)
     finally:
         await store.close()

@@ -20,11 +20,14 @@ import aiohttp
 import orjson
 import yarl
 
-from backupjobd import azure
-from backupjobd.azure import JobObservation, OperationObservation, VaultRef
-from backupjobd.budget import ReadBudget
-from backupjobd.credentials import TokenProvider
-from backupjobd.decisions import MAX_RETRY_AFTER_SECONDS
+from backupjobd.adapters.budget import ReadBudget
+from backupjobd.adapters.credentials import TokenProvider
+from backupjobd.adapters.metrics import Metrics
+from backupjobd.core import azure
+from backupjobd.core.azure import JobObservation, OperationObservation, VaultRef
+from backupjobd.core.decisions import MAX_RETRY_AFTER_SECONDS
+from backupjobd.core.redact import redact_secrets
+from backupjobd.core.registration import Endpoint
 from backupjobd.errors import (
     BackupJobdError,
     InvalidInput,
@@ -32,9 +35,6 @@ from backupjobd.errors import (
     PermanentError,
     TransientError,
 )
-from backupjobd.metrics import Metrics
-from backupjobd.redact import redact_secrets
-from backupjobd.registration import Endpoint
 
 logger = logging.getLogger(__name__)
 

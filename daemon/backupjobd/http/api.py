@@ -23,11 +23,14 @@ from typing import Any
 
 from aiohttp import web
 
-from backupjobd import apiguard, azure, registration
-from backupjobd.apiguard import ConnectionGuard, GuardedSite
-from backupjobd.arm import ArmClient
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.credentials import TokenProvider
+from backupjobd.adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import ApiConfig, is_loopback
-from backupjobd.credentials import TokenProvider
+from backupjobd.core import azure, registration
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import Endpoint
 from backupjobd.errors import (
     BackupJobdError,
     InvalidInput,
@@ -36,10 +39,9 @@ from backupjobd.errors import (
     StoreError,
     TransientError,
 )
-from backupjobd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from backupjobd.metrics import Metrics
-from backupjobd.registration import Endpoint
-from backupjobd.store import JobRecord, Store
+from backupjobd.http import guard as apiguard
+from backupjobd.http.guard import ConnectionGuard, GuardedSite
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from backupjobd import azure
-from backupjobd.azure import VaultRef
+from backupjobd.core import azure
+from backupjobd.core.azure import VaultRef
 from backupjobd.errors import InvalidInput
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024

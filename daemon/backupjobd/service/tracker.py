@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from backupjobd import azure, events
-from backupjobd.arm import ArmClient
-from backupjobd.azure import JobObservation, OperationObservation
+from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import WebhookConfig
-from backupjobd.decisions import (
+from backupjobd.core import azure, events
+from backupjobd.core.azure import JobObservation, OperationObservation
+from backupjobd.core.decisions import (
     SWEEP_FILTER,
     DurationModel,
     Failure,
@@ -47,6 +48,7 @@ from backupjobd.decisions import (
     sweep_status_changed,
     sweep_worthwhile,
 )
+from backupjobd.core.model import JobRecord, JobWrite, OperationRecord, OutboxEntry
 from backupjobd.errors import (
     BackupJobdError,
     CredentialError,
@@ -55,8 +57,7 @@ from backupjobd.errors import (
     StoreError,
     TransientError,
 )
-from backupjobd.metrics import Metrics
-from backupjobd.store import JobRecord, JobWrite, OperationRecord, OutboxEntry, Store
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """`backupjobd wait`: block until jobs are terminal — the replacement for `az backup job wait`.
 
 It reads the daemon's database. When no daemon has sent a heartbeat recently it polls
-the jobs itself, through the same tracker and store, so what it sees is recorded as if
-the daemon had seen it (compare-and-set keeps a concurrent daemon from duplicating it).
+the jobs itself, through a tracker built by the composition root exactly as `serve` builds
+its own (`bootstrap.tracker_for`), so what it sees is recorded, and announced to webhooks,
+as if the daemon had seen it (compare-and-set keeps a concurrent daemon from duplicating it).
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from backupjobd import app
-from backupjobd.azure import VaultRef
-from backupjobd.config import Config
-from backupjobd.decisions import Tracking
+from backupjobd.core.azure import VaultRef
+from backupjobd.core.decisions import Tracking
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import InvalidInput
-from backupjobd.registration import JobRegistration
-from backupjobd.store import JobRecord, Store
-from backupjobd.tracker import Tracker
+from backupjobd.service.tracker import Tracker
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def worst(codes: Sequence[int]) -> int:
     return max(codes, key=lambda c: _SEVERITY.index(c) if c in _SEVERITY else 0, default=0)
 
 
-async def resolve(store: Store, targets: Sequence[Target]) -> list[JobRecord]:
+async def resolve(store: Store, targets: Sequence[Target], now: datetime) -> list[JobRecord]:
     """Each target's tracked job; untracked ones are registered when their vault is known."""
     missing: list[JobRegistration] = []
     for target in targets:
@@ -71,7 +72,7 @@ async def resolve(store: Store, targets: Sequence[Target]) -> list[JobRecord]:
                 )
             missing.append(JobRegistration(target.vault, target.job_id, "wait"))
     if missing:
-        await store.register(missing, app.utcnow())
+        await store.register(missing, now)
     return await _current(store, targets)
 
 
@@ -88,19 +89,21 @@ async def _current(store: Store, targets: Sequence[Target]) -> list[JobRecord]:
 
 
 async def wait(
-    cfg: Config,
-    env: Mapping[str, str],
     store: Store,
     targets: Sequence[Target],
     give_up_after: float | None,
     *,
+    own_tracker: Callable[[], AbstractAsyncContextManager[Tracker]],
+    now: Callable[[], datetime],
+    liveness_window: timedelta,
     check_every: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[int, list[JobRecord]]:
-    """Returns (exit code, the jobs as last read)."""
+    """Returns (exit code, the jobs as last read). `own_tracker` is entered only when no
+    daemon is alive (no heartbeat within `liveness_window`)."""
     # A wall-clock-free deadline: works for any length, including over a day.
     deadline = None if give_up_after is None else clock() + give_up_after
-    jobs = await resolve(store, targets)
+    jobs = await resolve(store, targets, now())
     async with AsyncExitStack() as stack:
         tracker: Tracker | None = None
         while True:
@@ -109,17 +112,17 @@ async def wait(
                 return worst([c for c in codes if c is not None]), jobs
             if deadline is not None and clock() >= deadline:
                 return EXIT_TIMEOUT, jobs
-            alive = await store.live_instances(app.utcnow() - app.LIVENESS_WINDOW)
+            alive = await store.live_instances(now() - liveness_window)
             if not alive:
                 if tracker is None:
                     logger.info("no daemon is running: polling the jobs myself")
-                    tracker = await stack.enter_async_context(_own_tracker(cfg, env, store))
-                now = app.utcnow()
+                    tracker = await stack.enter_async_context(own_tracker())
+                moment = now()
                 due = [
                     j
                     for j in jobs
                     if j.tracking is Tracking.ACTIVE
-                    and (j.next_poll_at is None or j.next_poll_at <= now)
+                    and (j.next_poll_at is None or j.next_poll_at <= moment)
                 ]
                 results = await asyncio.gather(
                     *(tracker.poll_job(j) for j in due), return_exceptions=True
@@ -132,10 +135,3 @@ async def wait(
                 pause = max(0.0, min(pause, deadline - clock()))
             await asyncio.sleep(pause)
             jobs = await _current(store, targets)
-
-
-@asynccontextmanager
-async def _own_tracker(cfg: Config, env: Mapping[str, str], store: Store) -> AsyncIterator[Tracker]:
-    """A tracker over the caller's store, built only when no daemon is polling."""
-    async with app.arm_client(cfg, env) as arm:
-        yield Tracker(store, arm, app.poll_policy(cfg), app.utcnow)

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from backupjobd import azure
-from backupjobd.arm import ArmClient
-from backupjobd.azure import JobObservation, VaultRef
+from backupjobd.adapters.arm import ArmClient
 from backupjobd.config import DiscoveryConfig
+from backupjobd.core import azure
+from backupjobd.core.azure import JobObservation, VaultRef
+from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import BackupJobdError
-from backupjobd.registration import JobRegistration
 from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)

@@ -24,11 +24,12 @@ from datetime import datetime, timedelta
 
 import aiohttp
 
+from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import WebhookConfig
+from backupjobd.core.events import next_attempt
+from backupjobd.core.model import OutboxRecord
 from backupjobd.errors import BackupJobdError
-from backupjobd.events import next_attempt
-from backupjobd.metrics import Metrics
-from backupjobd.store import OutboxRecord, Store
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -50,12 +50,10 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from backupjobd import schema
-from backupjobd.azure import VaultRef, vault_from_id
-from backupjobd.decisions import JobDecision, OperationDecision, Tracking
-from backupjobd.errors import ConfigError, StoreError
-from backupjobd.registration import JobRegistration, Registration
-from backupjobd.store import (
+from backupjobd.adapters.sql import schema
+from backupjobd.core.azure import VaultRef, vault_from_id
+from backupjobd.core.decisions import JobDecision, OperationDecision, Tracking
+from backupjobd.core.model import (
     DiscoveryState,
     JobRecord,
     JobWrite,
@@ -64,9 +62,11 @@ from backupjobd.store import (
     OutboxRecord,
     RegisterResult,
     SnapshotRecord,
-    Store,
     TransitionRecord,
 )
+from backupjobd.core.registration import JobRegistration, Registration
+from backupjobd.errors import ConfigError, StoreError
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 

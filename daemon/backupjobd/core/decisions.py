@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from backupjobd import azure
-from backupjobd.azure import JobObservation, OperationObservation
+from backupjobd.core import azure
+from backupjobd.core.azure import JobObservation, OperationObservation
 
 # Azure's Retry-After is honoured up to a day; beyond that it is a bogus header, not a plan.
 MAX_RETRY_AFTER_SECONDS = 86_400.0

@@ -10,12 +10,22 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from backupjobd import azure
-from backupjobd.config import WebhookConfig
-from backupjobd.decisions import JobDecision, Tracking
-from backupjobd.store import JobRecord, OutboxEntry, iso
+from backupjobd.core import azure
+from backupjobd.core.decisions import JobDecision, Tracking
+from backupjobd.core.model import JobRecord, OutboxEntry, iso
+
+
+class Subscription(Protocol):
+    """What event construction needs of a configured webhook (`config.WebhookConfig`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def events(self) -> tuple[str, ...]: ...
+
 
 EVENT_TYPE_PREFIX = "com.backupjobd.job."
 EVENT_SOURCE = "backupjobd"
@@ -73,7 +83,7 @@ def outbox_entries(
     record: JobRecord,
     decision: JobDecision,
     now: datetime,
-    webhooks: Sequence[WebhookConfig],
+    webhooks: Sequence[Subscription],
     new_id: Callable[[], str],
 ) -> list[OutboxEntry]:
     """Every (event, webhook) delivery this decision calls for."""

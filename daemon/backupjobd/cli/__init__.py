@@ -17,11 +17,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO, NoReturn, TextIO
 
-from backupjobd import __version__, app, azure, config, logs, registration, waiter
+from backupjobd import __version__, bootstrap, config
+from backupjobd.adapters import logs
+from backupjobd.core import azure, registration
+from backupjobd.core.model import JobRecord, iso
+from backupjobd.core.registration import Registration
+from backupjobd.core.text import json_safe, printable
 from backupjobd.errors import BackupJobdError, ConfigError, InvalidInput
-from backupjobd.registration import Registration
-from backupjobd.store import JobRecord, Store, iso
-from backupjobd.text import json_safe, printable
+from backupjobd.service import waiter
+from backupjobd.store import Store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_STDOUT_CLOSED = 128 + 13  # what a shell shows for a program killed by SIGPIPE
@@ -140,7 +144,7 @@ def _main(argv: Sequence[str] | None) -> int:
         cfg = config.load(config.resolve_path(args.config, env), env)
         logs.configure(cfg.log.level, cfg.log.format)
         if args.command == "serve":
-            return asyncio.run(app.serve(cfg, env))
+            return asyncio.run(bootstrap.serve(cfg, env))
         return asyncio.run(_dispatch(args, cfg, env))
     except _OutputError:
         raise
@@ -222,7 +226,7 @@ def _error_line(message: str, prog: str = "backupjobd") -> str:
 async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[str, str]) -> int:
     if args.command == "register":
         regs = _registrations(args, cfg, sys.stdin)
-    store = await app.open_store(cfg, read_only=_reads_only(args))
+    store = await bootstrap.open_store(cfg, read_only=_reads_only(args))
     try:
         if args.command == "migrate":
             _say("database schema is at head")
@@ -237,7 +241,7 @@ async def _dispatch(args: argparse.Namespace, cfg: config.Config, env: Mapping[s
             return await _notify(args, store)
         if args.command == "cancel":
             job = await _one_job(store, args.job_id, args.vault)
-            async with app.arm_client(cfg, env) as arm:
+            async with bootstrap.arm_client(cfg, env) as arm:
                 outcome = await arm.cancel_job(
                     azure.vault_from_id(job.vault_id), job.job_id, follow_seconds=args.follow
                 )
@@ -285,7 +289,7 @@ def _registrations(
     args: argparse.Namespace, cfg: config.Config, stdin: TextIO | None
 ) -> list[Registration]:
     """Everything given on the command line, validated before anything is stored."""
-    endpoint = app.management_endpoint(cfg)
+    endpoint = bootstrap.management_endpoint(cfg)
     vault = azure.vault_from_id(args.vault) if args.vault else None
     regs: list[Registration] = []
     if args.stdin == "-":
@@ -329,8 +333,8 @@ def _read_document(stdin: TextIO | None) -> str:
 
 
 async def _register(store: Store, regs: list[Registration], as_json: bool) -> int:
-    results = await app.retry_transient(
-        lambda: store.register(regs, app.utcnow()), "registering", REGISTER_RETRY_SECONDS
+    results = await bootstrap.retry_transient(
+        lambda: store.register(regs, bootstrap.utcnow()), "registering", REGISTER_RETRY_SECONDS
     )
     if as_json:
         _print_json([dataclasses.asdict(r) for r in results])
@@ -349,7 +353,7 @@ async def _register(store: Store, regs: list[Registration], as_json: bool) -> in
 
 async def _notify(args: argparse.Namespace, store: Store) -> int:
     if args.notify_command == "retry":
-        count = await store.outbox_requeue_dead(app.utcnow())
+        count = await store.outbox_requeue_dead(bootstrap.utcnow())
         _say(f"requeued {count} dead letter(s)")
         return EXIT_OK
     dead = await store.outbox_list("dead")
@@ -455,7 +459,14 @@ async def _wait(
             targets.append(waiter.Target(job_vault, job_id))
         else:
             targets.append(waiter.Target(vault, azure.validate_job_id(ref)))
-    code, jobs = await waiter.wait(cfg, env, store, targets, args.timeout)
+    code, jobs = await waiter.wait(
+        store,
+        targets,
+        args.timeout,
+        own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
+        now=bootstrap.utcnow,
+        liveness_window=bootstrap.LIVENESS_WINDOW,
+    )
     if args.json:
         _print_json([job.to_json() for job in jobs])
     else:
@@ -544,7 +555,7 @@ def _short(value: str | None) -> str:
 
 
 def _run_emulator(args: argparse.Namespace) -> int:
-    from backupjobd.emulator import run_emulator
+    from backupjobd.emulator.server import run_emulator
 
     logs.configure("INFO", "text")
     try:

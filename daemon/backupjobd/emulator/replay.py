@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiohttp import web
 
-from backupjobd import azure
+from backupjobd.core import azure
 from backupjobd.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Recording:
         """Every vault job read through GET backupJobs/{id}, in first-read order.
 
         CRR jobs (read by POST locations/{l}/backupCrrJob, location-scoped, no vault) are not
-        keyed here; jobs under a vault path ``backupjobd.azure`` rejects (the 2016 dogfood
+        keyed here; jobs under a vault path ``backupjobd.core.azure`` rejects (the 2016 dogfood
         provider ``Microsoft.RecoveryServicesBVTD``) are left out as the daemon cannot track
         them either.
         """
