@@ -1,7 +1,8 @@
 """The store interface: what the daemon and the CLI need from the database.
 
-One implementation (`adapters.sql.store.SqlStore`) serves SQLite and PostgreSQL; one
-contract test suite runs against both. The records it takes and returns are in `core.model`.
+`adapters.sql.store.SqlStore` serves SQLite and PostgreSQL, `testing.MemoryStore` keeps the
+same contract in memory for tests; one contract test suite runs against all three. The
+records it takes and returns are in `core.model`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""Fixtures for the database integration tests: one store per test, on SQLite and PostgreSQL.
+"""Fixtures for the store integration tests: one store per test, in memory, on SQLite and on
+PostgreSQL (`backend`). Tests about SQL itself (Alembic, the schema) ask for `db_url` or
+override `backend` with `SQL_BACKENDS`.
 
-SQLite gets a fresh file under `tmp_path`. PostgreSQL gets a fresh database with a random
-name, created through the `postgres` maintenance database and dropped (WITH FORCE) after
-the test. When PostgreSQL cannot be reached its cases are skipped with the reason, unless
-`BACKUPJOBD_REQUIRE_PG=1` (CI), where they fail instead.
+The memory backend is `backupjobd.testing.MemoryStore`. SQLite gets a fresh file under
+`tmp_path`. PostgreSQL gets a fresh database with a random name, created through the
+`postgres` maintenance database and dropped (WITH FORCE) after the test. When PostgreSQL
+cannot be reached its cases are skipped with the reason, unless `BACKUPJOBD_REQUIRE_PG=1`
+(CI), where they fail instead.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from backupjobd.adapters.sql.store import SqlStore
+from backupjobd.store import Store
+from backupjobd.testing import MemoryStore
+from tests.integration.stores import BACKENDS
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("BACKUPJOBD_TEST_PG_URL") or DEFAULT_PG_URL
 REQUIRE_PG = os.environ.get("BACKUPJOBD_REQUIRE_PG") == "1"
 PG_CONNECT_TIMEOUT_S = 5
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 # Set on the first failed attempt so that later PostgreSQL cases skip without waiting again.
 _pg_unreachable: str | None = None
@@ -80,18 +84,28 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """An empty database on the parametrized backend (nothing migrated)."""
+def backend_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | None:
+    """An empty database on the parametrized backend (nothing migrated); None in memory."""
+    if backend == "memory":
+        return None
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/t.db"
-    # Requested lazily so that SQLite cases never touch PostgreSQL.
+    # Requested lazily so that SQLite and memory cases never touch PostgreSQL.
     return str(request.getfixturevalue("pg_database_url"))
 
 
 @pytest.fixture
-async def empty_store(db_url: str) -> AsyncIterator[SqlStore]:
-    """A store on an empty database; closed after the test."""
-    store = SqlStore.from_url(db_url)
+def db_url(backend_url: str | None) -> str:
+    """The URL of an empty SQL database, for tests about SQL itself."""
+    if backend_url is None:
+        pytest.skip("SQL only: the memory backend has no database URL")
+    return backend_url
+
+
+@pytest.fixture
+async def empty_store(backend_url: str | None) -> AsyncIterator[Store]:
+    """A store on an empty database (or a new MemoryStore); closed after the test."""
+    store: Store = MemoryStore() if backend_url is None else SqlStore.from_url(backend_url)
     try:
         yield store
     finally:
@@ -99,7 +113,7 @@ async def empty_store(db_url: str) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture
-async def store(empty_store: SqlStore) -> SqlStore:
-    """A store migrated to the Alembic head, on SQLite and on PostgreSQL."""
+async def store(empty_store: Store) -> Store:
+    """A store migrated to the Alembic head: in memory, on SQLite and on PostgreSQL."""
     await empty_store.migrate()
     return empty_store

@@ -19,10 +19,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
 from backupjobd.adapters.sql import schema
-from backupjobd.adapters.sql.store import SqlStore, alembic_config
+from backupjobd.adapters.sql.migrate import SCHEMA_HEAD, alembic_config, script_head
+from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core.azure import vault_from_id
 from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import StoreError
+from tests.integration.stores import SQL_BACKENDS
 
 APP_TABLES = {"jobs", "transitions", "snapshots", "operations"}
 VAULT = vault_from_id(
@@ -31,6 +33,13 @@ VAULT = vault_from_id(
 )
 JOB_ID = "11111111-2222-3333-4444-555555555555"
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """SQL only: Alembic and the schema are what these tests are about (MemoryStore has
+    neither)."""
+    return str(request.param)
 
 
 def _head(url: str) -> str:
@@ -58,6 +67,12 @@ def test_exactly_one_head_and_a_linear_history() -> None:
     bases = [rev.revision for rev in revisions if rev.down_revision is None]
     assert len(bases) == 1, f"migrations have several bases: {bases}"
     assert all(not rev.is_merge_point for rev in revisions)
+
+
+def test_the_store_expects_the_head_of_the_migration_scripts() -> None:
+    """The store compares the database with SCHEMA_HEAD instead of loading Alembic: a new
+    migration must bump it."""
+    assert script_head("sqlite+aiosqlite:///unused.db") == SCHEMA_HEAD
 
 
 async def test_upgrade_from_empty_to_head_and_migrate_twice_is_a_noop(

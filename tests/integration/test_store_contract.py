@@ -1,4 +1,4 @@
-"""The `Store` contract, run against SQLite and PostgreSQL through the `store` fixture.
+"""The `Store` contract, run in memory, on SQLite and on PostgreSQL through the `store` fixture.
 
 Decisions are built with the real pure core (`decide_job`, `decide_operation`) from job
 and operation bodies parsed by `backupjobd.core.azure`, so the store sees what the daemon
@@ -14,10 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, func, select
 
-from backupjobd.adapters.sql import schema
-from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core.azure import (
     VaultRef,
     parse_job_resource,
@@ -37,7 +34,14 @@ from backupjobd.core.decisions import (
     decide_job,
     decide_operation,
 )
-from backupjobd.core.model import JobRecord, OperationRecord, RegisterResult, TransitionRecord
+from backupjobd.core.model import (
+    JobRecord,
+    JobWrite,
+    OperationRecord,
+    OutboxEntry,
+    RegisterResult,
+    TransitionRecord,
+)
 from backupjobd.core.registration import (
     Endpoint,
     JobRegistration,
@@ -45,6 +49,8 @@ from backupjobd.core.registration import (
     operation_from_url,
 )
 from backupjobd.errors import StoreError
+from backupjobd.store import Store
+from tests.integration.stores import table_rows
 
 SUB = "5f0c6a2e-1b7d-4c8e-9a3f-2d4e6b8c0a1e"
 VAULT_ID = (
@@ -119,41 +125,37 @@ def op_seen(status: str, job_ids: Sequence[str] = ()) -> OperationSeen:
 
 
 async def register_job(
-    store: SqlStore, job_id: str, now: datetime, vault: VaultRef = VAULT
+    store: Store, job_id: str, now: datetime, vault: VaultRef = VAULT
 ) -> JobRecord:
     [result] = await store.register([JobRegistration(vault, job_id, "cli")], now)
     assert result.created
     return await reload(store, job_id, vault)
 
 
-async def reload(store: SqlStore, job_id: str, vault: VaultRef = VAULT) -> JobRecord:
+async def reload(store: Store, job_id: str, vault: VaultRef = VAULT) -> JobRecord:
     [record] = [r for r in await store.find_jobs(job_id) if r.vault_id.lower() == vault.key]
     return record
 
 
-async def reload_op(store: SqlStore, op_id: str) -> OperationRecord:
+async def reload_op(store: Store, op_id: str) -> OperationRecord:
     [record] = [o for o in await store.list_operations() if o.operation_id == op_id]
     return record
 
 
-async def poll(store: SqlStore, record: JobRecord, outcome: Any, now: datetime) -> JobRecord:
+async def poll(store: Store, record: JobRecord, outcome: Any, now: datetime) -> JobRecord:
     """One daemon poll: decide from the stored state, persist, and read back."""
     decision = decide_job(record.state(), outcome, now, POLICY, 0.5)
     assert await store.apply_job(record, decision, now)
     return await reload(store, record.job_id, vault_from_id(record.vault_id))
 
 
-async def rows(store: SqlStore, table: Table, job_pk: int) -> list[Any]:
-    async with store.engine.connect() as conn:
-        result = await conn.execute(
-            select(table).where(table.c.job_pk == job_pk).order_by(table.c.pk)
-        )
-        return list(result.fetchall())
+async def rows(store: Store, table: str, job_pk: int) -> list[Any]:
+    """The job's rows of a table the interface does not return whole."""
+    return [r for r in await table_rows(store, table) if r.job_pk == job_pk]
 
 
-async def row_count(store: SqlStore, table: Table) -> int:
-    async with store.engine.connect() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+async def row_count(store: Store, table: str) -> int:
+    return len(await table_rows(store, table))
 
 
 def assert_aware_utc(*values: datetime | None) -> None:
@@ -167,7 +169,7 @@ def assert_aware_utc(*values: datetime | None) -> None:
 
 
 async def test_register_job_is_created_once_and_a_second_registration_changes_nothing(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     job = jid(1)
     results = await store.register([JobRegistration(VAULT, job, "cli")], T0)
@@ -185,11 +187,11 @@ async def test_register_job_is_created_once_and_a_second_registration_changes_no
     again = await store.register([JobRegistration(VAULT, job, "job-resource")], T0 + 5 * SEC)
     assert again == [RegisterResult("job", VAULT.id, job, False)]
     assert await store.list_jobs() == [polled], "re-registering must not touch the job"
-    assert await row_count(store, schema.jobs) == 1
+    assert await row_count(store, "jobs") == 1
 
 
 async def test_register_operation_is_created_once_and_a_second_registration_changes_nothing(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     reg = op_registration(VAULT, "op-0001")
     assert await store.register([reg], T0) == [
@@ -212,7 +214,7 @@ async def test_register_operation_is_created_once_and_a_second_registration_chan
     assert await store.list_jobs() == []
 
 
-async def test_vault_ids_are_compared_case_insensitively(store: SqlStore) -> None:
+async def test_vault_ids_are_compared_case_insensitively(store: Store) -> None:
     job = jid(2)
     shouty = vault_from_id(
         f"/Subscriptions/{SUB.upper()}/resourcegroups/RG-BACKUP"
@@ -244,7 +246,7 @@ async def test_vault_ids_are_compared_case_insensitively(store: SqlStore) -> Non
 # --- due work ----------------------------------------------------------------------------
 
 
-async def test_due_jobs_returns_only_active_due_jobs_soonest_first(store: SqlStore) -> None:
+async def test_due_jobs_returns_only_active_due_jobs_soonest_first(store: Store) -> None:
     late = await register_job(store, jid(1), T0 + 3 * SEC)
     first = await register_job(store, jid(2), T0)
     middle = await register_job(store, jid(3), T0 + 1 * SEC)
@@ -266,7 +268,7 @@ async def test_due_jobs_returns_only_active_due_jobs_soonest_first(store: SqlSto
 
 
 async def test_reschedule_jobs_moves_only_active_jobs_and_keeps_their_version(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     running = [await register_job(store, jid(n), T0) for n in (1, 2, 3)]
     running = [await poll(store, r, seen(VAULT, r.job_id, "InProgress"), T0) for r in running]
@@ -304,7 +306,7 @@ async def test_reschedule_jobs_moves_only_active_jobs_and_keeps_their_version(
 
 
 async def test_reschedule_jobs_stores_each_jobs_own_count_of_polls_in_one_call(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     jobs = [await register_job(store, jid(n), T0) for n in range(1, 6)]
     jobs = [await poll(store, r, seen(VAULT, r.job_id, "InProgress"), T0) for r in jobs]
@@ -320,7 +322,7 @@ async def test_reschedule_jobs_stores_each_jobs_own_count_of_polls_in_one_call(
         await store.reschedule_jobs([jobs[0].pk, jobs[1].pk], lease, polled, [1])
 
 
-async def test_due_jobs_honours_limit_and_exclude(store: SqlStore) -> None:
+async def test_due_jobs_honours_limit_and_exclude(store: Store) -> None:
     records = [await register_job(store, jid(n), T0 + n * SEC) for n in range(1, 6)]
     pks = [r.pk for r in records]
     now = T0 + 10 * SEC
@@ -337,7 +339,7 @@ async def test_due_jobs_honours_limit_and_exclude(store: SqlStore) -> None:
 
 
 async def test_due_operations_returns_only_active_due_operations_soonest_first(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     await store.register([op_registration(VAULT, "op-b")], T0 + 2 * SEC)
     await store.register([op_registration(VAULT, "op-a")], T0)
@@ -358,12 +360,12 @@ async def test_due_operations_returns_only_active_due_operations_soonest_first(
 
 
 async def test_apply_job_with_a_transition_writes_exactly_one_transition_row(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     record = await register_job(store, jid(1), T0)
     record = await poll(store, record, seen(VAULT, record.job_id, "InProgress"), T0 + SEC)
 
-    [row] = await rows(store, schema.transitions, record.pk)
+    [row] = await rows(store, "transitions", record.pk)
     assert (row.seq, row.from_status, row.to_status) == (1, None, "InProgress")
     assert record.status == "InProgress"
     assert (record.version, record.poll_count) == (1, 1)
@@ -372,13 +374,12 @@ async def test_apply_job_with_a_transition_writes_exactly_one_transition_row(
     record = await poll(
         store, record, seen(VAULT, record.job_id, "InProgress", duration="00:00:20"), T0 + 6 * SEC
     )
-    assert len(await rows(store, schema.transitions, record.pk)) == 1
+    assert len(await rows(store, "transitions", record.pk)) == 1
 
     record = await poll(store, record, seen(VAULT, record.job_id, "Cancelling"), T0 + 11 * SEC)
     record = await poll(store, record, seen(VAULT, record.job_id, "Cancelled"), T0 + 16 * SEC)
     chain = [
-        (r.seq, r.from_status, r.to_status)
-        for r in await rows(store, schema.transitions, record.pk)
+        (r.seq, r.from_status, r.to_status) for r in await rows(store, "transitions", record.pk)
     ]
     # seq is the job's version after the write: increasing per job, not consecutive.
     assert chain == [
@@ -390,12 +391,12 @@ async def test_apply_job_with_a_transition_writes_exactly_one_transition_row(
     # Another job's history starts at seq 1 again.
     other = await register_job(store, jid(2), T0)
     other = await poll(store, other, seen(VAULT, other.job_id, "InProgress"), T0 + SEC)
-    [row] = await rows(store, schema.transitions, other.pk)
+    [row] = await rows(store, "transitions", other.pk)
     assert (row.seq, row.from_status) == (1, None)
 
 
 async def test_apply_job_with_a_stale_version_returns_false_and_writes_nothing(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     stale = await register_job(store, jid(1), T0)
     winner = decide_job(stale.state(), seen(VAULT, stale.job_id, "InProgress"), T0, POLICY, 0.5)
@@ -422,7 +423,7 @@ async def test_apply_job_with_a_stale_version_returns_false_and_writes_nothing(
 
 
 async def test_concurrent_apply_job_on_one_version_has_exactly_one_winner(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     record = await register_job(store, jid(1), T0)
     statuses = ["InProgress", "Completed", "Failed", "Cancelling", "Cancelled"]
@@ -441,10 +442,10 @@ async def test_concurrent_apply_job_on_one_version_has_exactly_one_winner(
     assert [s.status for s in snapshots] == [winner]
 
 
-async def test_snapshots_are_deduplicated_by_content_hash(store: SqlStore) -> None:
+async def test_snapshots_are_deduplicated_by_content_hash(store: Store) -> None:
     record = await register_job(store, jid(1), T0)
     record = await poll(store, record, seen(VAULT, record.job_id, "InProgress"), T0 + SEC)
-    assert len(await rows(store, schema.snapshots, record.pk)) == 1
+    assert len(await rows(store, "snapshots", record.pk)) == 1
     first_hash = record.last_snapshot_hash
     assert first_hash is not None
 
@@ -456,19 +457,19 @@ async def test_snapshots_are_deduplicated_by_content_hash(store: SqlStore) -> No
     assert decision.snapshot is not None and decision.snapshot.content_hash == first_hash
     assert await store.apply_job(record, decision, T0 + 2 * SEC)
     record = await reload(store, record.job_id)
-    assert len(await rows(store, schema.snapshots, record.pk)) == 1
+    assert len(await rows(store, "snapshots", record.pk)) == 1
 
     # Only the volatile duration changed: same content hash, no new snapshot.
     record = await poll(
         store, record, seen(VAULT, record.job_id, "InProgress", duration="00:01:00"), T0 + 3 * SEC
     )
     assert record.last_snapshot_hash == first_hash
-    assert len(await rows(store, schema.snapshots, record.pk)) == 1
+    assert len(await rows(store, "snapshots", record.pk)) == 1
 
     # extendedInfo changed: a new snapshot.
     progressed = seen(VAULT, record.job_id, "InProgress", task_status="Completed")
     record = await poll(store, record, progressed, T0 + 4 * SEC)
-    snaps = await rows(store, schema.snapshots, record.pk)
+    snaps = await rows(store, "snapshots", record.pk)
     assert len(snaps) == 2
     assert record.last_snapshot_hash == snaps[-1].content_hash != first_hash
 
@@ -481,7 +482,7 @@ async def test_snapshots_are_deduplicated_by_content_hash(store: SqlStore) -> No
 
     # Back to content already stored: nothing new, but the cached hash follows.
     record = await poll(store, record, seen(VAULT, record.job_id, "InProgress"), T0 + 5 * SEC)
-    assert len(await rows(store, schema.snapshots, record.pk)) == 2
+    assert len(await rows(store, "snapshots", record.pk)) == 2
     assert record.last_snapshot_hash == first_hash
 
     # A list item (no extendedInfo) never makes a snapshot.
@@ -491,10 +492,10 @@ async def test_snapshots_are_deduplicated_by_content_hash(store: SqlStore) -> No
         seen(VAULT, record.job_id, "InProgress", full=False, task_status="X"),
         T0 + 6 * SEC,
     )
-    assert len(await rows(store, schema.snapshots, record.pk)) == 2
+    assert len(await rows(store, "snapshots", record.pk)) == 2
 
 
-async def test_terminal_decision_finishes_tracking(store: SqlStore) -> None:
+async def test_terminal_decision_finishes_tracking(store: Store) -> None:
     record = await register_job(store, jid(1), T0)
     record = await poll(store, record, seen(VAULT, record.job_id, "InProgress"), T0 + SEC)
     assert record.finished_at is None
@@ -511,7 +512,7 @@ async def test_terminal_decision_finishes_tracking(store: SqlStore) -> None:
     assert await store.due_jobs(done_at + timedelta(days=365), 100) == []
 
 
-async def test_lost_job_is_finished_with_an_error(store: SqlStore) -> None:
+async def test_lost_job_is_finished_with_an_error(store: Store) -> None:
     record = await register_job(store, jid(1), T0)
     record = await poll(store, record, Missing(), T0 + SEC)
     assert (record.tracking, record.not_found_since) == (Tracking.ACTIVE, T0 + SEC)
@@ -525,7 +526,7 @@ async def test_lost_job_is_finished_with_an_error(store: SqlStore) -> None:
     assert await store.due_jobs(lost_at + timedelta(days=1), 10) == []
 
 
-async def test_history_is_oldest_first_with_aware_utc_datetimes(store: SqlStore) -> None:
+async def test_history_is_oldest_first_with_aware_utc_datetimes(store: Store) -> None:
     record = await register_job(store, jid(1), T0)
     steps = [
         ("InProgress", None, T0 + 5 * SEC),
@@ -552,7 +553,7 @@ async def test_history_is_oldest_first_with_aware_utc_datetimes(store: SqlStore)
 
 
 async def test_apply_operation_registers_its_jobs_in_the_operation_vault(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     known, new = jid(1), jid(2)
     await store.register([JobRegistration(VAULT, known, "cli")], T0)
@@ -593,15 +594,12 @@ async def test_apply_operation_registers_its_jobs_in_the_operation_vault(
     )
     assert (registered.registered_at, registered.next_poll_at) == (T0 + 6 * SEC, T0 + 6 * SEC)
     assert (await reload(store, known)).source == "cli", "an already tracked job is unchanged"
-    async with store.engine.connect() as conn:
-        linked = await conn.scalar(
-            select(schema.jobs.c.operation_pk).where(schema.jobs.c.job_id == new)
-        )
+    [linked] = [r.operation_pk for r in await table_rows(store, "jobs") if r.job_id == new]
     assert linked == op.pk
 
 
 async def test_apply_operation_with_a_stale_version_returns_none_and_writes_nothing(
-    store: SqlStore,
+    store: Store,
 ) -> None:
     await store.register([op_registration(VAULT, "op-1")], T0)
     stale = await reload_op(store, "op-1")
@@ -615,7 +613,7 @@ async def test_apply_operation_with_a_stale_version_returns_none_and_writes_noth
     assert await store.list_jobs() == []
 
 
-async def test_apply_operation_is_one_transaction(store: SqlStore) -> None:
+async def test_apply_operation_is_one_transaction(store: Store) -> None:
     await store.register([op_registration(VAULT, "op-1")], T0)
     op = await reload_op(store, "op-1")
     # The second job id is invalid (NOT NULL) so registering it fails after the operation row
@@ -632,7 +630,7 @@ async def test_apply_operation_is_one_transaction(store: SqlStore) -> None:
 # --- listing and counting -------------------------------------------------------------------
 
 
-async def _population(store: SqlStore) -> dict[str, JobRecord]:
+async def _population(store: Store) -> dict[str, JobRecord]:
     """Five jobs in every tracking state, registered one second apart."""
     names = ["running", "completed", "failed", "new", "lost"]
     jobs = {
@@ -648,7 +646,7 @@ async def _population(store: SqlStore) -> dict[str, JobRecord]:
     return jobs
 
 
-async def test_list_jobs_filters_by_status_case_insensitively(store: SqlStore) -> None:
+async def test_list_jobs_filters_by_status_case_insensitively(store: Store) -> None:
     jobs = await _population(store)
 
     def ids(records: list[JobRecord]) -> list[str]:
@@ -663,7 +661,7 @@ async def test_list_jobs_filters_by_status_case_insensitively(store: SqlStore) -
     assert ids(await store.list_jobs("inprogress", limit=1)) == [jid(1)]
 
 
-async def test_list_jobs_filters_by_tracking_state(store: SqlStore) -> None:
+async def test_list_jobs_filters_by_tracking_state(store: Store) -> None:
     await _population(store)
 
     async def ids(status: str) -> list[str]:
@@ -676,12 +674,12 @@ async def test_list_jobs_filters_by_tracking_state(store: SqlStore) -> None:
     assert await ids("LOST") == [jid(5)]
 
 
-async def test_list_jobs_by_azure_status_failed(store: SqlStore) -> None:
+async def test_list_jobs_by_azure_status_failed(store: Store) -> None:
     await _population(store)
     assert [r.job_id for r in await store.list_jobs("Failed")] == [jid(3)]
 
 
-async def test_find_jobs(store: SqlStore) -> None:
+async def test_find_jobs(store: Store) -> None:
     job = jid(1)
     await store.register([JobRegistration(VAULT, job, "cli")], T0)
     await store.register([JobRegistration(OTHER_VAULT, job, "cli")], T0 + SEC)
@@ -694,7 +692,7 @@ async def test_find_jobs(store: SqlStore) -> None:
     assert await store.find_jobs(jid(3)) == []
 
 
-async def test_counts(store: SqlStore) -> None:
+async def test_counts(store: Store) -> None:
     assert await store.counts() == {"operations_active": 0}
     await _population(store)
     await store.register([op_registration(VAULT, "op-1"), op_registration(VAULT, "op-2")], T0)
@@ -713,7 +711,7 @@ async def test_counts(store: SqlStore) -> None:
 # --- datetimes and a whole lifecycle -----------------------------------------------------------
 
 
-async def test_datetimes_round_trip_as_aware_utc(store: SqlStore) -> None:
+async def test_datetimes_round_trip_as_aware_utc(store: Store) -> None:
     ist = timezone(timedelta(hours=5, minutes=30))
     registered = datetime(2026, 3, 1, 17, 30, 0, 123456, tzinfo=ist)  # 12:00:00.123456 UTC
     record = await register_job(store, jid(1), registered)
@@ -754,13 +752,13 @@ async def test_datetimes_round_trip_as_aware_utc(store: SqlStore) -> None:
     assert_aware_utc(op.registered_at, op.next_poll_at)
 
 
-async def test_naive_datetimes_are_rejected(store: SqlStore) -> None:
+async def test_naive_datetimes_are_rejected(store: Store) -> None:
     with pytest.raises(StoreError):
         await store.register([JobRegistration(VAULT, jid(1), "cli")], datetime(2026, 3, 1))
     assert await store.list_jobs() == []
 
 
-async def test_full_lifecycle_none_inprogress_completed(store: SqlStore) -> None:
+async def test_full_lifecycle_none_inprogress_completed(store: Store) -> None:
     await store.register([JobRegistration(VAULT, jid(1), "cli")], T0)
     now = T0
     for status in ("InProgress", "InProgress", "InProgress", "Completed"):
@@ -784,3 +782,207 @@ async def test_full_lifecycle_none_inprogress_completed(store: SqlStore) -> None
     assert [s.status for s in snapshots] == ["InProgress", "Completed"]
     assert await store.due_jobs(now + timedelta(days=1), 10) == []
     assert await store.counts() == {"jobs_finished": 1, "operations_active": 0}
+
+
+# --- batches, stopping, more listing ---------------------------------------------------------
+
+
+async def test_apply_jobs_commits_each_compare_and_set_on_its_own(store: Store) -> None:
+    a, b, c = [await register_job(store, jid(n), T0) for n in (1, 2, 3)]
+    stale_b = b
+    b = await poll(store, b, seen(VAULT, b.job_id, "InProgress"), T0 + SEC)
+
+    def write(record: JobRecord, status: str) -> JobWrite:
+        decision = decide_job(record.state(), seen(VAULT, record.job_id, status), T0, POLICY, 0)
+        return JobWrite(record, decision, T0 + 2 * SEC)
+
+    results = await store.apply_jobs(
+        [write(a, "InProgress"), write(stale_b, "Failed"), write(c, "Completed")]
+    )
+    assert results == [True, False, True]
+    assert (await reload(store, a.job_id)).status == "InProgress"
+    assert await reload(store, b.job_id) == b
+    assert (await reload(store, c.job_id)).tracking is Tracking.FINISHED
+
+    # Two writes for one job in one batch: the second was decided on a version now gone.
+    a = await reload(store, a.job_id)
+    twice = await store.apply_jobs([write(a, "Completed"), write(a, "Failed")])
+    assert twice == [True, False]
+    assert (await reload(store, a.job_id)).status == "Completed"
+    assert await store.apply_jobs([]) == []
+
+
+async def test_apply_jobs_writes_nothing_when_the_transaction_fails(store: Store) -> None:
+    a, b = [await register_job(store, jid(n), T0) for n in (1, 2)]
+    entry = OutboxEntry("e-1", "hook", "job.status_changed", "{}")
+
+    def write(record: JobRecord) -> JobWrite:
+        decision = decide_job(
+            record.state(), seen(VAULT, record.job_id, "InProgress"), T0, POLICY, 0
+        )
+        return JobWrite(record, decision, T0 + SEC, (entry,))
+
+    # The same event for the same webhook twice breaks the outbox's unique key.
+    with pytest.raises(StoreError, match="saving 2 jobs"):
+        await store.apply_jobs([write(a), write(b)])
+    assert [await reload(store, r.job_id) for r in (a, b)] == [a, b]
+    assert await row_count(store, "transitions") == 0
+    assert await store.outbox_counts() == {"pending": 0, "delivered": 0, "dead": 0}
+
+
+async def test_outbox_rows_are_committed_with_the_decision_and_delivered_in_order(
+    store: Store,
+) -> None:
+    a, b = [await register_job(store, jid(n), T0) for n in (1, 2)]
+
+    async def emit(record: JobRecord, at: datetime, *hooks: str) -> None:
+        decision = decide_job(
+            record.state(), seen(VAULT, record.job_id, "InProgress"), at, POLICY, 0
+        )
+        entries = [
+            OutboxEntry(f"ev-{record.pk}", h, "job.status_changed", '{"n": 1}') for h in hooks
+        ]
+        assert await store.apply_job(record, decision, at, entries)
+
+    await emit(b, T0 + 2 * SEC, "slow", "fast")
+    await emit(a, T0 + SEC, "fast")
+    due = await store.due_outbox(T0 + 5 * SEC, 10)
+    assert [(o.event_id, o.webhook) for o in due] == [
+        (f"ev-{a.pk}", "fast"),
+        (f"ev-{b.pk}", "slow"),
+        (f"ev-{b.pk}", "fast"),
+    ]
+    first = due[0]
+    assert (first.state, first.attempts, first.created_at, first.next_attempt_at) == (
+        "pending",
+        0,
+        T0 + SEC,
+        T0 + SEC,
+    )
+    assert first.payload == '{"n": 1}' and first.event_type == "job.status_changed"
+    assert await store.due_outbox(T0, 10) == []
+    assert [o.pk for o in await store.due_outbox(T0 + 5 * SEC, 1)] == [first.pk]
+    assert [o.pk for o in await store.due_outbox(T0 + 5 * SEC, 10, exclude={first.pk})] == [
+        o.pk for o in due[1:]
+    ]
+    skipped = await store.due_outbox(T0 + 5 * SEC, 10, skip_webhooks={"fast"})
+    assert [o.webhook for o in skipped] == ["slow"]
+
+    # Delivered, retried later, dead.
+    await store.outbox_result(first, T0 + 6 * SEC, delivered=True)
+    await store.outbox_result(
+        due[1], T0 + 6 * SEC, delivered=False, error="HTTP 503", next_attempt_at=T0 + 60 * SEC
+    )
+    await store.outbox_result(due[2], T0 + 6 * SEC, delivered=False, error="HTTP 410")
+    assert await store.outbox_counts() == {"pending": 1, "delivered": 1, "dead": 1}
+    [delivered] = await store.outbox_list("delivered")
+    assert (delivered.attempts, delivered.delivered_at, delivered.next_attempt_at) == (
+        1,
+        T0 + 6 * SEC,
+        None,
+    )
+    [retry] = await store.outbox_list("pending")
+    assert (retry.attempts, retry.last_error, retry.next_attempt_at) == (
+        1,
+        "HTTP 503",
+        T0 + 60 * SEC,
+    )
+    assert await store.due_outbox(T0 + 59 * SEC, 10) == []
+    [dead] = await store.outbox_list("dead")
+    assert (dead.attempts, dead.last_error, dead.next_attempt_at) == (1, "HTTP 410", None)
+    # A result for a delivery no longer pending changes nothing.
+    await store.outbox_result(delivered, T0 + 7 * SEC, delivered=False, error="late")
+    assert await store.outbox_list("delivered") == [delivered]
+
+    assert await store.outbox_requeue_dead(T0 + 8 * SEC) == 1
+    assert await store.outbox_requeue_dead(T0 + 8 * SEC) == 0
+    [requeued] = [o for o in await store.outbox_list("pending") if o.pk == dead.pk]
+    assert (requeued.attempts, requeued.next_attempt_at) == (0, T0 + 8 * SEC)
+    assert await store.outbox_counts() == {"pending": 2, "delivered": 1, "dead": 0}
+    assert [o.pk for o in await store.outbox_list("pending", limit=1)] == [retry.pk]
+    assert_aware_utc(*(o.created_at for o in await store.outbox_list("pending")))
+
+
+async def test_stop_tracking_stops_only_an_active_job(store: Store) -> None:
+    record = await register_job(store, jid(1), T0)
+    assert await store.stop_tracking(record, T0 + SEC)
+    stopped = await reload(store, record.job_id)
+    assert (stopped.tracking, stopped.next_poll_at, stopped.finished_at, stopped.version) == (
+        Tracking.STOPPED,
+        None,
+        T0 + SEC,
+        record.version + 1,
+    )
+    assert not await store.stop_tracking(stopped, T0 + 2 * SEC)
+    assert await store.due_jobs(T0 + timedelta(days=1), 10) == []
+    # A decision made before the stop loses its compare-and-set.
+    late = decide_job(record.state(), seen(VAULT, record.job_id, "InProgress"), T0, POLICY, 0)
+    assert await store.apply_job(record, late, T0 + 3 * SEC) is False
+    assert await store.list_jobs("stopped") == [stopped]
+
+
+async def test_list_jobs_by_vault_finished_since_stuck_and_pages(store: Store) -> None:
+    jobs = await _population(store)
+    other = await register_job(store, jid(9), T0 + 20 * SEC, OTHER_VAULT)
+    running = jobs["running"]
+    stuck = JobDecision("InProgress", Tracking.ACTIVE, T0 + 60 * SEC, stuck_since=T0 + 30 * SEC)
+    assert await store.apply_job(running, stuck, T0 + 30 * SEC)
+
+    def ids(records: list[JobRecord]) -> list[str]:
+        return [r.job_id for r in records]
+
+    assert ids(await store.list_jobs(vault_id=OTHER_VAULT.id.upper() + "/")) == [other.job_id]
+    assert len(await store.list_jobs(vault_id=VAULT.id)) == 5
+    assert ids(await store.list_jobs(finished=True)) == [jid(2), jid(3)]
+    assert ids(await store.list_jobs(finished=False)) == [jid(1), jid(4), jid(5), jid(9)]
+    assert ids(await store.list_jobs(since=T0 + 3 * SEC)) == [jid(4), jid(5), jid(9)]
+    assert ids(await store.list_jobs(stuck=True)) == [jid(1)]
+    first = await store.list_jobs(limit=2)
+    rest = await store.list_jobs(limit=10, after_pk=first[-1].pk)
+    assert ids(first + rest) == ids(await store.list_jobs())
+    assert await store.job_status_counts() == (
+        {
+            ("InProgress", "active"): 1,
+            ("Completed", "finished"): 1,
+            ("Failed", "finished"): 1,
+            ("unseen", "active"): 2,
+            ("InProgress", "lost"): 1,
+        },
+        1,
+    )
+
+
+async def test_sweep_candidates_are_the_vaults_due_inprogress_jobs(store: Store) -> None:
+    jobs = [await register_job(store, jid(n), T0 + n * SEC) for n in range(1, 5)]
+    jobs = [await poll(store, r, seen(VAULT, r.job_id, "InProgress"), T0 + 10 * SEC) for r in jobs]
+    other = await register_job(store, jid(9), T0, OTHER_VAULT)
+    await poll(store, other, seen(OTHER_VAULT, other.job_id, "InProgress"), T0 + 10 * SEC)
+    unseen = await register_job(store, jid(8), T0)
+    horizon = T0 + 10 * SEC + POLICY.min_interval
+
+    found = await store.sweep_candidates(VAULT.id.upper(), horizon, 10)
+    assert [r.pk for r in found] == [r.pk for r in jobs]
+    assert unseen.pk not in {r.pk for r in found}
+    assert await store.sweep_candidates(VAULT.id, T0 + 10 * SEC, 10) == []
+    limited = await store.sweep_candidates(VAULT.id, horizon, 2, exclude={jobs[0].pk})
+    assert [r.pk for r in limited] == [jobs[1].pk, jobs[2].pk]
+
+
+async def test_finished_durations_are_the_recent_finished_jobs(store: Store) -> None:
+    ends = {
+        1: "2026-03-01T12:01:58.1234567Z",
+        2: "2026-03-01T11:00:00Z",
+        3: "2026-03-01T12:00:08.1234567Z",
+    }
+    for n, end in ends.items():
+        record = await register_job(store, jid(n), T0)
+        await poll(store, record, seen(VAULT, record.job_id, "Completed", end_time=end), T0)
+    running = await register_job(store, jid(4), T0)
+    await poll(store, running, seen(VAULT, running.job_id, "InProgress"), T0)
+
+    # Newest first; a job that ended before it started (clock skew) is left out.
+    assert await store.finished_durations() == [
+        ("Backup", "AzureIaaSVMJob", "vm-01", 10.0),
+        ("Backup", "AzureIaaSVMJob", "vm-01", 120.0),
+    ]
+    assert await store.finished_durations(limit=1) == [("Backup", "AzureIaaSVMJob", "vm-01", 10.0)]

@@ -1,9 +1,11 @@
-"""The store under a full disk and a locked database (SQLite, real files), and heartbeats.
+"""The store under a full disk, a locked database and a dropped connection, and heartbeats.
 
 A full disk is simulated with `PRAGMA max_page_count`, set on every connection the pool
 hands out (a `checkout` listener), so the database cannot grow: a write that needs a new
 page fails with SQLITE_FULL ("database or disk is full"). A locked database is another
-connection holding `BEGIN IMMEDIATE` while the store's busy timeout is short.
+connection holding `BEGIN IMMEDIATE` while the store's busy timeout is short. The store
+retries a lock or a dropped connection itself, briefly (`RetryPolicy`); a full disk and a
+server that is down are left to the tracker's longer retry.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import random
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,17 +24,18 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from sqlalchemy import event, select
+from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import OperationalError
 
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import StaticTokenProvider
-from backupjobd.adapters.sql import schema
+from backupjobd.adapters.sql.engine import RetryPolicy, retryable
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core import azure
 from backupjobd.core.decisions import JobDecision, PollPolicy, Snapshot, Tracking
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import JobRegistration
-from backupjobd.emulator.server import (
+from backupjobd.emulator import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,
@@ -40,6 +44,9 @@ from backupjobd.emulator.server import (
 )
 from backupjobd.errors import StoreError
 from backupjobd.service.tracker import Tracker
+from backupjobd.store import Store
+from backupjobd.testing import MemoryStore
+from tests.integration.stores import table_rows
 
 T = TypeVar("T")
 VAULT = azure.vault_from_id(DEFAULT_VAULT_ID)
@@ -141,7 +148,7 @@ class Flaky:
             raise
 
 
-def tracker_for(store: SqlStore, store_retry_seconds: float = 30.0) -> Tracker:
+def tracker_for(store: Store, store_retry_seconds: float = 30.0) -> Tracker:
     # The ARM client is never used by `_persist`; it points nowhere.
     arm = ArmClient(None, StaticTokenProvider(TOKEN), "http://127.0.0.1:9", API)  # type: ignore[arg-type]
     return Tracker(
@@ -352,8 +359,11 @@ async def test_a_locked_database_is_transient_then_succeeds(
     db, blocker = locked_db
     record = await db.register()
     blocker.hold()
+    started = time.monotonic()
     with pytest.raises(StoreError) as raised:
         await db.store.apply_job(record, first_poll(body="small"), NOW)
+    # The store retried within its deadline, then gave up (the tracker retries longer).
+    assert 0.3 < time.monotonic() - started < RetryPolicy().deadline_seconds + 1.0
     assert raised.value.transient is True
     assert "locked" in str(raised.value)
     # Readers are not blocked by a writer in WAL mode.
@@ -395,6 +405,85 @@ async def test_persist_waits_out_a_lock(locked_db: tuple[Db, Blocker]) -> None:
     assert len(snapshots) == 1
 
 
+async def test_the_store_waits_out_a_lock_held_briefly(locked_db: tuple[Db, Blocker]) -> None:
+    """Another writer holds the lock for longer than the busy timeout (100 ms): the write
+    still succeeds, with no retry loop in the caller (API, notifier, discovery, tracker)."""
+    db, blocker = locked_db
+    record = await db.register()
+    blocker.hold()
+    asyncio.get_running_loop().call_later(0.3, blocker.release)
+    started = time.monotonic()
+    assert await db.store.apply_job(record, first_poll(body="small"), NOW) is True
+    assert time.monotonic() - started >= 0.25
+    assert (await db.history())[0] == [(None, "InProgress")]
+    blocker.hold()
+    asyncio.get_running_loop().call_later(0.3, blocker.release)
+    await db.store.heartbeat("inst", "host", 1, NOW, NOW)
+    assert await db.store.live_instances(NOW) == 1
+
+
+def _sqlite_error(message: str, code: int) -> OperationalError:
+    orig = sqlite3.OperationalError(message)
+    orig.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return OperationalError("UPDATE jobs ...", {}, orig)
+
+
+async def test_the_store_retries_contention_only_and_within_its_policy(db: Db) -> None:
+    database = db.store.database
+    attempts: list[int] = []
+
+    def failing(error: Exception) -> Any:
+        def work(_conn: Connection) -> None:
+            attempts.append(1)
+            raise error
+
+        return work
+
+    for error, tries in [
+        (_sqlite_error("database is locked", 5), RetryPolicy().attempts),
+        (_sqlite_error("database table is locked", 262), RetryPolicy().attempts),
+        (_sqlite_error("database or disk is full", 13), 1),  # lasts: the tracker's to wait out
+        (ConnectionResetError(104, "Connection reset by peer"), RetryPolicy().attempts),
+        (ConnectionRefusedError(111, "Connection refused"), 1),  # a server down lasts too
+    ]:
+        attempts.clear()
+        with pytest.raises(StoreError) as raised:
+            await database.run(failing(error), "testing", write=True)
+        assert len(attempts) == tries, error
+        assert raised.value.transient is True
+        assert retryable(error) is (tries > 1)
+
+    attempts.clear()
+    with pytest.raises(StoreError) as raised:
+        await database.run(failing(OperationalError("x", {}, ValueError("?"))), "t", write=True)
+    assert len(attempts) == 1 and raised.value.transient is True
+
+    # Within the deadline, whatever the attempts: a tight one allows fewer.
+    database.retry = RetryPolicy(attempts=100, deadline_seconds=0.3, first_delay=0.05)
+    attempts.clear()
+    with pytest.raises(StoreError):
+        await database.run(failing(_sqlite_error("database is locked", 5)), "t", write=False)
+    assert 2 <= len(attempts) <= 6
+
+
+async def test_memory_store_fails_on_demand_and_writes_nothing() -> None:
+    store = MemoryStore()
+    store.fail_next()
+    with pytest.raises(StoreError) as raised:
+        await store.register([JobRegistration(VAULT, JOB_GUID, "job-id")], NOW)
+    assert raised.value.transient is True
+    assert await store.list_jobs() == []
+    [result] = await store.register([JobRegistration(VAULT, JOB_GUID, "job-id")], NOW)
+    assert result.created
+    record = (await store.find_jobs(JOB_GUID))[0]
+    tracker = tracker_for(store)
+    store.fail_next(count=2)
+    write = Flaky(lambda: store.stop_tracking(record, NOW), lambda: None, after=99)
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        assert await tracker._persist(write, {}) is True
+    assert write.calls == 3
+
+
 # --------------------------------------------------------------------------- a lost server
 
 
@@ -430,17 +519,48 @@ async def test_an_unreachable_postgresql_is_a_transient_store_error() -> None:
         await store.close()
 
 
+@pytest.mark.postgres
+async def test_a_dropped_postgresql_connection_is_retried_by_the_store(
+    pg_database_url: str,
+) -> None:
+    store = SqlStore.from_url(pg_database_url)
+    try:
+        await store.migrate()
+        attempts = 0
+
+        def work(conn: Connection) -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:  # the server ends this session mid-transaction
+                conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+            conn.execute(text("UPDATE discovery_state SET jobs_found = 0"))
+            return attempts
+
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            assert await store.database.run(work, "testing a drop", write=True) == 2
+        # And the store's own methods: every connection of the pool is killed under them.
+        await store.heartbeat("inst", "h", 1, NOW, NOW)
+        async with store.engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        await store.heartbeat("inst", "h", 1, NOW, NOW + timedelta(seconds=1))
+        assert await store.live_instances(NOW + timedelta(seconds=1)) == 1
+    finally:
+        await store.close()
+
+
 # --------------------------------------------------------------------------- heartbeats
 
 
-async def instance_rows(store: SqlStore) -> dict[str, Any]:
-    i = schema.instances
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(select(i))).fetchall()
-    return {r.instance_id: r for r in rows}
+async def instance_rows(store: Store) -> dict[str, Any]:
+    return {r.instance_id: r for r in await table_rows(store, "instances")}
 
 
-async def test_heartbeat_inserts_then_updates_one_row(store: SqlStore) -> None:
+async def test_heartbeat_inserts_then_updates_one_row(store: Store) -> None:
     started = NOW - timedelta(minutes=10)
     await store.heartbeat("inst-a", "host-1", 4242, started, NOW)
     later = NOW + timedelta(seconds=5)
@@ -454,12 +574,12 @@ async def test_heartbeat_inserts_then_updates_one_row(store: SqlStore) -> None:
     assert row.stopped_at is None
 
 
-async def test_a_long_hostname_is_clipped(store: SqlStore) -> None:
+async def test_a_long_hostname_is_clipped(store: Store) -> None:
     await store.heartbeat("inst-h", "h" * 400, 1, NOW, NOW)
     assert len((await instance_rows(store))["inst-h"].hostname) == 255
 
 
-async def test_live_instances_counts_recent_running_instances(store: SqlStore) -> None:
+async def test_live_instances_counts_recent_running_instances(store: Store) -> None:
     window = timedelta(seconds=15)
     assert await store.live_instances(NOW - window) == 0
     await store.heartbeat("fresh", "h", 1, NOW, NOW)

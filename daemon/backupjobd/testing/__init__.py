@@ -1,0 +1,12 @@
+"""Test doubles for the daemon's ports; nothing in the daemon imports this package.
+
+`MemoryStore` implements the `Store` interface in memory (like procrastinate's
+InMemoryConnector): tests of the loops run on it without files or sockets, and its
+`fail_next` makes it fail the way a database does.
+"""
+
+from __future__ import annotations
+
+from backupjobd.testing.memory import MemoryStore
+
+__all__ = ["MemoryStore"]
