@@ -30,9 +30,9 @@ from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, Seen, decide_job
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import Endpoint
-from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import CredentialError
-from backupjobd.http.api import api_token_required, build_api_app, openapi_document, start_api
+from backupjobd.http import api_token_required, build_api_app, openapi_document, start_api
 
 API_VERSION = "2025-08-01"
 ARM_TOKEN = "arm-token-NEVER-LOGGED"
@@ -811,7 +811,7 @@ async def test_start_api_on_a_unix_socket(h: Harness, tmp_path: Path) -> None:
 async def test_start_api_on_loopback_tcp_logs_where(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="backupjobd.http.api")
+    caplog.set_level(logging.INFO, logger="backupjobd.http.app")
     runner = await start_api(h.client.app, ApiConfig(bind="127.0.0.1", port=0))
     try:
         [(host, port, *_)] = runner.addresses

@@ -25,9 +25,8 @@ from backupjobd.adapters.metrics import Metrics
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
 from backupjobd.core.registration import Endpoint
-from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
-from backupjobd.http.api import build_api_app, start_api
-from backupjobd.http.guard import ApiStartError
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.http import ApiStartError, build_api_app, start_api
 
 JOB = "0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e"
 JOB_ARM_ID = f"{DEFAULT_VAULT_ID}/backupJobs/{JOB}"

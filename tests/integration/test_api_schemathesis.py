@@ -38,8 +38,8 @@ from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
 from backupjobd.core import azure
 from backupjobd.core.registration import Endpoint, JobRegistration
-from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
-from backupjobd.http.api import build_api_app, openapi_document, start_api
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.http import build_api_app, openapi_document, start_api
 
 API_TOKEN = "schemathesis-api-token"
 API_VERSION = "2025-08-01"

@@ -1,0 +1,269 @@
+"""The API's handlers: /v1/jobs (register, list, show, history, stop, cancel), the health,
+readiness and metrics probes and the OpenAPI document.
+
+Registration goes through the same parser and safety rules as `backupjobd register -`
+(an operation URL on a foreign host is refused, so the API cannot be used to send our ARM
+token elsewhere). Errors are raised as `ApiError`; the app's middleware answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from aiohttp import web
+
+from backupjobd.adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from backupjobd.core import azure, registration
+from backupjobd.core.model import JobRecord
+from backupjobd.errors import (
+    BackupJobdError,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
+from backupjobd.http import guard as apiguard
+from backupjobd.http import keys
+from backupjobd.http.params import (
+    ApiError,
+    bool_param,
+    cursor_param,
+    datetime_param,
+    job_id_param,
+    limit_param,
+    one_line,
+    status_param,
+    vault_param,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_RETRY_AFTER_SECONDS", "READY_CHECK_TIMEOUT_SECONDS", "add_routes"]
+
+READY_CHECK_TIMEOUT_SECONDS = 5.0
+DEFAULT_RETRY_AFTER_SECONDS = 5
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Every route the OpenAPI document describes (HEAD is not offered)."""
+    router.add_post("/v1/jobs", _register)
+    router.add_get("/v1/jobs", _list_jobs, allow_head=False)
+    router.add_get("/v1/jobs/{job_id}", _show_job, allow_head=False)
+    router.add_delete("/v1/jobs/{job_id}", _stop_job)
+    router.add_get("/v1/jobs/{job_id}/history", _job_history, allow_head=False)
+    router.add_post("/v1/jobs/{job_id}/cancel", _cancel_job)
+    router.add_get("/healthz", _healthz, allow_head=False)
+    router.add_get("/readyz", _readyz, allow_head=False)
+    router.add_get("/metrics", _metrics, allow_head=False)
+    router.add_get("/openapi.json", _openapi, allow_head=False)
+
+
+# ---- /v1/jobs --------------------------------------------------------------------------
+
+
+async def _register(request: web.Request) -> web.StreamResponse:
+    """Same forms, validation and all-or-nothing semantics as `backupjobd register -`."""
+    app = request.app
+    if not apiguard.is_json_content_type(request.content_type):
+        raise ApiError(
+            415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)"
+        )
+    hint = vault_param(request)
+    limit = app[keys.CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(app[keys.CONFIG].body_timeout_seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_input", "the body is not UTF-8") from None
+    try:
+        docs = registration.parse_json_documents(text)
+        regs = registration.parse_documents(docs, app[keys.ENDPOINT], hint)
+    except InvalidInput as exc:
+        logger.info("API registration refused: %s", exc, extra={"action": "api_register_refused"})
+        raise ApiError(400, "invalid_input", one_line(str(exc))) from None
+    results = await app[keys.STORE].register(regs, app[keys.CLOCK]())
+    created = sum(1 for r in results if r.created)
+    logger.info(
+        "API registered %d new of %d", created, len(results), extra={"action": "api_register"}
+    )
+    body = {
+        "results": [
+            {"kind": r.kind, "vault_id": r.vault_id, "id": r.ident, "created": r.created}
+            for r in results
+        ]
+    }
+    return web.json_response(body, status=201 if created else 200)
+
+
+async def _list_jobs(request: web.Request) -> web.StreamResponse:
+    """Keyset paging on the registration order: a cursor is the last pk of a page."""
+    status = status_param(request)
+    vault = vault_param(request)
+    finished = bool_param(request, "finished")
+    stuck = bool_param(request, "stuck")
+    since = datetime_param(request, "since")
+    limit = limit_param(request)
+    after_pk = cursor_param(request)
+    jobs = await request.app[keys.STORE].list_jobs(
+        status=status,
+        limit=limit + 1,
+        stuck=bool(stuck),
+        vault_id=vault.id if vault else None,
+        finished=finished,
+        since=since,
+        after_pk=after_pk,
+    )
+    page = jobs[:limit]
+    next_cursor = str(page[-1].pk) if len(jobs) > limit else None
+    return web.json_response({"jobs": [j.to_json() for j in page], "next_cursor": next_cursor})
+
+
+async def _show_job(request: web.Request) -> web.StreamResponse:
+    return web.json_response((await _one_job(request)).to_json())
+
+
+async def _job_history(request: web.Request) -> web.StreamResponse:
+    """The same document as `backupjobd jobs history --json`."""
+    job = await _one_job(request)
+    transitions, snapshots = await request.app[keys.STORE].history(job.pk)
+    return web.json_response(
+        {
+            "job": job.to_json(),
+            "transitions": [t.to_json() for t in transitions],
+            "snapshots": [s.to_json() for s in snapshots],
+        }
+    )
+
+
+async def _stop_job(request: web.Request) -> web.StreamResponse:
+    """Stop polling; transitions and snapshots stay."""
+    store = request.app[keys.STORE]
+    job = await _one_job(request)
+    if not await store.stop_tracking(job, request.app[keys.CLOCK]()):
+        raise ApiError(
+            409, "not_active", f"job {job.job_id} is not tracked actively ({job.tracking.value})"
+        )
+    logger.info(
+        "API stopped tracking job %s",
+        job.job_id,
+        extra={"action": "api_stop", "job_id": job.job_id, "vault": job.vault_id},
+    )
+    current = [j for j in await store.find_jobs(job.job_id) if j.pk == job.pk]
+    return web.json_response((current[0] if current else job).to_json())
+
+
+async def _cancel_job(request: web.Request) -> web.StreamResponse:
+    """Ask Azure to cancel; the job's own polls then record Cancelling and Cancelled."""
+    job = await _one_job(request)
+    vault = azure.vault_from_id(job.vault_id)
+    try:
+        outcome = await request.app[keys.ARM].cancel_job(
+            vault, job.job_id, follow_seconds=request.app[keys.CANCEL_FOLLOW]
+        )
+    except NotFound as exc:
+        raise ApiError(404, exc.code or "NotFound", one_line(str(exc))) from None
+    except TransientError as exc:
+        retry = DEFAULT_RETRY_AFTER_SECONDS
+        if exc.retry_after is not None:
+            retry = max(1, math.ceil(exc.retry_after))
+        raise ApiError(
+            503, "azure_unavailable", one_line(str(exc)), {"Retry-After": str(retry)}
+        ) from None
+    except PermanentError as exc:
+        if exc.status is None or not 400 <= exc.status < 500:
+            raise ApiError(502, "azure_error", one_line(str(exc))) from None
+        status = 400 if exc.status == 400 else 409
+        raise ApiError(status, exc.code or f"Azure{exc.status}", one_line(str(exc))) from None
+    except BackupJobdError as exc:  # CredentialError and the like: the daemon's side
+        raise ApiError(502, "azure_error", one_line(str(exc))) from None
+    logger.info(
+        "API asked Azure to cancel job %s: %s",
+        job.job_id,
+        outcome,
+        extra={"action": "api_cancel", "job_id": job.job_id, "vault": job.vault_id},
+    )
+    return web.json_response({"job_id": job.job_id, "cancel": outcome}, status=202)
+
+
+async def _one_job(request: web.Request) -> JobRecord:
+    job_id = job_id_param(request)
+    vault = vault_param(request)
+    found = await request.app[keys.STORE].find_jobs(job_id)
+    if vault is not None:
+        found = [j for j in found if j.vault_id.lower().rstrip("/") == vault.key]
+    if not found:
+        raise ApiError(404, "not_found", f"job {job_id} is not tracked")
+    if len(found) > 1:
+        raise ApiError(
+            409, "ambiguous", f"job {job_id} is tracked in {len(found)} vaults: give ?vault="
+        )
+    return found[0]
+
+
+# ---- probes and documents --------------------------------------------------------------
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    """Alive means the dispatcher ticked recently (a wedged loop must be restarted)."""
+    age = request.app[keys.TICK_AGE]()
+    if age is not None and not math.isfinite(age):
+        age = None
+    healthy = age is not None and age <= request.app[keys.CONFIG].healthy_tick_age_seconds
+    body = {"status": "ok" if healthy else "unhealthy", "last_tick_age_seconds": age}
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    """Ready means the database answers at the schema head and a token can be obtained."""
+    store, tokens = request.app[keys.STORE], request.app[keys.TOKENS]
+
+    async def database() -> None:
+        await store.check_schema()
+
+    async def credential() -> None:
+        await tokens.token()
+
+    checks: dict[str, dict[str, Any]] = {}
+    for name, check in (("database", database), ("credential", credential)):
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+                await check()
+        except TimeoutError:
+            checks[name] = {
+                "ok": False,
+                "error": f"no answer within {READY_CHECK_TIMEOUT_SECONDS:g} s",
+            }
+        except BackupJobdError as exc:  # our messages carry no secrets
+            checks[name] = {"ok": False, "error": one_line(str(exc))}
+        except Exception as exc:  # a library message might quote anything: name the type only
+            checks[name] = {"ok": False, "error": type(exc).__name__}
+        else:
+            checks[name] = {"ok": True, "error": None}
+    failing = [name for name, result in checks.items() if not result["ok"]]
+    if failing:
+        logger.warning("not ready: %s", ", ".join(failing), extra={"action": "api_not_ready"})
+    body = {"status": "not_ready" if failing else "ready", "checks": checks, "failing": failing}
+    return web.json_response(body, status=503 if failing else 200)
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    """Gauges that describe stored state are refreshed just before each scrape."""
+    metrics = request.app[keys.METRICS]
+    metrics.set_job_counts(*await request.app[keys.STORE].job_status_counts())
+    metrics.set_budget(request.app[keys.ARM].budget)
+    outbox = await request.app[keys.STORE].outbox_counts()
+    metrics.set_outbox(outbox.get("pending", 0), outbox.get("dead", 0))
+    return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=request.app[keys.DOCUMENT], content_type="application/json")
