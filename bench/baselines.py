@@ -27,17 +27,17 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from backupjobd.emulator import EmulatorProcess
 
 BIN = Path(sys.executable).parent / "backupjobd"
 TOKEN = "bench-token"
@@ -245,30 +245,6 @@ def run_aiohttp_baseline(base: str, token: str, jobs: Sequence[str], interval: f
 # --------------------------------------------------------------------------- harness
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 120) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def wait_for(what: str, check: Any, timeout: float, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -300,53 +276,17 @@ def proc_memory(pid: int) -> dict[str, int]:
     return out
 
 
-class Emulator:
-    """`backupjobd emulator` as a subprocess, with its admin API."""
+class Emulator(EmulatorProcess):
+    """`backupjobd emulator` for a bench run, its log in the work directory."""
 
     def __init__(self, workdir: Path, token: str = TOKEN) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.token = token
-        self.proc = subprocess.Popen(
-            [str(BIN), "emulator", "--port", str(self.port), "--token", token],
-            stdout=(workdir / "emulator.log").open("ab"),
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            workdir / "emulator.log", token=token, executable=BIN, start_timeout=30, timeout=120
         )
-        wait_for("the emulator", lambda: listening(self.port), 30)
 
-    def configure(self, **settings: Any) -> None:
-        http("POST", f"{self.base}/admin/config", settings)
-
-    def stats(self) -> dict[str, Any]:
-        stats = http("GET", f"{self.base}/admin/stats")
-        assert isinstance(stats, dict)
-        return stats
-
-    def create_jobs(self, specs: Sequence[dict[str, Any]], chunk: int = 1000) -> list[str]:
+    def create_job_ids(self, specs: Sequence[dict[str, Any]]) -> list[str]:
         """Create jobs (admin specs); returns their ARM ids in order."""
-        ids: list[str] = []
-        for i in range(0, len(specs), chunk):
-            created = http("POST", f"{self.base}/admin/jobs", list(specs[i : i + chunk]))
-            ids.extend(job["id"] for job in created["jobs"])
-        return ids
-
-    def cpu(self) -> float:
-        return proc_cpu(self.proc.pid)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def __enter__(self) -> Emulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return [job["id"] for job in self.create_jobs(specs)]
 
 
 def arm_reads(stats: dict[str, Any]) -> int:
@@ -589,7 +529,7 @@ def run_baselines(
     with tempfile.TemporaryDirectory(prefix="backupjobd-bench-") as tmp, Emulator(Path(tmp)) as emu:
         specs = job_specs(jobs, vault_ids(vaults), min_duration, max_duration, seed)
         for name in which:
-            ids = emu.create_jobs(specs)
+            ids = emu.create_job_ids(specs)
             before = emu.stats()
             result = runners[name](emu.base, emu.token, ids, interval)
             after = emu.stats()

@@ -69,7 +69,7 @@ def run_daemon(
         time.sleep(2.0)  # let start-up (imports, migration, first ticks) settle
         startup_cpu = daemon.cpu()
         before = emu.stats()
-        ids = emu.create_jobs(specs)
+        ids = emu.create_job_ids(specs)
         wall0 = time.monotonic()
         cpu0 = daemon.cpu()
         cli_cpu = register_cpu(config, env, ids)
@@ -142,7 +142,7 @@ def main() -> int:
         if not args.skip_aiohttp:
             baselines.append(run_aiohttp_baseline)
         for run in baselines:
-            ids = emu.create_jobs(specs)
+            ids = emu.create_job_ids(specs)
             before = emu.stats()
             result = run(emu.base, emu.token, ids, args.interval)
             result.notes.append(f"emulator saw {stats_delta(before, emu.stats())}")

@@ -92,7 +92,7 @@ def run_inflight(args: argparse.Namespace, workdir: Path) -> int:
             daemon.wait_serving()
             cpu0 = daemon.cpu()
             before = emu.stats()
-            ids = emu.create_jobs(specs)
+            ids = emu.create_job_ids(specs)
             wall0 = time.monotonic()
             cli_cpu = register_cpu(config, env, ids)
             print(f"  registered in {time.monotonic() - wall0:.1f} s", flush=True)
@@ -362,7 +362,7 @@ def run_tracked(args: argparse.Namespace, workdir: Path) -> int:
             {"vault_id": vaults[i % len(vaults)], "duration_seconds": args.active_duration}
             for i in range(args.active)
         ]
-        active = emu.create_jobs(specs)
+        active = emu.create_job_ids(specs)
         t0 = time.monotonic()
         asyncio.run(populate(db_url, active, args.tracked - args.active, vaults))
         size = sum(p.stat().st_size for p in workdir.glob("tracked.db*"))

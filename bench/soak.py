@@ -16,18 +16,17 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core.model import JobRecord, TransitionRecord
+from backupjobd.emulator import EmulatorClient, EmulatorProcess
 
 BIN = Path(sys.executable).parent / "backupjobd"
 TOKEN = "soak-token"
@@ -88,20 +87,14 @@ class SoakReport:
 
 def run_soak(params: SoakParams, workdir: Path) -> SoakReport:
     rng = random.Random(params.seed)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     report = SoakReport()
-    emulator = subprocess.Popen(
-        [str(BIN), "emulator", "--port", str(port), "--token", TOKEN],
-        stdout=(workdir / "emulator.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    emulator = EmulatorProcess(workdir / "emulator.log", token=TOKEN, executable=BIN)
     daemon: subprocess.Popen[bytes] | None = None
     config = workdir / "soak.toml"
     config.write_text(
         f"""
 [azure]
-management_endpoint = "{base}"
+management_endpoint = "{emulator.base}"
 credential = "static-token"
 [database]
 url = "sqlite+aiosqlite:///{workdir}/soak.db"
@@ -123,27 +116,18 @@ reserve_reads = 2
     env["BACKUPJOBD_STATIC_TOKEN"] = TOKEN
     started = time.monotonic()
     try:
-        _wait("emulator", lambda: _listening(port), 20)
-        _admin(
-            base,
-            "/admin/config",
-            {
-                "read_burst": params.emulator_burst,
-                "read_refill_per_second": params.emulator_refill,
-            },
+        emulator.start()
+        emulator.configure(
+            read_burst=params.emulator_burst, read_refill_per_second=params.emulator_refill
         )
-        truth = _create_and_register(base, config, env, params, rng)
+        truth = _create_and_register(emulator, config, env, params, rng)
         report.jobs = len(truth)
-        _admin(
-            base,
-            "/admin/faults",
-            {
-                "kind": "random",
-                "rate": params.fault_rate,
-                "kinds": ["500", "503", "garbled", "truncated", "429", "reset"],
-                "retry_after": 1,
-                "seed": params.seed,
-            },
+        emulator.add_fault(
+            kind="random",
+            rate=params.fault_rate,
+            kinds=["500", "503", "garbled", "truncated", "429", "reset"],
+            retry_after=1,
+            seed=params.seed,
         )
         log = (workdir / "daemon.log").open("ab")
         daemon = _start(config, env, log)
@@ -169,7 +153,7 @@ reserve_reads = 2
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
         report.seconds = time.monotonic() - started
-        _admin(base, "/admin/faults", {"kind": "random", "rate": 0})
+        emulator.add_fault(kind="random", rate=0)
         jobs, histories = asyncio.run(_read_db(f"sqlite+aiosqlite:///{workdir}/soak.db"))
         report.finished = sum(1 for j in jobs.values() if j.finished)
         for job_id, final in truth.items():
@@ -183,7 +167,7 @@ reserve_reads = 2
             chain = [(t.from_status, t.to_status) for t in histories[job_id]]
             if chain not in ([(None, "InProgress"), ("InProgress", final)], [(None, final)]):
                 report.broken_histories.append(f"{job_id}: {chain}")
-        stats = json.loads(_http("GET", f"{base}/admin/stats"))
+        stats = emulator.stats()
         report.faults_injected = int(stats.get("faults_served", 0))
         report.faults_by_kind = dict(stats.get("faults_by_kind", {}))
         report.throttled_429s = int(stats.get("throttled", 0))
@@ -193,14 +177,18 @@ reserve_reads = 2
         report.reads_by_subscription = dict(stats.get("reads_by_subscription", {}))
         return report
     finally:
-        for proc in (daemon, emulator):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=10)
+        emulator.stop()
 
 
 def _create_and_register(
-    base: str, config: Path, env: dict[str, str], params: SoakParams, rng: random.Random
+    emulator: EmulatorClient,
+    config: Path,
+    env: dict[str, str],
+    params: SoakParams,
+    rng: random.Random,
 ) -> dict[str, str]:
     """Jobs by ARM id plus jobs behind operations; returns job id → true final status."""
     truth: dict[str, str] = {}
@@ -213,26 +201,20 @@ def _create_and_register(
                 "duration_seconds": rng.uniform(params.min_duration, params.max_duration),
             }
         )
-    created = json.loads(_http("POST", f"{base}/admin/jobs", specs))["jobs"]
+    created = emulator.create_jobs(specs)
     for job, spec in zip(created, specs, strict=True):
         truth[job["job_id"]] = spec["final_status"]
     docs: list[Any] = [job["id"] for job in created]
     for i in range(params.operations):
         final = rng.choice(TERMINAL)
-        op = json.loads(
-            _http(
-                "POST",
-                f"{base}/admin/operations",
-                {
-                    "vault_id": VAULTS[i % len(VAULTS)],
-                    "delay_seconds": rng.uniform(0.5, 3),
-                    "job_count": 1,
-                    "jobs": {
-                        "final_status": final,
-                        "duration_seconds": rng.uniform(params.min_duration, params.max_duration),
-                    },
-                },
-            )
+        op = emulator.create_operation(
+            vault_id=VAULTS[i % len(VAULTS)],
+            delay_seconds=rng.uniform(0.5, 3),
+            job_count=1,
+            jobs={
+                "final_status": final,
+                "duration_seconds": rng.uniform(params.min_duration, params.max_duration),
+            },
         )
         docs.append(op["azure_async_operation"])
         truth[op["job_ids"][0]] = final
@@ -278,45 +260,12 @@ def _cli_json(config: Path, env: dict[str, str], *args: str) -> Any:
     return json.loads(out.stdout)
 
 
-def _http(method: str, url: str, body: Any = None) -> bytes:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return bytes(resp.read())
-
-
-def _admin(base: str, path: str, body: Any) -> None:
-    _http("POST", base + path, body)
-
-
 def _cpu(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _wait(what: str, check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"soak: timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def main() -> int:

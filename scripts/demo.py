@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from backupjobd.emulator import EmulatorClient, EmulatorProcess, EmulatorStartError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "demo-run"
@@ -26,22 +26,6 @@ VAULT = (
     "/providers/Microsoft.RecoveryServices/vaults/vault-demo"
 )
 DEADLINE_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        raw = resp.read()
-        return {"status": resp.status, "headers": dict(resp.headers), "body": raw}
 
 
 def wait_for(what: str, check: Any, timeout: float) -> Any:
@@ -70,13 +54,14 @@ def main() -> int:
     RUN.mkdir(exist_ok=True)
     for old in RUN.glob("backupjobd.db*"):
         old.unlink()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     token = "demo-token"
+    emulator = EmulatorProcess(
+        RUN / "emulator.log", token=token, vault_id=VAULT, executable=BIN, start_timeout=15
+    )
     (RUN / "backupjobd.toml").write_text(
         f"""# written by scripts/demo.py
 [azure]
-management_endpoint = "{base}"
+management_endpoint = "{emulator.base}"
 credential = "static-token"
 
 [database]
@@ -92,17 +77,14 @@ not_found_grace_seconds = 30
     env = {**os.environ, "BACKUPJOBD_STATIC_TOKEN": token}
     env.pop("BACKUPJOBD_CONFIG", None)
     started = time.monotonic()
-    emu_log = (RUN / "emulator.log").open("w")
     daemon_log = (RUN / "daemon.log").open("w")
-    emulator = subprocess.Popen(
-        [str(BIN), "emulator", "--port", str(port), "--token", token],
-        stdout=emu_log,
-        stderr=subprocess.STDOUT,
-    )
     daemon: subprocess.Popen[bytes] | None = None
     try:
-        wait_for("the emulator", lambda: _listening(port), 15)
-        print(f"emulator listening on {base}")
+        try:
+            emulator.start()
+        except EmulatorStartError as exc:
+            raise SystemExit(f"demo: {exc}") from exc
+        print(f"emulator listening on {emulator.base}")
         daemon = subprocess.Popen(
             [str(BIN), "--config", str(RUN / "backupjobd.toml"), "serve"],
             stdout=daemon_log,
@@ -110,7 +92,7 @@ not_found_grace_seconds = 30
             env=env,
         )
         print(f"daemon started (pid {daemon.pid}); its log: {RUN / 'daemon.log'}\n")
-        register_everything(base, token, env)
+        register_everything(emulator, env)
         print("\nwaiting for every job to reach its end ...")
         last = ""
         deadline = time.monotonic() + DEADLINE_SECONDS
@@ -136,13 +118,13 @@ not_found_grace_seconds = 30
         print(f"demo finished in {time.monotonic() - started:.0f} s; files in {RUN}")
         return 0
     finally:
-        for proc in (daemon, emulator):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        emulator.stop(timeout=15)
 
 
 def cli_quiet(*args: str, env: dict[str, str]) -> str:
@@ -150,22 +132,20 @@ def cli_quiet(*args: str, env: dict[str, str]) -> str:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
 
 
-def register_everything(base: str, token: str, env: dict[str, str]) -> None:
+def register_everything(emulator: EmulatorClient, env: dict[str, str]) -> None:
     """~20 jobs, each form of the brief at least once, with mixed final statuses."""
     finals = ["Completed", "Completed", "CompletedWithWarnings", "Failed", "Completed", "Cancelled"]
 
     def jobs(n: int, offset: int, **extra: Any) -> list[dict[str, Any]]:
         specs = [
             {
-                "vault_id": VAULT,
                 "final_status": finals[(offset + i) % len(finals)],
                 "duration_seconds": 4 + (offset + i) % 9,
                 **extra,
             }
             for i in range(n)
         ]
-        created = json.loads(http("POST", f"{base}/admin/jobs", specs)["body"])["jobs"]
-        return list(created)
+        return emulator.create_jobs(specs)
 
     print("1. job ARM ids (--job)")
     for job in jobs(5, 0):
@@ -175,7 +155,7 @@ def register_everything(base: str, token: str, env: dict[str, str]) -> None:
         cli("register", "--job-id", job["job_id"], "--vault", VAULT, env=env)
     print("3. Azure-AsyncOperation URLs (--operation-url): the daemon resolves the job ids")
     for i in range(3):
-        op = _operation(base, i, job_count=1)
+        op = _operation(emulator, i, job_count=1)
         cli("register", "--operation-url", op["azure_async_operation"], env=env)
     print("4. a 202 response's headers on stdin (what a trigger-backup call returns)")
     item = (
@@ -183,54 +163,45 @@ def register_everything(base: str, token: str, env: dict[str, str]) -> None:
         "IaasVMContainer;iaasvmcontainerv2;rg-demo;vm-web/protectedItems/"
         "VM;iaasvmcontainerv2;rg-demo;vm-web/backup?api-version=2025-08-01"
     )
-    trigger = http("POST", base + item, {}, token=token)
+    _, trigger_headers, _ = emulator.arm_post(item)
     headers = {
         k: v
-        for k, v in trigger["headers"].items()
+        for k, v in trigger_headers.items()
         if k.lower() in ("azure-asyncoperation", "location")
     }
     cli("register", "-", stdin=json.dumps({"headers": headers}), env=env)
     print("5. final operation-status bodies (jobId and jobIds) on stdin, with --vault")
     for count in (1, 2):
-        op = _operation(base, 3 + count, job_count=count, delay=0.2)
+        op = _operation(emulator, 3 + count, job_count=count, delay=0.2)
         body = wait_for(
             "the operation to succeed",
-            lambda op=op: _succeeded(op["azure_async_operation"], token),
+            lambda op=op: _succeeded(emulator, op["azure_async_operation"]),
             15,
         )
         cli("register", "-", "--vault", VAULT, stdin=json.dumps(body), env=env)
     print("6. JobResource bodies, as `az backup protection backup-now` prints them (an array)")
     bodies = []
     for job in jobs(2, 9):
-        url = f"{base}{job['id']}?api-version=2025-08-01"
-        bodies.append(json.loads(http("GET", url, token=token)["body"]))
+        bodies.append(emulator.arm_get(f"{job['id']}?api-version=2025-08-01")[2])
     cli("register", "-", stdin=json.dumps(bodies), env=env)
     print("7. registering a job twice is a no-op that says so")
     cli("register", "--job", bodies[0]["id"], env=env)
 
 
-def _operation(base: str, i: int, job_count: int, delay: float = 1.0) -> dict[str, Any]:
+def _operation(
+    emulator: EmulatorClient, i: int, job_count: int, delay: float = 1.0
+) -> dict[str, Any]:
     finals = ["Completed", "Failed", "CompletedWithWarnings", "Completed", "Completed"]
-    spec = {
-        "vault_id": VAULT,
-        "delay_seconds": delay,
-        "job_count": job_count,
-        "jobs": {"final_status": finals[i % len(finals)], "duration_seconds": 5 + i},
-    }
-    return dict(json.loads(http("POST", f"{base}/admin/operations", spec)["body"]))
+    return emulator.create_operation(
+        delay_seconds=delay,
+        job_count=job_count,
+        jobs={"final_status": finals[i % len(finals)], "duration_seconds": 5 + i},
+    )
 
 
-def _succeeded(url: str, token: str) -> Any:
-    body = json.loads(http("GET", url, token=token)["body"])
+def _succeeded(emulator: EmulatorClient, url: str) -> Any:
+    body = emulator.arm_get(url)[2]
     return body if body.get("status") == "Succeeded" else None
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -7,17 +7,18 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from backupjobd.emulator import EmulatorProcess
+from backupjobd.emulator import client as emulator_client
 
 BIN = Path(sys.executable).parent / "backupjobd"
 TOKEN = "acceptance-token"
@@ -56,67 +57,18 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float, every: 
         time.sleep(every)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        raw = resp.read()
-        return resp.status, dict(resp.headers), json.loads(raw) if raw else None
-
-
-@dataclass
-class Emulator:
-    base: str
-    process: subprocess.Popen[bytes]
-
-    def create_jobs(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        specs = [{"vault_id": VAULT, **spec} for spec in specs]
-        return list(http("POST", f"{self.base}/admin/jobs", specs)[2]["jobs"])
-
-    def create_operation(self, **spec: Any) -> dict[str, Any]:
-        return dict(http("POST", f"{self.base}/admin/operations", {"vault_id": VAULT, **spec})[2])
-
-    def truth(self, job_id: str) -> dict[str, Any]:
-        return dict(http("GET", f"{self.base}/admin/jobs/{job_id}")[2])
-
-    def arm_get(self, path_and_query: str) -> tuple[int, Any, Any]:
-        return http("GET", self.base + path_and_query, token=TOKEN)
-
-    def arm_post(self, path_and_query: str) -> tuple[int, Any, Any]:
-        return http("POST", self.base + path_and_query, {}, token=TOKEN)
-
-    def stats(self) -> dict[str, Any]:
-        return dict(http("GET", f"{self.base}/admin/stats")[2])
+# The shared emulator client, under the names the acceptance tests use.
+free_port = emulator_client.free_port
+_listening = emulator_client.listening
+http = emulator_client.request
+#: The emulator subprocess: its jobs and operations default to VAULT, ARM calls carry TOKEN.
+Emulator = EmulatorProcess
 
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    port = free_port()
-    log = (tmp_path / "emulator.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN), "emulator", "--port", str(port), "--token", TOKEN],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    emu = Emulator(f"http://127.0.0.1:{port}", proc)
-    try:
-        wait_until(
-            "the emulator to listen", lambda: _listening(port) or proc.poll() is not None, 20
-        )
-        assert proc.poll() is None, (tmp_path / "emulator.log").read_text()
+    with Emulator(tmp_path / "emulator.log", token=TOKEN, vault_id=VAULT, executable=BIN) as emu:
         yield emu
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 @dataclass
@@ -242,11 +194,3 @@ def assert_clean_chain(history: dict[str, Any], final: str) -> list[str]:
     assert statuses[-1] == final, (history["job"]["job_id"], statuses)
     assert len(set(statuses)) == len(statuses), f"repeated status in {statuses}"
     return statuses
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from backupjobd.emulator.replay import ExpectedJob, load_recording, normalise_path
+from backupjobd.emulator import ExpectedJob, load_recording, normalise_path
 from tests.acceptance.conftest import (
     BIN,
     TERMINAL,

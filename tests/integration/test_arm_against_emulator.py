@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import StaticTokenProvider, TokenProvider
 from backupjobd.core import azure
-from backupjobd.emulator.server import (
+from backupjobd.emulator import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,

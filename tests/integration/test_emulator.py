@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from backupjobd.emulator.server import (
+from backupjobd.emulator import (
     DEFAULT_VAULT_ID,
     EmulatorState,
     build_emulator_app,

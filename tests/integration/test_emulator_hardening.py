@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backupjobd.emulator import server as emulator_module
-from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, run_emulator
-from tests.acceptance.conftest import BIN, _listening, free_port, wait_until
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorProcess, EmulatorState, run_emulator
+from backupjobd.emulator import admin as emulator_admin
+from backupjobd.emulator import server as emulator_server
 from tests.integration.test_emulator import Emu
 from tests.integration.test_emulator import emu as emu  # the fixture, reused
 
@@ -233,7 +232,7 @@ async def test_totals_are_bounded_until_a_reset(
     overflow: list[tuple[str, Any]],
     field: str,
 ) -> None:
-    monkeypatch.setattr(emulator_module, limit, 5)
+    monkeypatch.setattr(emulator_admin, limit, 5)
     for path, body in fill:
         status, answer = await emu.admin("POST", path, body)
         assert status == 201, answer
@@ -253,22 +252,8 @@ async def test_totals_are_bounded_until_a_reset(
 def emulator_process(tmp_path: Path) -> Iterator[str]:
     """`backupjobd emulator` in its own process: if a request wedged it, the test's client
     would time out instead of the test's own event loop hanging."""
-    port = free_port()
-    with (tmp_path / "emulator.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [str(BIN), "emulator", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            wait_until("the emulator to listen", lambda: _listening(port) or proc.poll(), 20)
-            assert proc.poll() is None, (tmp_path / "emulator.log").read_text()
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with EmulatorProcess(tmp_path / "emulator.log") as emulator:
+        yield emulator.base
 
 
 async def test_billion_job_operation_is_refused_quickly_and_the_emulator_still_answers(
@@ -306,12 +291,12 @@ async def _serve_once(host: str, caplog: pytest.LogCaptureFixture) -> list[loggi
     return [
         r
         for r in caplog.records
-        if r.name == emulator_module.__name__ and r.levelno >= logging.WARNING
+        if r.name == emulator_server.__name__ and r.levelno >= logging.WARNING
     ]
 
 
 async def test_listening_beyond_loopback_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=emulator_module.__name__)
+    caplog.set_level(logging.INFO, logger=emulator_server.__name__)
     assert await _serve_once("127.0.0.1", caplog) == []
     warnings = await _serve_once("0.0.0.0", caplog)
     assert len(warnings) == 1, [r.getMessage() for r in warnings]

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from backupjobd.config import WebhookConfig
-from backupjobd.emulator.server import JobSpec
+from backupjobd.emulator import JobSpec
 from backupjobd.service.notify import EVENT_ID_HEADER, Notifier
 from tests.integration.test_notify import MAX_ATTEMPTS, MAX_BACKOFF, RUN_DEADLINE_S, Env
 from tests.integration.test_notify import env as env  # the fixture, used by name

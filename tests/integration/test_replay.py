@@ -15,8 +15,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from backupjobd.emulator.replay import ReplayError, load_recording, load_replay
-from backupjobd.emulator.server import EmulatorState, build_emulator_app
+from backupjobd.emulator import (
+    EmulatorState,
+    ReplayError,
+    build_emulator_app,
+    load_recording,
+    load_replay,
+)
 
 TOKEN = "replay-token"
 SUB = "00000000-0000-0000-0000-000000000000"

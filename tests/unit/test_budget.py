@@ -21,7 +21,7 @@ from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.budget import BucketState, ReadBudget
 from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.core import azure
-from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import TransientError
 
 SUB_A = "aaaaaaaa-0000-0000-0000-000000000001"
