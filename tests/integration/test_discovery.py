@@ -28,7 +28,7 @@ from backupjobd.config import DiscoveryConfig
 from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, Tracking
 from backupjobd.core.model import JobRecord
-from backupjobd.emulator.server import EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import ConfigError, StoreError
 from backupjobd.service.discovery import (
     Discoverer,

@@ -33,7 +33,7 @@ from backupjobd.core import azure, events
 from backupjobd.core.decisions import PollPolicy, Tracking
 from backupjobd.core.model import JobRecord, OutboxRecord
 from backupjobd.core.registration import JobRegistration
-from backupjobd.emulator.server import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.service.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier
 from backupjobd.service.tracker import Tracker
 

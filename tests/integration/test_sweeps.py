@@ -32,10 +32,11 @@ from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import WebhookConfig
 from backupjobd.core import azure
-from backupjobd.core.decisions import LEASE_INTERVALS, PollPolicy, StuckRules, Tracking
+from backupjobd.core.decisions import PollPolicy, StuckRules, Tracking
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import JobRegistration
-from backupjobd.emulator.server import (
+from backupjobd.core.sweeps import LEASE_INTERVALS
+from backupjobd.emulator import (
     DEFAULT_VAULT_ID,
     EmulatorState,
     Fault,

@@ -25,7 +25,7 @@ from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, Tracking
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import JobRegistration, OperationRegistration
-from backupjobd.emulator.server import (
+from backupjobd.emulator import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,
@@ -205,7 +205,7 @@ async def test_ten_jobs_reach_their_final_statuses(env: Env) -> None:
 async def test_unknown_status_is_recorded_and_the_job_stays_active(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="backupjobd.service.tracker")
+    caplog.set_level(logging.WARNING, logger="backupjobd.service")
     job = env.state.add_job(JobSpec(final_status="Paused", duration_seconds=2))
     await env.register_job(job.job_id)
 
@@ -235,7 +235,7 @@ async def test_unknown_status_is_recorded_and_the_job_stays_active(
 async def test_one_info_line_per_state_change_the_last_says_finished(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="backupjobd.service.tracker")
+    caplog.set_level(logging.INFO, logger="backupjobd.service")
     job = env.state.add_job(JobSpec(final_status="Failed", duration_seconds=3))
     await env.register_job(job.job_id)
 

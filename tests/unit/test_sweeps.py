@@ -12,7 +12,6 @@ import pytest
 
 from backupjobd.core.azure import JobObservation
 from backupjobd.core.decisions import (
-    SWEEP_FILTER,
     Failure,
     JobDecision,
     JobState,
@@ -23,6 +22,10 @@ from backupjobd.core.decisions import (
     StuckRules,
     Tracking,
     decide_job,
+)
+from backupjobd.core.model import JobRecord
+from backupjobd.core.sweeps import (
+    SWEEP_FILTER,
     lease_renewal_due,
     lease_span,
     sweep_observation,
@@ -31,7 +34,6 @@ from backupjobd.core.decisions import (
     sweep_status_changed,
     sweep_worthwhile,
 )
-from backupjobd.core.model import JobRecord
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DETAIL = timedelta(seconds=60)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from backupjobd.core import azure
 from backupjobd.core.decisions import JobDecision, Tracking
-from backupjobd.core.model import JobRecord, OutboxEntry, iso
+from backupjobd.core.model import Commit, JobRecord, OutboxEntry, iso
 
 
 class Subscription(Protocol):
@@ -85,12 +85,15 @@ def outbox_entries(
     now: datetime,
     webhooks: Sequence[Subscription],
     new_id: Callable[[], str],
+    *,
+    after: JobRecord | None = None,
 ) -> list[OutboxEntry]:
-    """Every (event, webhook) delivery this decision calls for."""
+    """Every (event, webhook) delivery this decision calls for; `after` is the job as
+    committed (computed here only when some webhook wants an event and none is given)."""
     if not webhooks:
         return []
     entries: list[OutboxEntry] = []
-    job = None
+    job = after
     for kind in event_kinds(decision):
         targets = [hook for hook in webhooks if wanted(hook.events, kind)]
         if not targets:
@@ -102,6 +105,20 @@ def outbox_entries(
             OutboxEntry(event_id, hook.name, EVENT_TYPE_PREFIX + kind, body) for hook in targets
         )
     return entries
+
+
+def commit(
+    record: JobRecord,
+    decision: JobDecision,
+    now: datetime,
+    webhooks: Sequence[Subscription],
+    new_id: Callable[[], str],
+) -> Commit:
+    """The poll's committed state with the events it raises: `after` is computed once and
+    both the row and the events report it."""
+    after = record.after(decision, now)
+    outbox = outbox_entries(record, decision, now, webhooks, new_id, after=after)
+    return Commit(record, decision, now, tuple(outbox), after=after)
 
 
 def next_attempt(

@@ -13,6 +13,7 @@ from backupjobd.core.decisions import (
     JobDecision,
     JobState,
     OperationState,
+    Snapshot,
     Tracking,
 )
 
@@ -254,6 +255,47 @@ class JobWrite:
     decision: JobDecision
     now: datetime
     outbox: Sequence[OutboxEntry] = ()
+
+    @property
+    def committed(self) -> JobRecord:
+        """The job as this write leaves it (what the row is set to)."""
+        return self.record.after(self.decision, self.now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Commit(JobWrite):
+    """One poll's committed state, computed once and passed on as is: the store writes it
+    (compare-and-set on `before.version`), its outbox rows announce `after`, the journal
+    logs and counts it, and a swept vault keeps `after` as its member."""
+
+    after: JobRecord
+
+    @classmethod
+    def of(
+        cls,
+        record: JobRecord,
+        decision: JobDecision,
+        now: datetime,
+        outbox: Sequence[OutboxEntry] = (),
+    ) -> Commit:
+        return cls(record, decision, now, tuple(outbox), after=record.after(decision, now))
+
+    @property
+    def before(self) -> JobRecord:
+        return self.record
+
+    @property
+    def committed(self) -> JobRecord:
+        """Already computed: a store writing a `Commit` reads it here."""
+        return self.after
+
+    @property
+    def transition(self) -> tuple[str | None, str] | None:
+        return self.decision.transition
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.decision.snapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,602 @@
+"""The vault roster, pure: every branch the sweep integration tests drive through the
+tracker (first sightings, unchanged and changed members, jobs missing from the list,
+changes made elsewhere, lease renewals, detail reads and their budget, rejoining), as
+tables over plain records and times."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from backupjobd.core import events
+from backupjobd.core.azure import JobObservation
+from backupjobd.core.decisions import JobDecision, PollPolicy, StuckRules, Tracking
+from backupjobd.core.model import Commit, JobRecord, JobWrite
+from backupjobd.core.sweeps import (
+    SWEEP_PAGE_SIZE,
+    PlanKind,
+    Settlement,
+    Sweep,
+    VaultRoster,
+    detail_room,
+    lease_span,
+)
+
+VAULT = (
+    "/subscriptions/aaaaaaaa-1111-2222-3333-444444444444/resourceGroups/rg"
+    "/providers/Microsoft.RecoveryServices/vaults/vault-a"
+)
+OTHER = (
+    "/subscriptions/bbbbbbbb-1111-2222-3333-444444444444/resourceGroups/rg"
+    "/providers/Microsoft.RecoveryServices/vaults/vault-b"
+)
+# A multiple of the interval: the first vault (phase 0) sweeps exactly on it.
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+POLICY = PollPolicy(interval=timedelta(seconds=5), min_interval=timedelta(seconds=2), early_polls=3)
+INTERVAL = POLICY.interval
+DETAIL = timedelta(seconds=60)
+FRESH = NOW - timedelta(seconds=10)
+STARTED = NOW - timedelta(minutes=3)
+
+
+def job(pk: int, vault_id: str = VAULT, **changes: Any) -> JobRecord:
+    """A running job we know well: seen, past its early polls, detail read recently."""
+    record = JobRecord(
+        pk=pk,
+        vault_id=vault_id,
+        job_id=f"job-{pk}",
+        source="job-id",
+        status="InProgress",
+        tracking=Tracking.ACTIVE,
+        job_type="AzureIaaSVMJob",
+        operation="Backup",
+        entity_friendly_name=f"vm-{pk}",
+        backup_management_type="AzureIaasVM",
+        start_time=STARTED,
+        end_time=None,
+        registered_at=NOW - timedelta(minutes=5),
+        last_polled_at=NOW - INTERVAL,
+        next_poll_at=NOW,
+        finished_at=None,
+        poll_count=5,
+        error_count=0,
+        consecutive_failures=0,
+        not_found_since=None,
+        last_error=None,
+        last_error_at=None,
+        last_snapshot_hash="h",
+        version=2,
+        last_detail_at=FRESH,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def item(record: JobRecord, status: str = "InProgress") -> JobObservation:
+    """The list item Azure returns for the job (no extendedInfo), as we know it."""
+    return JobObservation(
+        job_id=record.job_id,
+        vault=None,
+        status=status,
+        job_type="AzureIaaSVMJob",
+        operation="Backup",
+        entity_friendly_name=record.entity_friendly_name,
+        backup_management_type="AzureIaasVM",
+        start_time=STARTED,
+        end_time=None,
+        duration=timedelta(minutes=3),
+        properties={"status": status},
+    )
+
+
+def listing(*records: JobRecord) -> dict[str, JobObservation]:
+    return {r.job_id: item(r) for r in records}
+
+
+def roster(min_jobs: int = 3, policy: PollPolicy = POLICY) -> VaultRoster:
+    return VaultRoster(policy, DETAIL, min_jobs)
+
+
+def admit(vault: VaultRoster, *records: JobRecord) -> None:
+    """Make the records members, as a committed sweep would (the store took them as is)."""
+    decision = JobDecision("InProgress", Tracking.ACTIVE, NOW)
+    vault.begin(records[0].vault_id, records)
+    vault.joined(records[0].vault_id, [(Commit(r, decision, NOW, after=r), True) for r in records])
+    vault.finished(records[0].vault_id)
+
+
+def commit_all(vault: VaultRoster, settled: Settlement, now: datetime) -> list[Commit]:
+    """What the pollers do after a settle when the store takes every write."""
+    commits = [Commit.of(r, d, now) for r, d in settled.changed]
+    vault.joined(settled.vault_id, [(c, True) for c in commits])
+    vault.renewed(settled.vault_id, settled)
+    vault.finished(settled.vault_id)
+    return commits
+
+
+def sweep_at(
+    vault: VaultRoster, records: tuple[JobRecord, ...], at: datetime, **kw: Any
+) -> Settlement:
+    listed = kw.pop("listed", None)
+    settled = vault.settle(
+        Sweep(VAULT, records),
+        listing(*records) if listed is None else listed,
+        at,
+        at,
+        **kw,
+    )
+    commit_all(vault, settled, at)
+    return settled
+
+
+# --------------------------------------------------------------------------- settle: sorting
+
+
+def _bucket(settled: Settlement, pk: int) -> str:
+    for name in ("unchanged", "urgent", "background"):
+        if any(r.pk == pk for r in getattr(settled, name)):
+            return name
+    if any(r.pk == pk for r, _ in settled.changed):
+        return "changed"
+    raise AssertionError(f"job {pk} settled nowhere")
+
+
+LEFT = object()  # the job is not on the in-progress list
+
+
+@pytest.mark.parametrize(
+    ("changes", "listed_status", "member", "room", "bucket"),
+    [
+        # First sightings: the list's "it runs" is all a first look needs; one write each.
+        pytest.param(
+            {"status": None, "last_detail_at": None},
+            "InProgress",
+            False,
+            None,
+            "changed",
+            id="first-sighting",
+        ),
+        pytest.param({"status": None}, LEFT, False, None, "urgent", id="first-not-listed"),
+        pytest.param(
+            {"status": None}, "Completed", False, None, "urgent", id="first-listed-terminal"
+        ),
+        # Members seen just as we know them cost nothing; a non-member is written once.
+        pytest.param({}, "InProgress", True, None, "unchanged", id="member-unchanged"),
+        pytest.param({}, "InProgress", False, None, "changed", id="joiner-written"),
+        # Changed members: something to write besides the schedule.
+        pytest.param(
+            {"last_error": "HTTP 500"},
+            "InProgress",
+            True,
+            None,
+            "changed",
+            id="member-error-cleared",
+        ),
+        pytest.param(
+            {"consecutive_failures": 2},
+            "InProgress",
+            True,
+            None,
+            "changed",
+            id="member-failures-reset",
+        ),
+        pytest.param(
+            {"operation": None}, "InProgress", True, None, "changed", id="member-list-fills-in"
+        ),
+        # A status change or a job that left the list needs its GET now.
+        pytest.param({}, "Cancelling", True, None, "urgent", id="member-status-changed"),
+        pytest.param(
+            {"status": "Cancelling"}, "InProgress", True, None, "urgent", id="ours-differs"
+        ),
+        pytest.param({}, LEFT, True, None, "urgent", id="member-left-the-list"),
+        pytest.param({}, "Completed", True, None, "urgent", id="member-listed-terminal"),
+        # Detail due: a GET when reads are spare, the list when they are not.
+        pytest.param(
+            {"last_detail_at": NOW - DETAIL},
+            "InProgress",
+            True,
+            None,
+            "background",
+            id="detail-due-no-budget",
+        ),
+        pytest.param(
+            {"last_detail_at": NOW - DETAIL},
+            "InProgress",
+            True,
+            1,
+            "background",
+            id="detail-due-room",
+        ),
+        pytest.param(
+            {"last_detail_at": NOW - DETAIL},
+            "InProgress",
+            True,
+            0,
+            "unchanged",
+            id="detail-deferred",
+        ),
+        pytest.param(
+            {"last_detail_at": None},
+            "InProgress",
+            True,
+            0,
+            "unchanged",
+            id="detail-never-read-deferred",
+        ),
+        pytest.param(
+            {"last_detail_at": NOW - DETAIL},
+            LEFT,
+            True,
+            0,
+            "urgent",
+            id="scarce-reads-never-hide-an-end",
+        ),
+    ],
+)
+def test_what_a_sweep_makes_of_each_job(
+    changes: dict[str, Any], listed_status: object, member: bool, room: int | None, bucket: str
+) -> None:
+    record = job(1, **changes)
+    vault = roster()
+    if member:
+        admit(vault, record)
+    if listed_status is LEFT:
+        listed = {}
+    else:
+        assert isinstance(listed_status, str)
+        listed = {record.job_id: item(record, listed_status)}
+    settled = vault.settle(Sweep(VAULT, (record,)), listed, NOW, NOW, detail_room=room)
+    assert _bucket(settled, 1) == bucket
+    assert settled.listed == len(listed)
+    handed_on = bucket in ("urgent", "background")
+    assert (1 in vault.held()) is (not handed_on and member)
+
+
+def test_a_job_found_stuck_by_a_sweep_is_written() -> None:
+    policy = dataclasses.replace(POLICY, stuck=StuckRules(default=timedelta(minutes=1)))
+    record = job(1)
+    vault = roster(policy=policy)
+    admit(vault, record)
+    settled = vault.settle(Sweep(VAULT, (record,)), listing(record), NOW, NOW)
+    [(_, decision)] = settled.changed
+    assert decision.newly_stuck and decision.stuck_since == NOW
+
+
+def test_changed_jobs_are_written_with_the_lease_and_become_members_as_committed() -> None:
+    records = tuple(job(pk, status=None, last_detail_at=None) for pk in (1, 2, 3))
+    vault = roster()
+    settled = vault.settle(Sweep(VAULT, records), listing(*records), NOW, NOW)
+    assert settled.next_sweep == NOW + INTERVAL
+    assert settled.lease == NOW + INTERVAL + lease_span(POLICY)
+    assert settled.renew and settled.polls == ()
+    assert {d.next_poll_at for _, d in settled.changed} == {settled.lease}
+    assert [d.transition for _, d in settled.changed] == [(None, "InProgress")] * 3
+    commits = commit_all(vault, settled, NOW)
+    members = vault.members(VAULT)
+    assert members == {c.before.pk: c.after for c in commits}
+    assert all(
+        m.next_poll_at == settled.lease and m.status == "InProgress" for m in members.values()
+    )
+    assert vault.held() == {1, 2, 3} and vault.member_count() == 3
+    assert vault.next_sweep_at(VAULT.upper()) == NOW + INTERVAL
+
+
+def test_nothing_settled_plans_no_next_sweep() -> None:
+    records = (job(1), job(2))
+    vault = roster()
+    settled = vault.settle(Sweep(VAULT, records), {}, NOW, NOW)
+    assert [r.pk for r in settled.urgent] == [1, 2]
+    assert (settled.next_sweep, settled.lease, settled.renew) == (None, None, False)
+    assert vault.next_sweep_at(VAULT) is None
+
+
+def test_the_next_sweep_is_an_interval_after_the_list_not_after_its_processing() -> None:
+    vault = roster()
+    record = job(1)
+    admit(vault, record)
+    settled = vault.settle(
+        Sweep(VAULT, (record,)), listing(record), NOW, NOW + timedelta(seconds=2)
+    )
+    assert settled.next_sweep == NOW + INTERVAL
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def test_steady_sweeps_store_nothing_but_renew_the_lease_every_third_sweep() -> None:
+    vault = roster()
+    records = tuple(job(pk) for pk in (1, 2, 3))
+    first = sweep_at(vault, records, NOW)  # they join: one write each, the first lease
+    assert len(first.changed) == 3 and first.renew
+    renewals: list[tuple[bool, tuple[int, ...]]] = []
+    at = NOW
+    for _ in range(7):
+        at += INTERVAL
+        [due] = vault.due_sweeps(at)
+        settled = sweep_at(vault, due.records, at)
+        assert settled.changed == () and len(settled.unchanged) == 3
+        assert settled.next_sweep == at + INTERVAL
+        renewals.append((settled.renew, settled.polls))
+        if settled.renew:
+            # The lease stored covers the next sweep and one interval, within the lag.
+            assert settled.lease is not None
+            assert settled.lease >= settled.next_sweep + INTERVAL
+            assert settled.lease - at <= POLICY.max_detection_lag
+    assert renewals == [
+        (False, ()),
+        (False, ()),
+        (True, (3, 3, 3)),  # the three sweeps since the first write
+        (False, ()),
+        (False, ()),
+        (True, (3, 3, 3)),
+        (False, ()),
+    ]
+
+
+def test_a_member_written_again_carries_the_sweeps_not_yet_stored() -> None:
+    vault = roster()
+    record = job(1)
+    sweep_at(vault, (record,), NOW)
+    [due] = vault.due_sweeps(NOW + INTERVAL)
+    sweep_at(vault, due.records, NOW + INTERVAL)  # unchanged: counted, not stored
+    [due] = vault.due_sweeps(NOW + 2 * INTERVAL)
+    [member] = due.records
+    changed = dataclasses.replace(member, last_error="HTTP 500")
+    settled = vault.settle(
+        Sweep(VAULT, (changed,)), listing(changed), NOW + 2 * INTERVAL, NOW + 2 * INTERVAL
+    )
+    [(written, _)] = settled.changed
+    assert written.poll_count == member.poll_count + 1
+    assert written.last_polled_at == NOW + INTERVAL
+
+
+def test_members_handed_back_at_drain_carry_their_unstored_polls() -> None:
+    vault = roster()
+    records = (job(1), job(2))
+    sweep_at(vault, records, NOW)
+    for k in (1, 2):
+        [due] = vault.due_sweeps(NOW + k * INTERVAL)
+        sweep_at(vault, due.records, NOW + k * INTERVAL)
+    [back] = vault.hand_back()
+    assert (back.vault_id, back.pks, back.polls) == (VAULT, (1, 2), (2, 2))
+    assert back.last_sweep == NOW + 2 * INTERVAL
+    assert vault.held() == set() and vault.next_sweep_at(VAULT) is None
+    assert vault.hand_back() == []
+
+
+# --------------------------------------------------------------------------- elsewhere
+
+
+def test_a_job_changed_elsewhere_leaves_and_the_others_stay_swept() -> None:
+    vault = roster()
+    records = tuple(job(pk, status=None) for pk in (1, 2, 3))
+    settled = vault.settle(Sweep(VAULT, records), listing(*records), NOW, NOW)
+    commits = [Commit.of(r, d, NOW) for r, d in settled.changed]
+    # The first write is refused (stopped, or another replica recorded it first).
+    vault.joined(VAULT, zip(commits, [False, True, True], strict=True))
+    assert set(vault.members(VAULT)) == {2, 3}
+    assert vault.next_sweep_at(VAULT) == settled.next_sweep
+
+
+def test_every_write_refused_empties_the_vault() -> None:
+    vault = roster()
+    records = (job(1, status=None), job(2, status=None))
+    settled = vault.settle(Sweep(VAULT, records), listing(*records), NOW, NOW)
+    commits = [Commit.of(r, d, NOW) for r, d in settled.changed]
+    vault.joined(VAULT, [(c, False) for c in commits])
+    assert vault.held() == set() and vault.next_sweep_at(VAULT) is None
+
+
+def test_members_a_renewal_did_not_move_are_reloaded_from_the_store() -> None:
+    """The bulk reschedule moved fewer rows than asked: the pollers make them leave."""
+    vault = roster()
+    records = (job(1), job(2))
+    sweep_at(vault, records, NOW)
+    left = vault.leave(VAULT, list(vault.members(VAULT).values()))
+    assert [r.pk for r in left] == [1, 2]
+    assert vault.held() == set() and vault.next_sweep_at(VAULT) is None
+    assert vault.due_sweeps(NOW + 10 * INTERVAL) == []
+
+
+# --------------------------------------------------------------------------- list failures
+
+
+def test_a_throttled_sweep_comes_again_when_the_pause_ends() -> None:
+    vault = roster()
+    sweep_at(vault, (job(1),), NOW)
+    [due] = vault.due_sweeps(NOW + INTERVAL)
+    vault.throttled(VAULT, NOW + timedelta(seconds=30))
+    vault.finished(VAULT)
+    assert vault.due_sweeps(NOW + timedelta(seconds=29)) == []
+    assert [s.records for s in vault.due_sweeps(NOW + timedelta(seconds=30))] == [due.records]
+
+
+def test_a_failed_list_hands_every_job_on_with_its_polls_counted() -> None:
+    vault = roster()
+    sweep_at(vault, (job(1), job(2)), NOW)
+    [due] = vault.due_sweeps(NOW + INTERVAL)
+    sweep_at(vault, due.records, NOW + INTERVAL)
+    [due] = vault.due_sweeps(NOW + 2 * INTERVAL)
+    handed_on = vault.leave(VAULT, due.records)
+    vault.finished(VAULT)
+    assert [r.poll_count - m.poll_count for r, m in zip(handed_on, due.records, strict=True)] == [
+        1,
+        1,
+    ]
+    assert vault.held() == set()
+
+
+def test_a_sweep_that_raised_lets_every_member_go() -> None:
+    vault = roster()
+    sweep_at(vault, (job(1), job(2)), NOW)
+    vault.leave_all(VAULT)
+    assert vault.held() == set() and vault.next_sweep_at(VAULT) is None
+
+
+# --------------------------------------------------------------------------- detail reads
+
+
+def test_detail_reads_wait_for_spare_reads_and_take_them_one_each() -> None:
+    vault = roster()
+    due = tuple(job(pk, last_detail_at=NOW - DETAIL) for pk in (1, 2, 3))
+    admit(vault, *due)
+    settled = vault.settle(Sweep(VAULT, due), listing(*due), NOW, NOW, detail_room=1)
+    assert [r.pk for r in settled.background] == [1]
+    assert [r.pk for r in settled.unchanged] == [2, 3]
+    assert set(vault.members(VAULT)) == {2, 3}
+
+
+@pytest.mark.parametrize(
+    ("spare", "queued", "room"), [(None, 5, None), (10, 3, 7), (3, 3, 0), (2, 5, 0)]
+)
+def test_detail_room(spare: int | None, queued: int, room: int | None) -> None:
+    assert detail_room(spare, queued) == room
+
+
+def test_a_detail_read_still_running_rejoins_the_next_sweep() -> None:
+    vault = roster()
+    members = (job(1), job(2, last_detail_at=NOW - DETAIL + INTERVAL))
+    sweep_at(vault, members, NOW)
+    [due] = vault.due_sweeps(NOW + INTERVAL)
+    settled = sweep_at(vault, due.records, NOW + INTERVAL)
+    [read] = settled.background
+    assert vault.held() == {1}
+    # Its GET (a full read) is committed and it still runs: it joins at once.
+    decision = JobDecision("InProgress", Tracking.ACTIVE, NOW + 3 * INTERVAL, full_read=True)
+    commit = Commit.of(read, decision, NOW + INTERVAL)
+    assert vault.rejoin(commit)
+    assert vault.held() == {1, 2} and vault.member_count() == 1
+    assert vault.due_sweeps(NOW + INTERVAL) == []
+    [next_sweep] = vault.due_sweeps(NOW + 2 * INTERVAL)
+    assert {r.pk for r in next_sweep.records} == {1, 2}
+    assert commit.after in next_sweep.records
+
+
+@pytest.mark.parametrize(
+    ("status", "tracking", "has_members", "joins"),
+    [
+        ("InProgress", Tracking.ACTIVE, True, True),
+        ("Completed", Tracking.FINISHED, True, False),
+        ("Cancelling", Tracking.ACTIVE, True, False),
+        ("InProgress", Tracking.ACTIVE, False, False),
+    ],
+)
+def test_who_rejoins(status: str, tracking: Tracking, has_members: bool, joins: bool) -> None:
+    vault = roster()
+    if has_members:
+        admit(vault, job(1))
+    decision = JobDecision(status, tracking, None if tracking is Tracking.FINISHED else NOW)
+    assert vault.rejoin(Commit.of(job(2), decision, NOW)) is joins
+    assert (2 in vault.held()) is joins
+
+
+def test_the_last_member_leaving_sends_the_joiners_back_to_the_store() -> None:
+    vault = roster()
+    sweep_at(vault, (job(1),), NOW)
+    assert vault.rejoin(Commit.of(job(2), JobDecision("InProgress", Tracking.ACTIVE, NOW), NOW))
+    vault.leave(VAULT, [job(1)])
+    assert vault.held() == set()
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_with_sweeps_off_every_due_job_gets_its_get() -> None:
+    due = [job(pk) for pk in range(1, 6)]
+    plan = roster(min_jobs=0).plan(due, NOW)
+    assert plan.kind is PlanKind.SINGLES and plan.singles == tuple(due)
+
+
+@pytest.mark.parametrize(
+    ("due", "listed_before", "kind"),
+    [
+        (2, 0, PlanKind.SINGLES),  # fewer than min_jobs
+        (3, 0, PlanKind.SWEEP),
+        (3, 2 * SWEEP_PAGE_SIZE + 1, PlanKind.SINGLES),  # three pages cost three GETs
+        (4, 2 * SWEEP_PAGE_SIZE + 1, PlanKind.SWEEP),
+    ],
+)
+def test_a_sweep_when_it_costs_fewer_reads(due: int, listed_before: int, kind: PlanKind) -> None:
+    vault = roster()
+    if listed_before:
+        vault.settle(
+            Sweep(VAULT, ()), {f"x{i}": item(job(999)) for i in range(listed_before)}, NOW, NOW
+        )
+    plan = vault.plan([job(pk) for pk in range(1, due + 1)], NOW)
+    assert plan.kind is kind
+
+
+def test_a_planned_sweep_takes_the_jobs_due_soon_and_only_those_a_list_settles() -> None:
+    vault = roster()
+    due = [job(1), job(2), job(3), job(4, last_detail_at=None), job(5, status="Cancelling")]
+    plan = vault.plan(due, NOW)
+    assert plan.kind is PlanKind.SWEEP
+    assert [r.pk for r in plan.sweepable] == [1, 2, 3]
+    assert plan.horizon == NOW + INTERVAL / 2
+    assert plan.singles == ()
+    sweep = vault.begin(VAULT, plan.sweepable, [job(3), job(6)])
+    assert [r.pk for r in sweep.records] == [1, 2, 3, 6]
+    assert vault.plan(due, NOW).kind is PlanKind.WAIT
+    vault.finished(VAULT)
+    assert vault.plan(due, NOW).kind is PlanKind.SWEEP
+
+
+def test_scarce_reads_let_a_detail_due_job_go_with_the_sweep() -> None:
+    due = [job(1), job(2), job(3, last_detail_at=None)]
+    assert [r.pk for r in roster().plan(due, NOW, detail_room=0).sweepable] == [1, 2, 3]
+    assert roster().plan(due, NOW, detail_room=2).kind is PlanKind.SINGLES
+
+
+def test_newcomers_wait_for_the_members_next_sweep() -> None:
+    vault = roster()
+    sweep_at(vault, (job(1), job(2), job(3)), NOW)
+    due = [job(4), job(5, last_detail_at=None), job(6, status="Cancelling")]
+    plan = vault.plan(due, NOW + timedelta(seconds=1))
+    assert plan.kind is PlanKind.JOIN
+    assert [r.pk for r in plan.joined] == [4]
+    assert [r.pk for r in plan.singles] == [5, 6]
+    assert vault.held() == {1, 2, 3, 4} and vault.member_count() == 3
+    [sweep] = vault.due_sweeps(NOW + INTERVAL)
+    assert [r.pk for r in sweep.records] == [1, 2, 3, 4]
+    assert vault.due_sweeps(NOW + INTERVAL) == []  # already sweeping
+
+
+def test_vaults_sweep_on_their_own_schedules() -> None:
+    vault = roster()
+    sweep_at(vault, (job(1),), NOW)
+    other = (job(2, vault_id=OTHER),)
+    settled = vault.settle(Sweep(OTHER, other), listing(*other), NOW, NOW)
+    commit_all(vault, settled, NOW)
+    # The second vault has its own slot within the interval.
+    assert settled.next_sweep is not None and settled.next_sweep < NOW + INTERVAL
+    assert [s.vault_id for s in vault.due_sweeps(settled.next_sweep)] == [OTHER]
+    assert [s.vault_id for s in vault.due_sweeps(NOW + INTERVAL)] == [VAULT]
+
+
+# --------------------------------------------------------------------------- one commit
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    name: str
+    events: tuple[str, ...]
+
+
+def test_a_commit_is_computed_once_and_its_events_report_it() -> None:
+    record = job(1, status=None)
+    vault = roster()
+    settled = vault.settle(Sweep(VAULT, (record,)), listing(record), NOW, NOW)
+    [(before, decision)] = settled.changed
+    commit = events.commit(before, decision, NOW, [Hook("ops", ("all",))], lambda: "e-1")
+    assert commit.before is before and commit.transition == (None, "InProgress")
+    assert commit.committed is commit.after
+    assert JobWrite(before, decision, NOW).committed == commit.after
+    [entry] = commit.outbox
+    body = json.loads(entry.payload)
+    # The event reports the job exactly as the row is written: next poll is the lease.
+    assert body["data"]["job"] == json.loads(json.dumps(commit.after.to_json()))
+    assert commit.after.next_poll_at == settled.lease
+    assert events.commit(before, decision, NOW, [], lambda: "e-2").outbox == ()
