@@ -2,6 +2,8 @@
 
 Only this module (and the CLI entry point) touches the process environment, signals and
 the real clock; every component gets its collaborators as arguments.
+The heavy parts (aiohttp, APScheduler, the HTTP API, the loops) are imported inside the
+functions that build them: a CLI command that only reads the store starts without them.
 """
 
 from __future__ import annotations
@@ -17,27 +19,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import aiohttp
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.budget import ReadBudget
-from backupjobd.adapters.credentials import TokenProvider, build_token_provider
-from backupjobd.adapters.metrics import Metrics
+from backupjobd.adapters.credentials import build_token_provider
 from backupjobd.adapters.sdnotify import SdNotifier, watchdog_interval
 from backupjobd.adapters.sql.store import SchemaBehind, SqlStore
 from backupjobd.config import Config, check_api_token, check_serve_database
 from backupjobd.core.decisions import PollPolicy, StuckRules
 from backupjobd.core.registration import Endpoint
 from backupjobd.errors import ConfigError, StoreError
-from backupjobd.http.api import api_token_required, build_api_app, connection_guard, start_api
-from backupjobd.http.guard import AcceptFailureLog
-from backupjobd.service.discovery import Discoverer
-from backupjobd.service.notify import Notifier
-from backupjobd.service.tracker import Tracker
 from backupjobd.store import Store
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from backupjobd.adapters.arm import ArmClient
+    from backupjobd.adapters.credentials import TokenProvider
+    from backupjobd.adapters.metrics import Metrics
+    from backupjobd.service.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +83,8 @@ def read_budget(config: Config) -> ReadBudget | None:
 
 def api_token(config: Config, env: Mapping[str, str]) -> str | None:
     """The API's bearer token: required unless it listens on loopback or a unix socket."""
+    from backupjobd.http import api_token_required
+
     if not config.api.enabled:
         return None
     token = env.get(config.api.token_env, "").strip() or None
@@ -191,6 +193,10 @@ async def arm_client(
     config: Config, env: Mapping[str, str], metrics: Metrics | None = None
 ) -> AsyncIterator[ArmClient]:
     """The ARM client with its token provider and HTTP session, closed on exit."""
+    import aiohttp
+
+    from backupjobd.adapters.arm import ArmClient
+
     tokens = build_token_provider(config.azure, env)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=config.polling.concurrency * 2),
@@ -217,6 +223,8 @@ def build_tracker(
 ) -> Tracker:
     """The one way a tracker is made: `serve` and `wait` (with no daemon running) record and
     announce to webhooks exactly the same things."""
+    from backupjobd.service.tracker import Tracker
+
     return Tracker(
         store,
         arm,
@@ -245,6 +253,8 @@ async def runtime(
     config: Config, env: Mapping[str, str], store: SqlStore | None = None
 ) -> AsyncIterator[Runtime]:
     """Everything `serve` runs on; it closes the store, also one that was passed in."""
+    from backupjobd.adapters.metrics import Metrics
+
     metrics = Metrics()
     if store is None:
         store = await open_store(config)
@@ -258,7 +268,20 @@ async def runtime(
 
 async def serve(config: Config, env: Mapping[str, str]) -> int:
     """Run until SIGTERM/SIGINT/SIGHUP; the first signal drains, a second one aborts.
-    SIGUSR1/SIGUSR2 are logged and otherwise ignored (their default action would kill us)."""
+    SIGUSR1/SIGUSR2 are logged and otherwise ignored (their default action would kill us).
+    Only this path loads APScheduler, the HTTP API and the service loops: the CLI's other
+    commands start without them."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from backupjobd.http import (
+        AcceptFailureLog,
+        build_api_app,
+        connection_guard,
+        start_api,
+    )
+    from backupjobd.service.discovery import Discoverer
+    from backupjobd.service.notify import Notifier
+
     check_serve_database(config.database.url)  # fail before starting anything
     secrets = webhook_secrets(config, env)
     token = api_token(config, env)

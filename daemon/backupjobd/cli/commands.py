@@ -1,0 +1,325 @@
+"""One function per subcommand, each `(args, env) -> exit code`, set on its parser with
+`set_defaults(func=...)`.
+
+A command imports what it needs when it runs: `jobs list` must not pay for aiohttp,
+APScheduler or the HTTP API at start-up, only `serve`, `wait`, `cancel` and `emulator` use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import BinaryIO, TextIO
+
+from backupjobd import bootstrap, config
+from backupjobd.adapters import logs
+from backupjobd.cli import render
+from backupjobd.cli.render import say
+from backupjobd.core import azure, registration
+from backupjobd.core.model import JobRecord
+from backupjobd.core.registration import Registration
+from backupjobd.errors import InvalidInput
+from backupjobd.store import Store
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# A registration waits this long in all for a database that other writers hold locked.
+REGISTER_RETRY_SECONDS = 60.0
+
+Env = Mapping[str, str]
+Command = Callable[[argparse.Namespace, Env], int]
+
+
+def _configured(args: argparse.Namespace, env: Env) -> config.Config:
+    """The config of every command but `emulator`, with logging set up from it."""
+    cfg = config.load(config.resolve_path(args.config, env), env)
+    logs.configure(cfg.log.level, cfg.log.format)
+    return cfg
+
+
+def _on_store(
+    cfg: config.Config, work: Callable[[Store], Awaitable[int]], *, read_only: bool
+) -> int:
+    """Run `work` on a store at head, closed afterwards. Commands that only read open the
+    database read-only: they work on a read-only mount and never create an empty database
+    where the configured one is missing."""
+
+    async def run() -> int:
+        store = await bootstrap.open_store(cfg, read_only=read_only)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def serve(args: argparse.Namespace, env: Env) -> int:
+    cfg = _configured(args, env)
+    return asyncio.run(bootstrap.serve(cfg, env))
+
+
+def migrate(args: argparse.Namespace, env: Env) -> int:
+    async def done(store: Store) -> int:
+        say("database schema is at head")
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), done, read_only=False)
+
+
+def register(args: argparse.Namespace, env: Env) -> int:
+    cfg = _configured(args, env)
+    regs = _registrations(args, cfg, sys.stdin)  # all validated before anything is stored
+
+    async def work(store: Store) -> int:
+        results = await bootstrap.retry_transient(
+            lambda: store.register(regs, bootstrap.utcnow()),
+            "registering",
+            REGISTER_RETRY_SECONDS,
+        )
+        if args.json:
+            render.print_json([dataclasses.asdict(r) for r in results])
+            return EXIT_OK
+        for r in results:
+            vault = r.vault_id.rsplit("/", 1)[-1]
+            if r.kind == "job":
+                verb = "registered" if r.created else "already tracked:"
+                say(f"{verb} job {r.ident} in vault {vault}")
+            elif r.created:
+                say(
+                    f"registered operation {r.ident} in vault {vault}:"
+                    " jobs follow once it names them"
+                )
+            else:
+                say(f"already tracked: operation {r.ident} in vault {vault}")
+        return EXIT_OK
+
+    return _on_store(cfg, work, read_only=False)
+
+
+def _registrations(
+    args: argparse.Namespace, cfg: config.Config, stdin: TextIO | None
+) -> list[Registration]:
+    """Everything given on the command line, validated before anything is stored."""
+    endpoint = bootstrap.management_endpoint(cfg)
+    vault = azure.vault_from_id(args.vault) if args.vault else None
+    regs: list[Registration] = []
+    if args.stdin == "-":
+        docs = registration.parse_json_documents(_read_document(stdin))
+        regs.extend(registration.parse_documents(docs, endpoint, vault))
+    for job_id in args.job_id:
+        if vault is None:
+            raise InvalidInput("--job-id needs --vault")
+        regs.append(registration.JobRegistration(vault, azure.validate_job_id(job_id), "job-id"))
+    for url in args.operation_url:
+        regs.append(registration.operation_from_url(url, endpoint, "operation-url"))
+    for arm_id in args.job:
+        regs.append(registration.job_from_arm_id(arm_id))
+    if not regs:
+        raise InvalidInput(
+            "nothing to register: give -, --job-id/--vault, --operation-url or --job"
+        )
+    return registration.dedupe(regs)
+
+
+def _read_document(stdin: TextIO | None) -> str:
+    """stdin, refused once it passes the size limit without reading on (200 MB piped in must
+    not become 200 MB, and more, in memory)."""
+    limit = registration.MAX_DOCUMENT_BYTES
+    too_large = InvalidInput(f"input is larger than {limit} bytes")
+    if stdin is None:
+        raise InvalidInput("stdin is closed: nothing to read for -")
+    raw: BinaryIO | None = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream with no bytes below it; a character is at least a byte
+        text = stdin.read(limit + 1)
+        if len(text) > limit:
+            raise too_large
+        return text
+    data = raw.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input is not valid UTF-8 (at byte {exc.start})") from None
+
+
+def jobs_list(args: argparse.Namespace, env: Env) -> int:
+    async def work(store: Store) -> int:
+        jobs = await store.list_jobs(status=args.status, limit=args.limit, stuck=args.stuck)
+        if args.json:
+            render.print_json([job.to_json() for job in jobs])
+        else:
+            render.jobs_table(jobs)
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=True)
+
+
+def jobs_show(args: argparse.Namespace, env: Env) -> int:
+    async def work(store: Store) -> int:
+        job = await _one_job(store, args.job_id, args.vault)
+        if args.json:
+            render.print_json(job.to_json())
+        else:
+            render.job_details(job)
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=True)
+
+
+def jobs_history(args: argparse.Namespace, env: Env) -> int:
+    async def work(store: Store) -> int:
+        job = await _one_job(store, args.job_id, args.vault)
+        transitions, snapshots = await store.history(job.pk)
+        if args.json:
+            render.print_json(
+                {
+                    "job": job.to_json(),
+                    "transitions": [t.to_json() for t in transitions],
+                    "snapshots": [s.to_json() for s in snapshots],
+                }
+            )
+        else:
+            render.job_history(job, transitions, snapshots)
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=True)
+
+
+async def _one_job(store: Store, job_ref: str, vault_arg: str | None) -> JobRecord:
+    vault: azure.VaultRef | None
+    if "/" in job_ref:
+        vault, job_id = azure.parse_job_arm_id(job_ref)
+    else:
+        job_id = azure.validate_job_id(job_ref)
+        vault = azure.vault_from_id(vault_arg) if vault_arg else None
+    found = await store.find_jobs(job_id)
+    if vault is not None:
+        found = [j for j in found if j.vault_id.lower() == vault.key]
+    if not found:
+        raise InvalidInput(f"job {job_id} is not tracked")
+    if len(found) > 1:
+        raise InvalidInput(f"job {job_id} is tracked in {len(found)} vaults: give --vault")
+    return found[0]
+
+
+def wait(args: argparse.Namespace, env: Env) -> int:
+    from backupjobd.service import waiter  # brings the tracker, and with it aiohttp
+
+    cfg = _configured(args, env)
+
+    async def work(store: Store) -> int:
+        vault = azure.vault_from_id(args.vault) if args.vault else None
+        targets = []
+        for ref in args.job_ids:
+            if "/" in ref:
+                job_vault, job_id = azure.parse_job_arm_id(ref)
+                targets.append(waiter.Target(job_vault, job_id))
+            else:
+                targets.append(waiter.Target(vault, azure.validate_job_id(ref)))
+        code, jobs = await waiter.wait(
+            store,
+            targets,
+            args.timeout,
+            own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
+            now=bootstrap.utcnow,
+            liveness_window=bootstrap.LIVENESS_WINDOW,
+        )
+        if args.json:
+            render.print_json([job.to_json() for job in jobs])
+        else:
+            for job in jobs:
+                outcome = waiter.outcome_code(job)
+                lost = job.tracking.value == "lost"
+                state = job.tracking.value if lost else job.status or "unseen"
+                suffix = "" if outcome is not None else " (still running: timed out waiting)"
+                say(f"job {job.job_id}: {state}{suffix}")
+        if code == waiter.EXIT_TIMEOUT:
+            render.flush_stdout()  # the jobs first, then why they are incomplete
+            print(
+                f"backupjobd: timed out after {args.timeout:g} s waiting for "
+                f"{sum(1 for j in jobs if waiter.outcome_code(j) is None)} job(s)",
+                file=sys.stderr,
+            )
+        return code
+
+    return _on_store(cfg, work, read_only=False)
+
+
+def cancel(args: argparse.Namespace, env: Env) -> int:
+    cfg = _configured(args, env)
+
+    async def work(store: Store) -> int:
+        job = await _one_job(store, args.job_id, args.vault)
+        async with bootstrap.arm_client(cfg, env) as arm:
+            outcome = await arm.cancel_job(
+                azure.vault_from_id(job.vault_id), job.job_id, follow_seconds=args.follow
+            )
+        say(f"cancel of job {job.job_id} {outcome}; its status follows in the history")
+        return EXIT_OK
+
+    return _on_store(cfg, work, read_only=True)
+
+
+def notify_failed(args: argparse.Namespace, env: Env) -> int:
+    async def work(store: Store) -> int:
+        dead = await store.outbox_list("dead")
+        if args.json:
+            render.print_json([record.to_json() for record in dead])
+        else:
+            render.dead_letters_table(dead)
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=True)
+
+
+def notify_retry(args: argparse.Namespace, env: Env) -> int:
+    async def work(store: Store) -> int:
+        count = await store.outbox_requeue_dead(bootstrap.utcnow())
+        say(f"requeued {count} dead letter(s)")
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=False)
+
+
+def operations_list(args: argparse.Namespace, env: Env) -> int:
+    async def work(store: Store) -> int:
+        ops = await store.list_operations()
+        if args.json:
+            render.print_json([op.to_json() for op in ops])
+        else:
+            render.operations_table(ops)
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=True)
+
+
+def emulator(args: argparse.Namespace, env: Env) -> int:
+    """The bundled emulator reads no config: it stands in for Azure, not for the daemon."""
+    from backupjobd.emulator.server import run_emulator
+
+    logs.configure("INFO", "text")
+    try:
+        asyncio.run(
+            run_emulator(
+                args.host,
+                args.port,
+                required_token=args.token,
+                replay_files=args.replay,
+                read_burst=args.read_burst,
+                read_refill_per_second=args.read_refill,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    except ValueError as exc:  # a recording that cannot be loaded, a bad budget
+        sys.stderr.write(render.error_line(str(exc)))
+        return EXIT_USAGE
+    except OSError as exc:
+        where = f"{args.host}:{args.port}"
+        sys.stderr.write(render.error_line(f"emulator cannot listen on {where}: {exc}"))
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,192 @@
+"""What the CLI writes: escaped text lines, aligned tables, exact JSON, one-line errors.
+
+Every text (non-JSON) line goes through `printable`: job and entity names come from Azure
+and are whatever someone named a VM, so they must not reach the terminal as control codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, BinaryIO
+
+from backupjobd.core.model import (
+    JobRecord,
+    OperationRecord,
+    OutboxRecord,
+    SnapshotRecord,
+    TransitionRecord,
+    iso,
+)
+from backupjobd.core.text import json_safe, printable
+from backupjobd.errors import BackupJobdError
+
+MAX_ERROR_CHARS = 2000  # an error line echoes input; a huge argument must not become a huge line
+
+
+class OutputError(BackupJobdError):
+    """stdout refused the output (a full disk, say); a closed pipe is not an error."""
+
+
+def say(*lines: str) -> None:
+    """Write lines of text output, each escaped: no caller can forget to."""
+    write("".join(printable(line) + "\n" for line in lines or [""]))
+
+
+def write(text: str) -> None:
+    """All of `text` or an exception. CPython's BufferedWriter returns early from a write
+    larger than its buffer when the pipe's reader leaves mid-way, and TextIOWrapper drops the
+    rest silently: `jobs list --json | head -1` would exit 0 with truncated output. So the
+    bytes go in below the text layer, in a loop that sees every short write."""
+    out = sys.stdout
+    if out is None:  # started with stdout closed: there is no one to tell
+        return
+    try:
+        binary: BinaryIO | None = getattr(out, "buffer", None)
+        if binary is None:
+            out.write(text)
+            return
+        out.flush()  # anything written through the text layer comes first
+        data = memoryview(text.encode(out.encoding, out.errors or "strict"))
+        while data:
+            data = data[binary.write(data) :]
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered goes nowhere, so the interpreter's
+    own flush at exit does not fail again and print a traceback of its own."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def flush_stdout() -> None:
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def error_line(message: str, prog: str = "backupjobd") -> str:
+    """`prog: error: message` as one escaped, bounded line (messages quote Azure and input)."""
+    text = printable(message)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "…"
+    return f"{prog}: error: {text}\n"
+
+
+def print_json(value: Any) -> None:
+    """Exact values; only characters a terminal would act on are spelled as `\\uXXXX`."""
+    write(json_safe(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False)) + "\n")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    """Cells are escaped before widths are measured, so columns stay aligned."""
+    lines = [[printable(cell) for cell in line] for line in [headers, *rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    say(
+        *(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+            for line in lines
+        )
+    )
+
+
+def jobs_table(jobs: list[JobRecord]) -> None:
+    rows = [
+        [
+            job.job_id,
+            job.status or "-",
+            job.tracking.value,
+            job.operation or "-",
+            job.entity_friendly_name or "-",
+            job.vault_id.rsplit("/", 1)[-1],
+            str(job.poll_count),
+            short(iso(job.start_time)),
+            short(iso(job.end_time)),
+        ]
+        for job in jobs
+    ]
+    table(
+        ["JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS", "START", "END"],
+        rows,
+    )
+    say(f"{len(jobs)} job(s)")
+
+
+def job_details(job: JobRecord) -> None:
+    say(*(f"{key + ':':24}{'-' if v is None else v}" for key, v in job.to_json().items()))
+
+
+def job_history(
+    job: JobRecord, transitions: list[TransitionRecord], snapshots: list[SnapshotRecord]
+) -> None:
+    say(
+        f"job {job.job_id} ({job.operation or '?'} of {job.entity_friendly_name or '?'})",
+        f"vault {job.vault_id}",
+        f"status {job.status or '-'}, tracking {job.tracking.value}, {job.poll_count} polls",
+        "",
+    )
+    table(
+        ["OBSERVED", "FROM", "TO"],
+        [[short(iso(t.observed_at)), t.from_status or "(new)", t.to_status] for t in transitions],
+    )
+    lines = ["", f"{len(snapshots)} distinct snapshot(s):"]
+    for snap in snapshots:
+        ext = snap.properties.get("extendedInfo") or {}
+        tasks = ext.get("tasksList") or [] if isinstance(ext, dict) else []
+        summary = ", ".join(
+            f"{t.get('taskId')}={t.get('status')}" for t in tasks if isinstance(t, dict)
+        )
+        lines.append(f"  {short(iso(snap.observed_at))}  {printable(snap.status):<22} {summary}")
+    say(*lines)
+
+
+def dead_letters_table(dead: list[OutboxRecord]) -> None:
+    rows = [
+        [
+            r.event_id,
+            r.webhook,
+            r.event_type.rsplit(".", 1)[-1],
+            str(r.attempts),
+            short(iso(r.created_at)),
+            r.last_error or "-",
+        ]
+        for r in dead
+    ]
+    table(["EVENT ID", "WEBHOOK", "EVENT", "ATTEMPTS", "CREATED", "LAST ERROR"], rows)
+    say(f"{len(dead)} dead letter(s)")
+
+
+def operations_table(ops: list[OperationRecord]) -> None:
+    rows = [
+        [
+            op.operation_id,
+            op.status or "-",
+            op.tracking.value,
+            ",".join(op.job_ids) or "-",
+            str(op.poll_count),
+            op.vault_id.rsplit("/", 1)[-1],
+        ]
+        for op in ops
+    ]
+    table(["OPERATION", "STATUS", "TRACKING", "JOBS", "POLLS", "VAULT"], rows)
+
+
+def short(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
