@@ -278,3 +278,34 @@ def test_webhooks_announce_every_job_and_survive_a_kill_9(
     assert len(outbox(daemon)) == len(rows) + expected_pending
     assert json.loads(daemon.ok("notify", "failed", "--json")) == []
     assert daemon.stop() == 0
+
+
+def test_wait_without_a_daemon_writes_the_events_serve_delivers_later(
+    emulator: Emulator, daemon: Daemon, receiver: Receiver
+) -> None:
+    """`wait` polls on its own when no daemon runs; it gets its tracker from the same
+    composition root as `serve`, so the job's events land in the outbox and a `serve`
+    started later delivers them (before: `wait` wrote no events at all)."""
+    configure_webhooks(daemon, receiver)
+    jobs = create_and_register(emulator, daemon, ["Failed"], duration=2.0)
+    [job_id] = jobs
+    out = daemon.cli("wait", job_id, "--timeout", "60")
+    assert out.returncode == 4, (out.stdout, out.stderr)
+    rows = outbox(daemon)
+    assert {(r["webhook"], r["event_type"]) for r in rows} >= {
+        ("everything", TYPE + "failed"),
+        ("pager", TYPE + "failed"),
+    }
+    assert all(r["state"] == "pending" for r in rows)
+    want_all, want_pager = expected_types(daemon, jobs)
+    daemon.start()
+    wait_until(
+        "serve to deliver what wait recorded",
+        lambda: types_by_job(receiver.got("everything")) == want_all
+        and types_by_job(receiver.got("pager")) == want_pager,
+        30,
+    )
+    assert daemon.stop() == 0
+    delivered = receiver.got("everything") + receiver.got("pager")
+    assert sorted(r.event_id for r in delivered) == sorted(r["event_id"] for r in rows)
+    assert all(r.signed_ok for r in receiver.got("everything"))
