@@ -246,7 +246,7 @@ def apply_write(t: Tables, write: JobWrite) -> bool:
     if job is None or job.record.version != write.record.version:
         return False
     at = at_utc(write.now)
-    after = utc_fields(write.record.after(write.decision, write.now))
+    after = utc_fields(write.committed)
     changed = {
         f.name: getattr(after, f.name)
         for f in dataclasses.fields(after)

@@ -316,7 +316,7 @@ def _append_rows(conn: Connection, writes: Sequence[JobWrite]) -> None:
 def _job_row(write: JobWrite) -> dict[str, Any]:
     """Every column of the job after the decision, from the record we read: the
     compare-and-set on `version` guarantees the record is still what the row holds."""
-    after = write.record.after(write.decision, write.now)
+    after = write.committed
     row: dict[str, Any] = {f"v_{c}": getattr(after, c) for c in JOB_COLUMNS}
     row["v_tracking"] = after.tracking.value
     row.update(b_pk=write.record.pk, b_version=write.record.version)
