@@ -7,6 +7,8 @@ The memory backend is `backupjobd.testing.MemoryStore`. SQLite gets a fresh file
 `postgres` maintenance database and dropped (WITH FORCE) after the test. When PostgreSQL
 cannot be reached its cases are skipped with the reason, unless `BACKUPJOBD_REQUIRE_PG=1`
 (CI), where they fail instead.
+
+`make_rig(...)` wires the daemon against the emulator (see `tests/integration/rig.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import URL, make_url
@@ -25,6 +29,7 @@ from sqlalchemy.pool import NullPool
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.store import Store
 from backupjobd.testing import MemoryStore
+from tests.integration.rig import MakeRig, Rig, open_rig
 from tests.integration.stores import BACKENDS
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -117,3 +122,15 @@ async def store(empty_store: Store) -> Store:
     """A store migrated to the Alembic head: in memory, on SQLite and on PostgreSQL."""
     await empty_store.migrate()
     return empty_store
+
+
+@pytest.fixture
+async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
+    """`await make_rig(**options)`: a started rig (see `open_rig`), taken down after the test;
+    a second rig in the same test needs its own `name` (its database file)."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**options: Any) -> Rig:
+            return await stack.enter_async_context(open_rig(tmp_path, **options))
+
+        yield make

@@ -11,7 +11,7 @@ import stat
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from backupjobd.core.registration import Endpoint
 from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import CredentialError
 from backupjobd.http import api_token_required, build_api_app, openapi_document, start_api
+from backupjobd.testing import BASE, FakeClock
 
 API_VERSION = "2025-08-01"
 ARM_TOKEN = "arm-token-NEVER-LOGGED"
@@ -45,23 +46,6 @@ OTHER_VAULT = (
 MAX_BODY = 4096
 # State-changing calls need a JSON content type (a browser cannot send one cross-site).
 JSON_TYPE = {"Content-Type": "application/json"}
-BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """One fake time: seconds for the emulator, a datetime for the API and the store."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return BASE + timedelta(seconds=self.t)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class FailingTokens(TokenProvider):

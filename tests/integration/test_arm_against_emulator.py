@@ -21,19 +21,12 @@ from backupjobd.emulator import (
     build_emulator_app,
 )
 from backupjobd.errors import NotFound, PermanentError, TransientError
+from backupjobd.testing import FakeClock
 
 API = "2025-08-01"
 TOKEN = "emulator-token-SECRET"
 VAULT = azure.vault_from_id(DEFAULT_VAULT_ID)
 OTHER_VAULT_ID = DEFAULT_VAULT_ID.replace("vault-emulator", "vault-other")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 5000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class RefreshingTokens(TokenProvider):
@@ -73,7 +66,7 @@ async def start_emulator(state: EmulatorState) -> TestServer:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emu]:
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     state = EmulatorState(clock=clock, required_token=TOKEN)
     server = await start_emulator(state)
     try:
@@ -291,7 +284,7 @@ class BigBodyState(EmulatorState):
 
 
 async def test_large_job_body_is_read_whole() -> None:
-    clock = FakeClock()
+    clock = FakeClock(5000.0)
     state = BigBodyState(clock=clock)
     server = await start_emulator(state)
     try:

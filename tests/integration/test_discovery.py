@@ -9,26 +9,19 @@ the store contract of the `discovery_state` table on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from backupjobd import config
-from backupjobd.adapters.arm import ArmClient
-from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import DiscoveryConfig
 from backupjobd.core import azure
-from backupjobd.core.decisions import PollPolicy, Tracking
+from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import JobRecord
-from backupjobd.emulator import EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import JobSpec
 from backupjobd.errors import ConfigError, StoreError
 from backupjobd.service.discovery import (
     Discoverer,
@@ -38,22 +31,13 @@ from backupjobd.service.discovery import (
     window,
     window_filter,
 )
-from backupjobd.service.tracker import Tracker
+from backupjobd.testing import BASE
+from tests.integration.rig import MakeRig, Rig
 
-API = "2025-08-01"
 TOKEN = "discovery-token-SECRET"
-BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SUB = "11111111-2222-3333-4444-555555555555"
 OTHER_SUB = "99999999-2222-3333-4444-555555555555"
 HOUR = 3600.0
-POLICY = PollPolicy(
-    interval=timedelta(seconds=2),
-    min_interval=timedelta(seconds=1),
-    early_polls=3,
-    not_found_grace=timedelta(seconds=10),
-    max_backoff=timedelta(seconds=4),
-    operation_interval=timedelta(seconds=1),
-)
 
 
 def vault_id(name: str, sub: str = SUB) -> str:
@@ -66,43 +50,18 @@ def vault_id(name: str, sub: str = SUB) -> str:
 VAULT_A, VAULT_B = vault_id("vault-a"), vault_id("vault-b")
 
 
-class Clock:
-    """One fake time: seconds for the emulator, a datetime for the daemon's side."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return BASE + timedelta(seconds=self.t)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@dataclass
-class Env:
-    clock: Clock
-    state: EmulatorState
-    store: SqlStore
-    arm: ArmClient
-    tracker: Tracker
-    base: str
-    session: aiohttp.ClientSession
-
+class Env(Rig):
     def discoverer(self, **overrides: Any) -> Discoverer:
         settings: dict[str, Any] = {"enabled": True, "vault": (VAULT_A,), **overrides}
         return Discoverer(self.store, self.arm, DiscoveryConfig(**settings), self.clock.now)
 
-    def job(self, vault: str, *, ago: float, **spec: Any) -> str:
+    def started(self, vault: str, *, ago: float, **spec: Any) -> str:
         """A job in the emulator that started `ago` seconds before now."""
         created = self.state.add_job(JobSpec(**spec), vault_id=vault, created_at=self.clock.t - ago)
         return created.job_id
 
     async def admin(self, path: str, body: Any) -> Any:
-        async with self.session.post(f"{self.base}{path}", json=body) as resp:
+        async with self.session.post(f"{self.endpoint}{path}", json=body) as resp:
             assert resp.status == 201, await resp.text()
             return await resp.json()
 
@@ -114,25 +73,12 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock = Clock()
-    state = EmulatorState(clock=clock, required_token=TOKEN, epoch=BASE.timestamp())
-    server = TestServer(build_emulator_app(state), host="127.0.0.1")
-    await server.start_server()
-    store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path}/discovery.db")
-    await store.migrate()
-    session = aiohttp.ClientSession(trust_env=False)
-    base = str(server.make_url("")).rstrip("/")
-    arm = ArmClient(session, StaticTokenProvider(TOKEN), base, API, timeout_seconds=5)
-    tracker = Tracker(store, arm, POLICY, clock.now, concurrency=4, rng=random.Random(3))
-    tracker.start()
-    try:
-        yield Env(clock, state, store, arm, tracker, base, session)
-    finally:
-        assert await tracker.drain(2)
-        await session.close()
-        await server.close()
-        await store.close()
+async def env(make_rig: MakeRig) -> Env:
+    rig = await make_rig(
+        cls=Env, token=TOKEN, name="discovery", seed=3, emulator={"epoch": BASE.timestamp()}
+    )
+    assert isinstance(rig, Env)
+    return rig
 
 
 # --------------------------------------------------------------------------- discovery runs
@@ -142,7 +88,7 @@ async def test_scheduled_jobs_are_registered_once(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="backupjobd.service.discovery")
-    running = [env.job(VAULT_A, ago=600, duration_seconds=4 * HOUR) for _ in range(3)]
+    running = [env.started(VAULT_A, ago=600, duration_seconds=4 * HOUR) for _ in range(3)]
     discoverer = env.discoverer()
 
     assert await discoverer.tick() == 3
@@ -160,7 +106,7 @@ async def test_scheduled_jobs_are_registered_once(
 
     # A job the policy starts later is found by the next run.
     env.clock.advance(60)
-    later = env.job(VAULT_A, ago=10, duration_seconds=HOUR)
+    later = env.started(VAULT_A, ago=10, duration_seconds=HOUR)
     env.clock.advance(240)
     assert await discoverer.tick() == 1
     assert (await env.tracked())[later].source == "discovery"
@@ -171,12 +117,12 @@ async def test_scheduled_jobs_are_registered_once(
 
 async def test_jobs_finished_on_arrival_are_recorded_with_their_final_status(env: Env) -> None:
     finals = {
-        env.job(
+        env.started(
             VAULT_A, ago=2 * HOUR, job_type="MabJob", final_status=final, duration_seconds=600
         ): final
         for final in ("Completed", "Failed", "CompletedWithWarnings")
     }
-    running = env.job(VAULT_A, ago=60, job_type="AzureIaaSVMJob", duration_seconds=HOUR)
+    running = env.started(VAULT_A, ago=60, job_type="AzureIaaSVMJob", duration_seconds=HOUR)
 
     assert await env.discoverer().tick() == 4
     await env.tracker.run_until_idle(5)
@@ -199,13 +145,15 @@ async def test_jobs_finished_on_arrival_are_recorded_with_their_final_status(env
 async def test_filters_by_operation_and_management_type_with_one_list_request(env: Env) -> None:
     wanted = {
         # SQL backups finish as "Backup (Full)": the suffix does not matter.
-        env.job(VAULT_A, ago=HOUR, job_type="AzureWorkloadJob", duration_seconds=60),
-        env.job(VAULT_A, ago=HOUR, job_type="AzureWorkloadJob", duration_seconds=2 * HOUR),
-        env.job(VAULT_A, ago=HOUR, job_type="MabJob", operation="Restore"),
+        env.started(VAULT_A, ago=HOUR, job_type="AzureWorkloadJob", duration_seconds=60),
+        env.started(VAULT_A, ago=HOUR, job_type="AzureWorkloadJob", duration_seconds=2 * HOUR),
+        env.started(VAULT_A, ago=HOUR, job_type="MabJob", operation="Restore"),
     }
-    env.job(VAULT_A, ago=HOUR, job_type="AzureIaaSVMJob")  # other management type
-    env.job(VAULT_A, ago=HOUR, job_type="MabJob", operation="ConfigureBackup")  # other operation
-    env.job(VAULT_A, ago=HOUR, job_type="AzureStorageJob", operation="Restore")  # both wrong
+    env.started(VAULT_A, ago=HOUR, job_type="AzureIaaSVMJob")  # other management type
+    env.started(
+        VAULT_A, ago=HOUR, job_type="MabJob", operation="ConfigureBackup"
+    )  # other operation
+    env.started(VAULT_A, ago=HOUR, job_type="AzureStorageJob", operation="Restore")  # both wrong
 
     discoverer = env.discoverer(
         operations=("backup", "Restore"), backup_management_types=("AzureWorkload", "mab")
@@ -219,8 +167,8 @@ async def test_filters_by_operation_and_management_type_with_one_list_request(en
 
 async def test_look_back_on_the_first_run_then_the_cursor_also_after_a_restart(env: Env) -> None:
     env.clock.advance(7 * 24 * HOUR)
-    too_old = env.job(VAULT_A, ago=25 * HOUR, final_status="Completed", duration_seconds=60)
-    recent = env.job(VAULT_A, ago=23 * HOUR, final_status="Completed", duration_seconds=60)
+    too_old = env.started(VAULT_A, ago=25 * HOUR, final_status="Completed", duration_seconds=60)
+    recent = env.started(VAULT_A, ago=23 * HOUR, final_status="Completed", duration_seconds=60)
 
     first = env.discoverer(lookback_hours=24, overlap_seconds=120)
     assert await first.tick() == 1
@@ -232,8 +180,8 @@ async def test_look_back_on_the_first_run_then_the_cursor_also_after_a_restart(e
 
     # Jobs Azure shows only after that run: one stamped inside the overlap, one before it.
     env.clock.advance(300)
-    late = env.job(VAULT_A, ago=300 + 60, duration_seconds=HOUR)
-    missed = env.job(VAULT_A, ago=300 + 3 * HOUR, duration_seconds=4 * HOUR)
+    late = env.started(VAULT_A, ago=300 + 60, duration_seconds=HOUR)
+    missed = env.started(VAULT_A, ago=300 + 3 * HOUR, duration_seconds=4 * HOUR)
 
     # A restart: a new Discoverer on the same database continues from the stored cursor;
     # the look-back window (which would cover `missed`) is not applied again.
@@ -249,10 +197,12 @@ async def test_look_back_on_the_first_run_then_the_cursor_also_after_a_restart(e
 async def test_subscription_enumeration_finds_every_vault_across_pages(env: Env) -> None:
     env.state.page_size = 2  # vault lists and job lists both take several pages
     with_jobs = [vault_id(f"vault-{i}") for i in range(3)]
-    jobs = {env.job(v, ago=HOUR, duration_seconds=2 * HOUR) for v in with_jobs for _ in range(3)}
+    jobs = {
+        env.started(v, ago=HOUR, duration_seconds=2 * HOUR) for v in with_jobs for _ in range(3)
+    }
     empty = [vault_id("vault-empty-1"), vault_id("vault-empty-2")]
     await env.admin("/admin/vaults", [{"vault_id": v} for v in empty])
-    elsewhere = env.job(vault_id("vault-x", OTHER_SUB), ago=HOUR)
+    elsewhere = env.started(vault_id("vault-x", OTHER_SUB), ago=HOUR)
 
     discoverer = env.discoverer(vault=(), subscription=(SUB,), vault_refresh_seconds=3600)
     assert {v.id for v in await discoverer.vaults()} == {*with_jobs, *empty}
@@ -264,7 +214,7 @@ async def test_subscription_enumeration_finds_every_vault_across_pages(env: Env)
     # A vault created later is listed once the vault list is refreshed.
     newcomer = vault_id("vault-new")
     env.clock.advance(60)
-    new_job = env.job(newcomer, ago=10, duration_seconds=HOUR)
+    new_job = env.started(newcomer, ago=10, duration_seconds=HOUR)
     env.clock.advance(300)
     assert await discoverer.tick() == 0
     env.clock.advance(3600)
@@ -276,8 +226,8 @@ async def test_a_failing_vault_does_not_stop_the_others_and_is_retried(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="backupjobd.service.discovery")
-    good = env.job(VAULT_A, ago=HOUR, duration_seconds=2 * HOUR)
-    bad = env.job(VAULT_B, ago=HOUR, duration_seconds=2 * HOUR)
+    good = env.started(VAULT_A, ago=HOUR, duration_seconds=2 * HOUR)
+    bad = env.started(VAULT_B, ago=HOUR, duration_seconds=2 * HOUR)
     env.state.add_fault("500", count=2, path_contains="vaults/vault-b/backupJobs")
     discoverer = env.discoverer(vault=(VAULT_B, VAULT_A))
 
@@ -299,8 +249,8 @@ async def test_a_failing_vault_does_not_stop_the_others_and_is_retried(
 
 
 async def test_a_failing_subscription_list_is_retried_on_the_next_tick(env: Env) -> None:
-    configured = env.job(VAULT_A, ago=HOUR, duration_seconds=2 * HOUR)
-    enumerated = env.job(vault_id("vault-b", OTHER_SUB), ago=HOUR, duration_seconds=2 * HOUR)
+    configured = env.started(VAULT_A, ago=HOUR, duration_seconds=2 * HOUR)
+    enumerated = env.started(vault_id("vault-b", OTHER_SUB), ago=HOUR, duration_seconds=2 * HOUR)
     env.state.add_fault("503", path_contains=f"{OTHER_SUB}/providers/")
     discoverer = env.discoverer(vault=(VAULT_A,), subscription=(OTHER_SUB,))
 
@@ -312,7 +262,7 @@ async def test_a_failing_subscription_list_is_retried_on_the_next_tick(env: Env)
 
 
 async def test_tick_never_raises(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    env.job(VAULT_A, ago=HOUR)
+    env.started(VAULT_A, ago=HOUR)
 
     async def broken() -> list[Any]:
         raise StoreError("database error while reading discovery state: disk I/O error")
@@ -342,7 +292,7 @@ async def test_the_emulator_backdates_jobs_and_lists_vaults(env: Env) -> None:
     assert env.state.job_status(done) == "Completed"
     assert env.state.job_status(running) == "InProgress"
     assert await env.arm.list_vaults(SUB) == [azure.vault_from_id(VAULT_A)]
-    async with env.session.post(f"{env.base}/admin/vaults", json={"vault_id": "nope"}) as resp:
+    async with env.session.post(f"{env.endpoint}/admin/vaults", json={"vault_id": "nope"}) as resp:
         assert resp.status == 400
 
 

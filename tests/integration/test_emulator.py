@@ -20,6 +20,7 @@ from backupjobd.emulator import (
     build_emulator_app,
     run_emulator,
 )
+from backupjobd.testing import FakeClock
 
 API = "2026-11-01"
 TOKEN = "test-token"
@@ -28,16 +29,6 @@ ITEM = (
     "/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;rg;vm1"
     "/protectedItems/VM;iaasvmcontainerv2;rg;vm1"
 )
-
-
-class FakeClock:
-    """Mutable monotonic clock so lifecycles advance without sleeping."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass
@@ -83,7 +74,7 @@ class Emu:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emu]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     state = EmulatorState(clock=clock, page_size=3, required_token=TOKEN, epoch=EPOCH)
     async with TestClient(TestServer(build_emulator_app(state))) as client:
         yield Emu(client, state, clock)
@@ -203,7 +194,7 @@ async def test_auth_required(emu: Emu) -> None:
 
 
 async def test_any_bearer_accepted_without_required_token() -> None:
-    state = EmulatorState(clock=FakeClock())
+    state = EmulatorState(clock=FakeClock(1000.0))
     async with TestClient(TestServer(build_emulator_app(state))) as client:
         job = state.add_job()
         resp = await client.get(
@@ -603,7 +594,7 @@ async def test_read_budget_refills_on_the_clock(emu: Emu) -> None:
 
 
 async def test_read_budget_from_constructor_and_admin_validation(emu: Emu) -> None:
-    state = EmulatorState(clock=FakeClock(), read_burst=1, read_refill_per_second=1)
+    state = EmulatorState(clock=FakeClock(1000.0), read_burst=1, read_refill_per_second=1)
     async with TestClient(TestServer(build_emulator_app(state))) as client:
         job = state.add_job()
         headers = {"Authorization": "Bearer t"}

@@ -19,61 +19,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from backupjobd import cli
-from backupjobd.adapters.arm import ArmClient
-from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import WebhookConfig
-from backupjobd.core import azure, events
-from backupjobd.core.decisions import PollPolicy, Tracking
+from backupjobd.core import events
+from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import JobRecord, OutboxRecord
-from backupjobd.core.registration import JobRegistration
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import DEFAULT_VAULT_ID, JobSpec
 from backupjobd.service.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier
-from backupjobd.service.tracker import Tracker
+from backupjobd.testing import BASE, TEST_POLICY
+from tests.integration.rig import RUN_DEADLINE_S, MakeRig, Rig
 
-API = "2025-08-01"
 TOKEN = "notify-token-SECRET"
 SECRET = b"webhook-shared-secret"
-VAULT = azure.vault_from_id(DEFAULT_VAULT_ID)
-BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-POLICY = PollPolicy(
-    interval=timedelta(seconds=2),
-    min_interval=timedelta(seconds=1),
-    early_polls=3,
-    not_found_grace=timedelta(seconds=10),
-    max_backoff=timedelta(seconds=4),
-    operation_interval=timedelta(seconds=1),
-)
+POLICY = TEST_POLICY
 MAX_ATTEMPTS = 3
 MAX_BACKOFF = timedelta(seconds=8)
-RUN_DEADLINE_S = 5.0
 CONTENT_TYPE = "application/cloudevents+json"
 TYPE = "com.backupjobd.job."
-
-
-class Clock:
-    """One fake time: seconds for the emulator, a datetime for the tracker and notifier."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return BASE + timedelta(seconds=self.t)
-
-    def advance(self, seconds: float | timedelta) -> None:
-        self.t += seconds.total_seconds() if isinstance(seconds, timedelta) else seconds
-
-    def advance_to(self, when: datetime) -> None:
-        self.t = max(self.t, (when - BASE).total_seconds())
 
 
 # --------------------------------------------------------------------------- the receiver
@@ -154,16 +120,9 @@ def verify(secret: bytes, received: Received) -> bool:
 
 
 @dataclass
-class Env:
-    clock: Clock
-    state: EmulatorState
-    store: SqlStore
-    tracker: Tracker
-    receiver: Receiver
-    hooks: tuple[WebhookConfig, ...]
-    session: aiohttp.ClientSession
-    db_url: str
-    tmp_path: Path
+class Env(Rig):
+    receiver: Receiver = field(default_factory=Receiver)
+    hooks: tuple[WebhookConfig, ...] = ()
 
     def notifier(
         self,
@@ -183,21 +142,12 @@ class Env:
         )
 
     async def register_job(self, spec: JobSpec) -> JobRecord:
-        job = self.state.add_job(spec)
-        [result] = await self.store.register(
-            [JobRegistration(VAULT, job.job_id.lower(), "job-id")], self.clock.now()
-        )
-        assert result.created
-        return await self.job(job.job_id)
-
-    async def job(self, job_id: str) -> JobRecord:
-        [record] = await self.store.find_jobs(job_id)
-        return record
+        return await self.register(self.state.add_job(spec).job_id)
 
     async def run_jobs_to_the_end(self) -> None:
         """Poll whatever is due and advance the clock until every job is finished."""
         for _ in range(60):
-            await self.tracker.run_until_idle(RUN_DEADLINE_S)
+            await self.run()
             if all(r.tracking is not Tracking.ACTIVE for r in await self.store.list_jobs()):
                 return
             self.clock.advance(1)
@@ -226,37 +176,28 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock = Clock()
-    state = EmulatorState(clock=clock, required_token=TOKEN)
-    emulator = TestServer(build_emulator_app(state), host="127.0.0.1")
-    await emulator.start_server()
+async def env(make_rig: MakeRig) -> AsyncIterator[Env]:
     receiver = Receiver()
     await receiver.start()
     hooks = (
         WebhookConfig(receiver.url("everything"), "everything", ("all",), "HOOK_SECRET", 5.0),
         WebhookConfig(receiver.url("pager"), "pager", ("failures",), "", 5.0),
     )
-    db_url = f"sqlite+aiosqlite:///{tmp_path}/notify.db"
-    store = SqlStore.from_url(db_url)
-    await store.migrate()
-    session = aiohttp.ClientSession(trust_env=False)
-    endpoint = str(emulator.make_url("")).rstrip("/")
-    arm = ArmClient(session, StaticTokenProvider(TOKEN), endpoint, API, timeout_seconds=5)
-    tracker = Tracker(
-        store, arm, POLICY, clock.now, concurrency=4, rng=random.Random(7), webhooks=hooks
-    )
-    tracker.start()
     try:
-        yield Env(clock, state, store, tracker, receiver, hooks, session, db_url, tmp_path)
+        rig = await make_rig(
+            cls=Env,
+            token=TOKEN,
+            name="notify",
+            tracker_options={"webhooks": hooks},
+            receiver=receiver,
+            hooks=hooks,
+        )
+        assert isinstance(rig, Env)
+        yield rig
     finally:
         if receiver.hang is not None:
             receiver.hang.set()
-        assert await tracker.drain(2)
-        await session.close()
         await receiver.stop()
-        await emulator.close()
-        await store.close()
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ from backupjobd.emulator import (
 from backupjobd.errors import StoreError
 from backupjobd.service.tracker import Tracker
 from backupjobd.store import Store
-from backupjobd.testing import MemoryStore
+from backupjobd.testing import FakeClock, MemoryStore
 from tests.integration.stores import table_rows
 
 T = TypeVar("T")
@@ -259,17 +259,6 @@ class BigBodies(EmulatorState):
         if extended:
             body["properties"]["extendedInfo"] = {"propertyBag": {"Blob": BIG}}
         return body
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return NOW + timedelta(seconds=self.t)
 
 
 async def test_a_poll_on_a_full_disk_is_saved_once_space_is_back(db: Db) -> None:

@@ -12,24 +12,16 @@ import asyncio
 import dataclasses
 import itertools
 import math
-import random
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from backupjobd.adapters import budget as budget_module
-from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.budget import ReadBudget
-from backupjobd.adapters.credentials import StaticTokenProvider
-from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import WebhookConfig
 from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, StuckRules, Tracking
@@ -41,22 +33,16 @@ from backupjobd.emulator import (
     EmulatorState,
     Fault,
     JobSpec,
-    build_emulator_app,
 )
-from backupjobd.service.tracker import Tracker
+from backupjobd.testing import BASE, policy
+from tests.integration.rig import MakeRig, Rig
 
-API = "2025-08-01"
 TOKEN = "sweeps-token-SECRET"
-BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 FINALS = ["Completed", "CompletedWithWarnings", "Failed", "Cancelled"]
-POLICY = PollPolicy(
-    interval=timedelta(seconds=5),
-    min_interval=timedelta(seconds=2),
-    early_polls=3,
-    not_found_grace=timedelta(seconds=30),
-    max_backoff=timedelta(seconds=10),
-    operation_interval=timedelta(seconds=2),
+POLICY = policy(
+    interval=5, min_interval=2, not_found_grace=30, max_backoff=10, operation_interval=2
 )
+STUCK_POLICY = dataclasses.replace(POLICY, stuck=StuckRules(default=timedelta(seconds=20)))
 DETAIL_S = 60.0
 SWEEP_MIN_JOBS = 3
 RUN_DEADLINE_S = 10.0
@@ -69,23 +55,6 @@ VAULT_B_ID = (
     f"/subscriptions/{SUB_B}/resourceGroups/rg-other/providers/Microsoft.RecoveryServices"
     "/vaults/vault-other"
 )
-
-
-class Clock:
-    """One fake time for every side: seconds for the emulator and the read budget, a
-    datetime for the tracker."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return BASE + timedelta(seconds=self.t)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class SweepState(EmulatorState):
@@ -112,23 +81,14 @@ class SweepState(EmulatorState):
 
 
 @dataclass
-class Env:
-    clock: Clock
+class Env(Rig):
+    run_deadline: ClassVar[float] = RUN_DEADLINE_S
     state: SweepState
-    store: SqlStore
-    tracker: Tracker
-    arm: ArmClient
     truth: dict[str, str] = field(default_factory=dict)
-
-    def kinds(self) -> dict[str, int]:
-        return dict(self.state.stats()["by_kind"])
 
     def reads(self) -> int:
         kinds = self.kinds()
         return kinds.get("job_get", 0) + kinds.get("job_list", 0)
-
-    def gets(self, job_id: str) -> int:
-        return int(self.state.stats()["job_gets"].get(job_id, 0))
 
     async def add_jobs(self, specs: list[JobSpec], vault_id: str = VAULT_A_ID) -> list[str]:
         ids = []
@@ -142,36 +102,11 @@ class Env:
         assert all(r.created for r in results)
         return ids
 
-    async def job(self, job_id: str) -> JobRecord:
-        [record] = await self.store.find_jobs(job_id)
-        return record
-
     async def jobs(self, ids: list[str]) -> list[JobRecord]:
         return [await self.job(job_id) for job_id in ids]
 
     async def all_finished(self) -> bool:
         return all(r.finished for r in await self.store.list_jobs())
-
-    async def run(self) -> None:
-        await self.tracker.run_until_idle(RUN_DEADLINE_S)
-
-    async def run_until(
-        self,
-        done: Callable[[], Awaitable[bool]],
-        *,
-        step: float = 1.0,
-        max_steps: int = 200,
-        each: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """Poll whatever is due, check, advance the clock: a bounded loop on a condition."""
-        for _ in range(max_steps):
-            await self.run()
-            if each is not None:
-                await each()
-            if await done():
-                return
-            self.clock.advance(step)
-        raise AssertionError(f"condition not reached within {max_steps} steps of {step}s")
 
     async def check_truth(self) -> None:
         """Every job: its true final status, finished, a clean chain, a final full read."""
@@ -194,52 +129,46 @@ class Env:
             assert all("extendedInfo" in s.properties for s in snapshots), job_id
 
 
-@asynccontextmanager
-async def make_env(
-    tmp_path: Path,
-    *,
-    sweep_min_jobs: int = SWEEP_MIN_JOBS,
-    page_size: int = 200,
-    concurrency: int = 4,
-    detail_s: float = DETAIL_S,
-    policy: PollPolicy = POLICY,
-    webhooks: tuple[WebhookConfig, ...] = (),
-    name: str = "sweeps",
-) -> AsyncIterator[Env]:
-    clock = Clock()
-    state = SweepState(
-        clock=clock, required_token=TOKEN, page_size=page_size, epoch=BASE.timestamp()
-    )
-    server = TestServer(build_emulator_app(state), host="127.0.0.1")
-    await server.start_server()
-    store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path}/{name}.db")
-    await store.migrate()
-    session = aiohttp.ClientSession(trust_env=False)
-    endpoint = str(server.make_url("")).rstrip("/")
-    # The budget runs on the fake clock too: 250 reads of burst never run out in a round.
-    budget = ReadBudget(250, 25.0, reserve=10, clock=clock)
-    arm = ArmClient(
-        session, StaticTokenProvider(TOKEN), endpoint, API, timeout_seconds=5, budget=budget
-    )
-    tracker = Tracker(
-        store,
-        arm,
-        policy,
-        clock.now,
-        concurrency=concurrency,
-        rng=random.Random(11),
-        sweep_min_jobs=sweep_min_jobs,
-        detail_interval_seconds=detail_s,
-        webhooks=webhooks,
-    )
-    tracker.start()
-    try:
-        yield Env(clock, state, store, tracker, arm)
-    finally:
-        await tracker.drain(2)
-        await session.close()
-        await server.close()
-        await store.close()
+MakeEnv = Callable[..., Awaitable[Env]]
+
+
+@pytest.fixture
+def make_env(make_rig: MakeRig) -> MakeEnv:
+    """`make_rig` with this file's emulator, read budget, policy and sweep settings."""
+
+    async def make(
+        *,
+        sweep_min_jobs: int = SWEEP_MIN_JOBS,
+        page_size: int = 200,
+        concurrency: int = 4,
+        detail_s: float = DETAIL_S,
+        policy: PollPolicy = POLICY,
+        webhooks: tuple[WebhookConfig, ...] = (),
+        name: str = "sweeps",
+        must_drain: bool = True,
+    ) -> Env:
+        rig = await make_rig(
+            cls=Env,
+            state_cls=SweepState,
+            token=TOKEN,
+            name=name,
+            emulator={"page_size": page_size, "epoch": BASE.timestamp()},
+            # The budget runs on the fake clock too: 250 reads of burst never run out in a round.
+            budget=lambda clock: ReadBudget(250, 25.0, reserve=10, clock=clock),
+            policy=policy,
+            concurrency=concurrency,
+            seed=11,
+            must_drain=must_drain,
+            tracker_options={
+                "sweep_min_jobs": sweep_min_jobs,
+                "detail_interval_seconds": detail_s,
+                "webhooks": webhooks,
+            },
+        )
+        assert isinstance(rig, Env)
+        return rig
+
+    return make
 
 
 def grouped_specs(
@@ -256,72 +185,70 @@ def grouped_specs(
 
 
 async def test_thirty_jobs_are_swept_in_pages_and_finish_with_their_true_status(
-    tmp_path: Path,
+    make_env: MakeEnv,
 ) -> None:
-    async with make_env(tmp_path, page_size=7) as env:
-        ids = await env.add_jobs(grouped_specs(30))
+    env = await make_env(page_size=7)
+    ids = await env.add_jobs(grouped_specs(30))
 
-        # First look: one sweep of five pages of 7 (30 in progress) sees every job running;
-        # a list item carries no extendedInfo, so nothing is kept as a snapshot yet.
-        await env.run()
-        assert env.kinds().get("job_list", 0) == 5
-        assert env.kinds().get("job_get", 0) == 0
-        for record in await env.jobs(ids):
-            assert record.status == "InProgress"
-            assert record.last_detail_at is None
-            transitions, snapshots = await env.store.history(record.pk)
-            assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
-            assert snapshots == []
+    # First look: one sweep of five pages of 7 (30 in progress) sees every job running;
+    # a list item carries no extendedInfo, so nothing is kept as a snapshot yet.
+    await env.run()
+    assert env.kinds().get("job_list", 0) == 5
+    assert env.kinds().get("job_get", 0) == 0
+    for record in await env.jobs(ids):
+        assert record.status == "InProgress"
+        assert record.last_detail_at is None
+        transitions, snapshots = await env.store.history(record.pk)
+        assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
+        assert snapshots == []
 
-        # The first detail read is due one detail interval after registration; these jobs
-        # are all shorter, so from here on: sweeps, and one GET for each job that left the
-        # in-progress list (finished), which records its final snapshot.
-        rounds: list[tuple[float, int, int, int, int]] = []
-        last = [env.kinds().get("job_get", 0), env.kinds().get("job_list", 0), 0]
+    # The first detail read is due one detail interval after registration; these jobs
+    # are all shorter, so from here on: sweeps, and one GET for each job that left the
+    # in-progress list (finished), which records its final snapshot.
+    rounds: list[tuple[float, int, int, int, int]] = []
+    last = [env.kinds().get("job_get", 0), env.kinds().get("job_list", 0), 0]
 
-        async def account() -> None:
-            gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
-            finished = sum(1 for r in await env.store.list_jobs() if r.finished)
-            running = sum(
-                1
-                for j in env.state.jobs_in_vault(VAULT_A_ID)
-                if env.state.job_status(j) == "InProgress"
-            )
-            rounds.append(
-                (env.clock.t, gets - last[0], lists - last[1], finished - last[2], running)
-            )
-            last[:] = [gets, lists, finished]
+    async def account() -> None:
+        gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
+        finished = sum(1 for r in await env.store.list_jobs() if r.finished)
+        running = sum(
+            1
+            for j in env.state.jobs_in_vault(VAULT_A_ID)
+            if env.state.job_status(j) == "InProgress"
+        )
+        rounds.append((env.clock.t, gets - last[0], lists - last[1], finished - last[2], running))
+        last[:] = [gets, lists, finished]
 
-        env.clock.advance(1)
-        await env.run_until(env.all_finished, step=1.0, max_steps=120, each=account)
+    env.clock.advance(1)
+    await env.run_until(env.all_finished, step=1.0, max_steps=120, each=account)
 
-        for t, gets, lists, finished, running in rounds:
-            assert gets == finished, f"t={t}: {gets} GETs for {finished} finished jobs"
-            # Each sweep follows nextLink to the end: ceil(in progress / 7) pages.
-            assert lists in (0, max(1, math.ceil(running / 7))), (t, lists, running)
-        assert {i: env.gets(i) for i in ids} == dict.fromkeys(ids, 1)
-        assert sum(lists for _, _, lists, _, _ in rounds) > 10
-        for record in await env.jobs(ids):
-            _, snapshots = await env.store.history(record.pk)
-            assert len(snapshots) == 1 and "extendedInfo" in snapshots[0].properties
-            assert snapshots[0].status == record.status
-        await env.check_truth()
+    for t, gets, lists, finished, running in rounds:
+        assert gets == finished, f"t={t}: {gets} GETs for {finished} finished jobs"
+        # Each sweep follows nextLink to the end: ceil(in progress / 7) pages.
+        assert lists in (0, max(1, math.ceil(running / 7))), (t, lists, running)
+    assert {i: env.gets(i) for i in ids} == dict.fromkeys(ids, 1)
+    assert sum(lists for _, _, lists, _, _ in rounds) > 10
+    for record in await env.jobs(ids):
+        _, snapshots = await env.store.history(record.pk)
+        assert len(snapshots) == 1 and "extendedInfo" in snapshots[0].properties
+        assert snapshots[0].status == record.status
+    await env.check_truth()
 
 
 # --------------------------------------------------------------------------- (b) read cost
 
 
-async def _reads_to_completion(tmp_path: Path, sweep_min_jobs: int, name: str) -> int:
-    async with make_env(tmp_path, sweep_min_jobs=sweep_min_jobs, page_size=7, name=name) as env:
-        await env.add_jobs(grouped_specs(30, first=10.0, gap=4.0))
-        await env.run_until(env.all_finished, step=1.0, max_steps=120)
-        await env.check_truth()
-        return env.reads()
+async def _reads_to_completion(make_env: MakeEnv, sweep_min_jobs: int, name: str) -> int:
+    env = await make_env(sweep_min_jobs=sweep_min_jobs, page_size=7, name=name)
+    await env.add_jobs(grouped_specs(30, first=10.0, gap=4.0))
+    await env.run_until(env.all_finished, step=1.0, max_steps=120)
+    await env.check_truth()
+    return env.reads()
 
 
-async def test_sweeps_need_far_fewer_reads_than_one_get_per_job(tmp_path: Path) -> None:
-    swept = await _reads_to_completion(tmp_path, SWEEP_MIN_JOBS, "swept")
-    single = await _reads_to_completion(tmp_path, 0, "single")
+async def test_sweeps_need_far_fewer_reads_than_one_get_per_job(make_env: MakeEnv) -> None:
+    swept = await _reads_to_completion(make_env, SWEEP_MIN_JOBS, "swept")
+    single = await _reads_to_completion(make_env, 0, "single")
     print(
         f"\nreads per job to completion (30 jobs, 10-46 s, interval 5 s): "
         f"sweeps {swept / 30:.2f}, single GETs {single / 30:.2f}"
@@ -347,104 +274,104 @@ async def _steady(env: Env) -> None:
 
 
 async def test_a_failed_list_page_falls_back_to_single_gets_for_that_round(
-    tmp_path: Path,
+    make_env: MakeEnv,
 ) -> None:
-    async with make_env(tmp_path, page_size=7) as env:
-        ids = await env.add_jobs(grouped_specs(30, first=50.0, gap=1.0))
-        await _steady(env)
-        before = {r.job_id: r for r in await env.jobs(ids)}
+    env = await make_env(page_size=7)
+    ids = await env.add_jobs(grouped_specs(30, first=50.0, gap=1.0))
+    await _steady(env)
+    before = {r.job_id: r for r in await env.jobs(ids)}
 
-        # The next sweep fails on its third page: nothing it listed may be used.
-        due = env.tracker.next_sweep_at(DEFAULT_VAULT_ID)
-        assert due is not None
-        env.clock.advance((due - env.clock.now()).total_seconds())
-        env.state.fail_list_requests = {env.state.list_requests + 3}
-        gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
-        await env.run()
-        assert env.state.fail_list_requests == set(), "the sweep did not reach page 3"
-        assert env.kinds().get("job_list", 0) == lists + 3
-        assert env.kinds().get("job_get", 0) == gets + 30  # each job read once, in full
-        for record in await env.jobs(ids):
-            assert record.status == "InProgress"
-            assert record.consecutive_failures == 0
-            assert record.last_error is None
-            # The GET, and the sweeps not yet stored (they are stored with any row write).
-            assert record.poll_count > before[record.job_id].poll_count
-            assert record.last_detail_at == env.clock.now()
-            transitions, _ = await env.store.history(record.pk)
-            assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
+    # The next sweep fails on its third page: nothing it listed may be used.
+    due = env.tracker.next_sweep_at(DEFAULT_VAULT_ID)
+    assert due is not None
+    env.clock.advance((due - env.clock.now()).total_seconds())
+    env.state.fail_list_requests = {env.state.list_requests + 3}
+    gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
+    await env.run()
+    assert env.state.fail_list_requests == set(), "the sweep did not reach page 3"
+    assert env.kinds().get("job_list", 0) == lists + 3
+    assert env.kinds().get("job_get", 0) == gets + 30  # each job read once, in full
+    for record in await env.jobs(ids):
+        assert record.status == "InProgress"
+        assert record.consecutive_failures == 0
+        assert record.last_error is None
+        # The GET, and the sweeps not yet stored (they are stored with any row write).
+        assert record.poll_count > before[record.job_id].poll_count
+        assert record.last_detail_at == env.clock.now()
+        transitions, _ = await env.store.history(record.pk)
+        assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
 
-        # The round after sweeps again, all five pages.
-        env.clock.advance(POLICY.interval.total_seconds())
-        gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
-        await env.run()
-        assert env.kinds().get("job_list", 0) == lists + 5
-        assert env.kinds().get("job_get", 0) == gets
+    # The round after sweeps again, all five pages.
+    env.clock.advance(POLICY.interval.total_seconds())
+    gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
+    await env.run()
+    assert env.kinds().get("job_list", 0) == lists + 5
+    assert env.kinds().get("job_get", 0) == gets
 
-        await env.run_until(env.all_finished, step=1.0, max_steps=120)
-        await env.check_truth()
+    await env.run_until(env.all_finished, step=1.0, max_steps=120)
+    await env.check_truth()
 
 
 async def test_a_list_answering_500_on_its_first_page_costs_one_round_of_gets(
-    tmp_path: Path,
+    make_env: MakeEnv,
 ) -> None:
-    async with make_env(tmp_path) as env:
-        ids = await env.add_jobs(grouped_specs(6, first=30.0, gap=2.0))
-        await _steady(env)
-        env.clock.advance(POLICY.interval.total_seconds())
-        env.state.add_fault("500", count=1)
-        gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
-        await env.run()
-        assert env.kinds().get("job_list", 0) == lists + 1
-        assert env.kinds().get("job_get", 0) == gets + 6
-        assert env.state.stats()["faults_by_kind"] == {"500": 1}
-        for record in await env.jobs(ids):
-            assert record.status == "InProgress" and record.last_error is None
-        await env.run_until(env.all_finished, step=1.0, max_steps=120)
-        await env.check_truth()
+    env = await make_env()
+    ids = await env.add_jobs(grouped_specs(6, first=30.0, gap=2.0))
+    await _steady(env)
+    env.clock.advance(POLICY.interval.total_seconds())
+    env.state.add_fault("500", count=1)
+    gets, lists = env.kinds().get("job_get", 0), env.kinds().get("job_list", 0)
+    await env.run()
+    assert env.kinds().get("job_list", 0) == lists + 1
+    assert env.kinds().get("job_get", 0) == gets + 6
+    assert env.state.stats()["faults_by_kind"] == {"500": 1}
+    for record in await env.jobs(ids):
+        assert record.status == "InProgress" and record.last_error is None
+    await env.run_until(env.all_finished, step=1.0, max_steps=120)
+    await env.check_truth()
 
 
 # --------------------------------------------------------------------------- (d) detail
 
 
 async def test_a_long_swept_job_still_gets_a_full_read_every_detail_interval(
-    tmp_path: Path,
+    make_env: MakeEnv,
 ) -> None:
-    async with make_env(tmp_path, detail_s=30.0) as env:
-        ids = await env.add_jobs([JobSpec(duration_seconds=400.0) for _ in range(4)])
-        full_reads: dict[str, list[float]] = {i: [] for i in ids}
-        gets = dict.fromkeys(ids, 0)
+    env = await make_env(detail_s=30.0)
+    ids = await env.add_jobs([JobSpec(duration_seconds=400.0) for _ in range(4)])
+    full_reads: dict[str, list[float]] = {i: [] for i in ids}
+    gets = dict.fromkeys(ids, 0)
 
-        async def note_full_reads() -> None:
-            for job_id in ids:
-                now = env.gets(job_id)
-                if now > gets[job_id]:
-                    full_reads[job_id].append(env.clock.t)
-                    gets[job_id] = now
-
-        async def long_enough() -> bool:
-            return env.clock.t >= 200.0
-
-        await env.run_until(long_enough, step=1.0, max_steps=260, each=note_full_reads)
-        lists = env.kinds().get("job_list", 0)
-        assert lists >= 30, lists  # mostly swept...
+    async def note_full_reads() -> None:
         for job_id in ids:
-            times = full_reads[job_id]
-            # ...yet read in full at least every detail interval (plus one poll interval).
-            assert len(times) >= math.floor(200 / 30), (job_id, times)
-            assert len(times) <= 200 / 30 + 3, (job_id, times)
-            gaps = [b - a for a, b in itertools.pairwise([*times, env.clock.t])]
-            assert max(gaps) <= 30.0 + POLICY.interval.total_seconds() + 1.0, (job_id, times)
-            record = await env.job(job_id)
-            assert record.status == "InProgress"
-            assert record.last_detail_at is not None
-            assert env.clock.now() - record.last_detail_at <= timedelta(seconds=36)
-            _, snapshots = await env.store.history(record.pk)
-            # Progress advances between full reads, so each one is a new snapshot.
-            assert len(snapshots) >= len(times) - 1
-            assert all("extendedInfo" in s.properties for s in snapshots)
-            progress = [s.properties["extendedInfo"]["progressPercentage"] for s in snapshots]
-            assert progress == sorted(progress) and progress[-1] > progress[0]
+            now = env.gets(job_id)
+            if now > gets[job_id]:
+                full_reads[job_id].append(env.clock.t)
+                gets[job_id] = now
+
+    async def long_enough() -> bool:
+        return env.clock.t >= 200.0
+
+    await env.run_until(long_enough, step=1.0, max_steps=260, each=note_full_reads)
+    lists = env.kinds().get("job_list", 0)
+    assert lists >= 30, lists  # mostly swept...
+    for job_id in ids:
+        times = full_reads[job_id]
+        # ...yet read in full at least every detail interval (plus one poll interval).
+        assert len(times) >= math.floor(200 / 30), (job_id, times)
+        assert len(times) <= 200 / 30 + 3, (job_id, times)
+        gaps = [b - a for a, b in itertools.pairwise([*times, env.clock.t])]
+        assert max(gaps) <= 30.0 + POLICY.interval.total_seconds() + 1.0, (job_id, times)
+        record = await env.job(job_id)
+        assert record.status == "InProgress"
+        assert record.last_detail_at is not None
+        assert env.clock.now() - record.last_detail_at <= timedelta(seconds=36)
+        _, snapshots = await env.store.history(record.pk)
+        # Progress advances between full reads, so each one is a new snapshot.
+        assert len(snapshots) >= len(times) - 1
+        assert all("extendedInfo" in s.properties for s in snapshots)
+        progress = [s.properties["extendedInfo"]["progressPercentage"] for s in snapshots]
+        assert progress == sorted(progress) and progress[-1] > progress[0]
 
 
 # --------------------------------------------------------------------------- (e) budget
@@ -498,125 +425,109 @@ async def _b_finishes_while_a_is_paused(env: Env, ids_b: list[str]) -> None:
 
 
 async def test_a_throttled_subscription_does_not_hold_up_another(
-    tmp_path: Path, parked: ParkedSleeps
+    make_env: MakeEnv, parked: ParkedSleeps
 ) -> None:
-    async with make_env(tmp_path, concurrency=4) as env:
-        ids_a = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(8)])
-        env.clock.advance(0.5)
-        ids_b = await env.add_jobs(
-            [JobSpec(final_status=FINALS[i % 4], duration_seconds=6.0) for i in range(6)],
-            VAULT_B_ID,
-        )
-        env.state.add_fault(
-            "429", retry_after=30, path_contains="/vaults/vault-emulator/", count=50
-        )
-        budget = env.arm.budget
-        assert budget is not None
-        await env.tracker.tick()
+    env = await make_env(concurrency=4, must_drain=False)
+    ids_a = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(8)])
+    env.clock.advance(0.5)
+    ids_b = await env.add_jobs(
+        [JobSpec(final_status=FINALS[i % 4], duration_seconds=6.0) for i in range(6)],
+        VAULT_B_ID,
+    )
+    env.state.add_fault("429", retry_after=30, path_contains="/vaults/vault-emulator/", count=50)
+    budget = env.arm.budget
+    assert budget is not None
+    await env.tracker.tick()
 
-        async def a_paused() -> bool:
-            return budget.delay(SUB_A) > 0
+    async def a_paused() -> bool:
+        return budget.delay(SUB_A) > 0
 
-        assert await _until(a_paused)
-        assert budget.delay(SUB_B) == 0
+    assert await _until(a_paused)
+    assert budget.delay(SUB_B) == 0
 
-        await _b_finishes_while_a_is_paused(env, ids_b)
-        assert budget.delay(SUB_A) > 0
-        for record in await env.jobs(ids_b):
-            assert record.status == env.truth[record.job_id]
-        for record in await env.jobs(ids_a):
-            assert not record.finished
+    await _b_finishes_while_a_is_paused(env, ids_b)
+    assert budget.delay(SUB_A) > 0
+    for record in await env.jobs(ids_b):
+        assert record.status == env.truth[record.job_id]
+    for record in await env.jobs(ids_a):
+        assert not record.finished
 
 
 async def test_a_429_on_one_subscriptions_sweep_pauses_only_that_subscription(
-    tmp_path: Path, parked: ParkedSleeps
+    make_env: MakeEnv, parked: ParkedSleeps
 ) -> None:
     """With pollers to spare (the case that works today): A's sweep gets a 429, the whole
     subscription pauses, B's jobs are swept, read and finish on schedule meanwhile."""
-    async with make_env(tmp_path, concurrency=16) as env:
-        ids_a = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(4)])
-        ids_b = await env.add_jobs(
-            [JobSpec(final_status=FINALS[i % 4], duration_seconds=9.0) for i in range(4)],
-            VAULT_B_ID,
-        )
-        await env.run()  # the first sweep of each vault
-        env.clock.advance(POLICY.min_interval.total_seconds())
-        await env.run()  # the first detail reads
-        env.state.add_fault(
-            "429", retry_after=30, path_contains="/vaults/vault-emulator/", count=50
-        )
-        env.clock.advance(POLICY.min_interval.total_seconds())
-        lists_b = env.state.stats()["reads_by_subscription"].get(SUB_B, 0)
-        await env.tracker.tick()
+    env = await make_env(concurrency=16, must_drain=False)
+    ids_a = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(4)])
+    ids_b = await env.add_jobs(
+        [JobSpec(final_status=FINALS[i % 4], duration_seconds=9.0) for i in range(4)],
+        VAULT_B_ID,
+    )
+    await env.run()  # the first sweep of each vault
+    env.clock.advance(POLICY.min_interval.total_seconds())
+    await env.run()  # the first detail reads
+    env.state.add_fault("429", retry_after=30, path_contains="/vaults/vault-emulator/", count=50)
+    env.clock.advance(POLICY.min_interval.total_seconds())
+    lists_b = env.state.stats()["reads_by_subscription"].get(SUB_B, 0)
+    await env.tracker.tick()
 
-        budget = env.arm.budget
-        assert budget is not None
+    budget = env.arm.budget
+    assert budget is not None
 
-        async def a_paused() -> bool:
-            return budget.delay(SUB_A) > 0
+    async def a_paused() -> bool:
+        return budget.delay(SUB_A) > 0
 
-        assert await _until(a_paused)
-        assert budget.delay(SUB_B) == 0
-        next_b = {r.job_id: r.next_poll_at for r in await env.jobs(ids_b)}
+    assert await _until(a_paused)
+    assert budget.delay(SUB_B) == 0
+    next_b = {r.job_id: r.next_poll_at for r in await env.jobs(ids_b)}
 
-        await _b_finishes_while_a_is_paused(env, ids_b)
-        assert budget.delay(SUB_A) > 0
-        assert env.state.stats()["reads_by_subscription"][SUB_B] > lists_b
-        for record in await env.jobs(ids_b):
-            assert record.status == env.truth[record.job_id] and record.finished
-            assert record.next_poll_at is None and next_b[record.job_id] is not None
-        states = {s.subscription_id: s for s in budget.snapshot()}
-        assert states[SUB_A].throttled >= 1
-        assert states[SUB_B].throttled == 0
-        for record in await env.jobs(ids_a):
-            assert record.status == "InProgress" and not record.finished
+    await _b_finishes_while_a_is_paused(env, ids_b)
+    assert budget.delay(SUB_A) > 0
+    assert env.state.stats()["reads_by_subscription"][SUB_B] > lists_b
+    for record in await env.jobs(ids_b):
+        assert record.status == env.truth[record.job_id] and record.finished
+        assert record.next_poll_at is None and next_b[record.job_id] is not None
+    states = {s.subscription_id: s for s in budget.snapshot()}
+    assert states[SUB_A].throttled >= 1
+    assert states[SUB_B].throttled == 0
+    for record in await env.jobs(ids_a):
+        assert record.status == "InProgress" and not record.finished
 
 
 # --------------------------------------------------------------------------- stuck events
 
 
-async def test_a_job_found_stuck_by_a_sweep_raises_its_stuck_event(tmp_path: Path) -> None:
-    policy = PollPolicy(
-        interval=POLICY.interval,
-        min_interval=POLICY.min_interval,
-        early_polls=POLICY.early_polls,
-        stuck=StuckRules(default=timedelta(seconds=20)),
-    )
+async def test_a_job_found_stuck_by_a_sweep_raises_its_stuck_event(make_env: MakeEnv) -> None:
     hook = WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", events=("stuck",))
-    async with make_env(tmp_path, policy=policy, webhooks=(hook,), detail_s=300.0) as env:
-        ids = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(3)])
+    env = await make_env(policy=STUCK_POLICY, webhooks=(hook,), detail_s=300.0)
+    ids = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(3)])
 
-        async def all_stuck() -> bool:
-            return all(r.stuck_since is not None for r in await env.jobs(ids))
+    async def all_stuck() -> bool:
+        return all(r.stuck_since is not None for r in await env.jobs(ids))
 
-        await env.run_until(all_stuck, step=1.0, max_steps=60)
-        for record in await env.jobs(ids):
-            # The stuck verdict came from a sweep: no full read since it was given.
-            assert record.stuck_since is not None
-            assert record.last_detail_at is None or record.last_detail_at < record.stuck_since
-        pending = await env.store.outbox_list("pending")
-        assert sorted(e.event_type for e in pending) == ["com.backupjobd.job.stuck"] * 3
+    await env.run_until(all_stuck, step=1.0, max_steps=60)
+    for record in await env.jobs(ids):
+        # The stuck verdict came from a sweep: no full read since it was given.
+        assert record.stuck_since is not None
+        assert record.last_detail_at is None or record.last_detail_at < record.stuck_since
+    pending = await env.store.outbox_list("pending")
+    assert sorted(e.event_type for e in pending) == ["com.backupjobd.job.stuck"] * 3
 
 
-async def test_with_sweeps_off_the_same_stuck_jobs_raise_their_events(tmp_path: Path) -> None:
+async def test_with_sweeps_off_the_same_stuck_jobs_raise_their_events(make_env: MakeEnv) -> None:
     """The control for the test above: one GET per poll writes the stuck events."""
-    policy = PollPolicy(
-        interval=POLICY.interval,
-        min_interval=POLICY.min_interval,
-        early_polls=POLICY.early_polls,
-        stuck=StuckRules(default=timedelta(seconds=20)),
-    )
     hook = WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", events=("stuck",))
-    async with make_env(tmp_path, policy=policy, webhooks=(hook,), sweep_min_jobs=0) as env:
-        ids = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(3)])
+    env = await make_env(policy=STUCK_POLICY, webhooks=(hook,), sweep_min_jobs=0)
+    ids = await env.add_jobs([JobSpec(duration_seconds=600.0) for _ in range(3)])
 
-        async def all_stuck() -> bool:
-            return all(r.stuck_since is not None for r in await env.jobs(ids))
+    async def all_stuck() -> bool:
+        return all(r.stuck_since is not None for r in await env.jobs(ids))
 
-        await env.run_until(all_stuck, step=1.0, max_steps=60)
-        assert env.kinds().get("job_list", 0) == 0
-        pending = await env.store.outbox_list("pending")
-        assert sorted(e.event_type for e in pending) == ["com.backupjobd.job.stuck"] * 3
+    await env.run_until(all_stuck, step=1.0, max_steps=60)
+    assert env.kinds().get("job_list", 0) == 0
+    pending = await env.store.outbox_list("pending")
+    assert sorted(e.event_type for e in pending) == ["com.backupjobd.job.stuck"] * 3
 
 
 # --------------------------------------------------------------------------- (f) members
@@ -638,118 +549,118 @@ async def _members(env: Env, ids: list[str]) -> list[JobRecord]:
 STEP_S = 1.2 * POLICY.interval.total_seconds()
 
 
-async def test_sweeps_that_see_nothing_new_write_no_row_and_hold_a_lease(tmp_path: Path) -> None:
-    async with make_env(tmp_path, page_size=7, detail_s=10_000) as env:
-        ids = await env.add_jobs(long_specs(10))
-        first = {r.job_id: r for r in await _members(env, ids)}
-        lists = env.kinds()["job_list"]
-        for _ in range(8):
-            env.clock.advance(STEP_S)
-            await env.run()
-        # Eight sweeps of two pages each, and not one GET.
-        assert env.kinds()["job_list"] - lists == 8 * 2
-        assert env.kinds().get("job_get", 0) == 0
-        now = env.clock.now()
-        for record in await env.jobs(ids):
-            before = first[record.job_id]
-            # No row written: the same version, the same history...
-            assert record.version == before.version
-            assert record.status == "InProgress"
-            transitions, snapshots = await env.store.history(record.pk)
-            assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
-            assert snapshots == []
-            # ...and the stored next poll is a lease beyond the next sweep: nobody else
-            # polls the job meanwhile.
-            assert record.next_poll_at is not None
-            assert now + POLICY.interval < record.next_poll_at <= now + POLICY.max_detection_lag
-        assert await env.store.due_jobs(now, 100) == []
+async def test_sweeps_that_see_nothing_new_write_no_row_and_hold_a_lease(make_env: MakeEnv) -> None:
+    env = await make_env(page_size=7, detail_s=10_000)
+    ids = await env.add_jobs(long_specs(10))
+    first = {r.job_id: r for r in await _members(env, ids)}
+    lists = env.kinds()["job_list"]
+    for _ in range(8):
+        env.clock.advance(STEP_S)
+        await env.run()
+    # Eight sweeps of two pages each, and not one GET.
+    assert env.kinds()["job_list"] - lists == 8 * 2
+    assert env.kinds().get("job_get", 0) == 0
+    now = env.clock.now()
+    for record in await env.jobs(ids):
+        before = first[record.job_id]
+        # No row written: the same version, the same history...
+        assert record.version == before.version
+        assert record.status == "InProgress"
+        transitions, snapshots = await env.store.history(record.pk)
+        assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
+        assert snapshots == []
+        # ...and the stored next poll is a lease beyond the next sweep: nobody else
+        # polls the job meanwhile.
+        assert record.next_poll_at is not None
+        assert now + POLICY.interval < record.next_poll_at <= now + POLICY.max_detection_lag
+    assert await env.store.due_jobs(now, 100) == []
 
-        # Draining hands the jobs back due now, so a restarted daemon polls them at once,
-        # and stores every sweep as a poll.
-        await env.tracker.drain(2)
-        assert {r.job_id for r in await env.store.due_jobs(now, 100)} == set(ids)
-        for record in await env.jobs(ids):
-            # The sweep that made them members, and the eight since.
-            assert record.poll_count == first[record.job_id].poll_count + 1 + 8
-            assert record.last_polled_at == now
+    # Draining hands the jobs back due now, so a restarted daemon polls them at once,
+    # and stores every sweep as a poll.
+    await env.tracker.drain(2)
+    assert {r.job_id for r in await env.store.due_jobs(now, 100)} == set(ids)
+    for record in await env.jobs(ids):
+        # The sweep that made them members, and the eight since.
+        assert record.poll_count == first[record.job_id].poll_count + 1 + 8
+        assert record.last_polled_at == now
 
 
 async def test_the_lease_is_renewed_every_few_sweeps_and_stores_the_polls_counted_since(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = dataclasses.replace(POLICY, max_detection_lag=4 * POLICY.interval)
-    async with make_env(tmp_path, page_size=50, detail_s=10_000, policy=policy) as env:
-        ids = await env.add_jobs(long_specs(6))
-        first = {r.job_id: r for r in await _members(env, ids)}
-        renewals: list[tuple[datetime, list[int] | None]] = []
-        reschedule = env.store.reschedule_jobs
+    lagging = dataclasses.replace(POLICY, max_detection_lag=4 * POLICY.interval)
+    env = await make_env(page_size=50, detail_s=10_000, policy=lagging)
+    ids = await env.add_jobs(long_specs(6))
+    first = {r.job_id: r for r in await _members(env, ids)}
+    renewals: list[tuple[datetime, list[int] | None]] = []
+    reschedule = env.store.reschedule_jobs
 
-        async def spy(
-            pks: Sequence[int],
-            next_poll_at: datetime,
-            polled_at: datetime | None = None,
-            polls: Sequence[int] | None = None,
-        ) -> int:
-            renewals.append((next_poll_at, None if polls is None else list(polls)))
-            return await reschedule(pks, next_poll_at, polled_at, polls)
+    async def spy(
+        pks: Sequence[int],
+        next_poll_at: datetime,
+        polled_at: datetime | None = None,
+        polls: Sequence[int] | None = None,
+    ) -> int:
+        renewals.append((next_poll_at, None if polls is None else list(polls)))
+        return await reschedule(pks, next_poll_at, polled_at, polls)
 
-        monkeypatch.setattr(env.store, "reschedule_jobs", spy)
-        sweeps = 9
-        for _ in range(sweeps):
-            env.clock.advance(STEP_S)
-            await env.run()
-            now = env.clock.now()
-            for record in await env.jobs(ids):
-                # Whatever was stored last still covers the next sweep and one interval.
-                next_sweep = env.tracker.next_sweep_at(DEFAULT_VAULT_ID)
-                assert next_sweep is not None and record.next_poll_at is not None
-                assert record.next_poll_at >= next_sweep + POLICY.interval
-                assert record.next_poll_at <= now + policy.max_detection_lag
-        # Fewer writes than sweeps, and together they stored one poll per sweep.
-        assert 1 < len(renewals) < sweeps
-        stored = sum(polls[0] for _, polls in renewals if polls)
-        for record in await env.jobs(ids):
-            assert first[record.job_id].poll_count + stored == record.poll_count
-            assert record.version == first[record.job_id].version
-        # (The sweep that made them members is stored with the first renewal.)
-        assert stored <= 1 + sweeps and all(len(set(p or [])) == 1 for _, p in renewals)
-
-
-async def test_a_dead_process_swept_jobs_come_due_when_the_lease_ends(tmp_path: Path) -> None:
-    async with make_env(tmp_path, page_size=50, detail_s=10_000) as env:
-        ids = await env.add_jobs(long_specs(6))
-        records = await _members(env, ids)
+    monkeypatch.setattr(env.store, "reschedule_jobs", spy)
+    sweeps = 9
+    for _ in range(sweeps):
+        env.clock.advance(STEP_S)
+        await env.run()
         now = env.clock.now()
-        lease = max(r.next_poll_at for r in records if r.next_poll_at is not None)
-        # What another process (a replica, or this one restarted after kill -9) sees: the
-        # jobs come due at most four intervals after the last sweep.
-        assert await env.store.due_jobs(now, 100) == []
-        assert lease - now <= (LEASE_INTERVALS + 1) * POLICY.interval
-        assert {r.job_id for r in await env.store.due_jobs(lease, 100)} == set(ids)
+        for record in await env.jobs(ids):
+            # Whatever was stored last still covers the next sweep and one interval.
+            next_sweep = env.tracker.next_sweep_at(DEFAULT_VAULT_ID)
+            assert next_sweep is not None and record.next_poll_at is not None
+            assert record.next_poll_at >= next_sweep + POLICY.interval
+            assert record.next_poll_at <= now + lagging.max_detection_lag
+    # Fewer writes than sweeps, and together they stored one poll per sweep.
+    assert 1 < len(renewals) < sweeps
+    stored = sum(polls[0] for _, polls in renewals if polls)
+    for record in await env.jobs(ids):
+        assert first[record.job_id].poll_count + stored == record.poll_count
+        assert record.version == first[record.job_id].version
+    # (The sweep that made them members is stored with the first renewal.)
+    assert stored <= 1 + sweeps and all(len(set(p or [])) == 1 for _, p in renewals)
 
 
-async def test_a_job_stopped_while_its_vault_is_swept_is_left_alone(tmp_path: Path) -> None:
-    async with make_env(tmp_path, page_size=50, detail_s=10_000) as env:
-        ids = await env.add_jobs(long_specs(5, seconds=40.0))
-        await _members(env, ids)
-        assert await env.store.stop_tracking(await env.job(ids[0]), env.clock.now())
-        stopped = await env.job(ids[0])
+async def test_a_dead_process_swept_jobs_come_due_when_the_lease_ends(make_env: MakeEnv) -> None:
+    env = await make_env(page_size=50, detail_s=10_000)
+    ids = await env.add_jobs(long_specs(6))
+    records = await _members(env, ids)
+    now = env.clock.now()
+    lease = max(r.next_poll_at for r in records if r.next_poll_at is not None)
+    # What another process (a replica, or this one restarted after kill -9) sees: the
+    # jobs come due at most four intervals after the last sweep.
+    assert await env.store.due_jobs(now, 100) == []
+    assert lease - now <= (LEASE_INTERVALS + 1) * POLICY.interval
+    assert {r.job_id for r in await env.store.due_jobs(lease, 100)} == set(ids)
 
-        async def others_finished() -> bool:
-            return all(r.finished for r in await env.jobs(ids[1:]))
 
-        await env.run_until(others_finished, step=1.0, max_steps=120)
-        victim = await env.job(ids[0])
-        assert victim.tracking is Tracking.STOPPED
-        assert victim.version == stopped.version and victim.status == "InProgress"
-        transitions, _ = await env.store.history(victim.pk)
-        assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
-        # Sweeps write nothing between lease renewals, so they notice the stop late: at
-        # most the one GET of its end, whose result is discarded.
-        assert env.gets(ids[0]) <= 1
-        for record in await env.jobs(ids[1:]):
-            transitions, _ = await env.store.history(record.pk)
-            assert [(t.from_status, t.to_status) for t in transitions] == [
-                (None, "InProgress"),
-                ("InProgress", "Completed"),
-            ]
+async def test_a_job_stopped_while_its_vault_is_swept_is_left_alone(make_env: MakeEnv) -> None:
+    env = await make_env(page_size=50, detail_s=10_000)
+    ids = await env.add_jobs(long_specs(5, seconds=40.0))
+    await _members(env, ids)
+    assert await env.store.stop_tracking(await env.job(ids[0]), env.clock.now())
+    stopped = await env.job(ids[0])
+
+    async def others_finished() -> bool:
+        return all(r.finished for r in await env.jobs(ids[1:]))
+
+    await env.run_until(others_finished, step=1.0, max_steps=120)
+    victim = await env.job(ids[0])
+    assert victim.tracking is Tracking.STOPPED
+    assert victim.version == stopped.version and victim.status == "InProgress"
+    transitions, _ = await env.store.history(victim.pk)
+    assert [(t.from_status, t.to_status) for t in transitions] == [(None, "InProgress")]
+    # Sweeps write nothing between lease renewals, so they notice the stop late: at
+    # most the one GET of its end, whose result is discarded.
+    assert env.gets(ids[0]) <= 1
+    for record in await env.jobs(ids[1:]):
+        transitions, _ = await env.store.history(record.pk)
+        assert [(t.from_status, t.to_status) for t in transitions] == [
+            (None, "InProgress"),
+            ("InProgress", "Completed"),
+        ]

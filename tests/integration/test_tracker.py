@@ -6,64 +6,27 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from backupjobd.adapters.arm import ArmClient
-from backupjobd.adapters.credentials import StaticTokenProvider
-from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core import azure
-from backupjobd.core.decisions import PollPolicy, Tracking
-from backupjobd.core.model import JobRecord
-from backupjobd.core.registration import JobRegistration, OperationRegistration
+from backupjobd.core.decisions import Tracking
+from backupjobd.core.registration import OperationRegistration
 from backupjobd.emulator import (
     DEFAULT_VAULT_ID,
     EmulatedJob,
     EmulatorState,
     JobSpec,
-    build_emulator_app,
 )
-from backupjobd.service.tracker import Tracker
+from backupjobd.testing import BASE, TEST_POLICY
+from tests.integration.rig import API, RUN_DEADLINE_S, VAULT, MakeRig, Rig
 
-API = "2025-08-01"
 TOKEN = "tracker-token-SECRET"
-VAULT = azure.vault_from_id(DEFAULT_VAULT_ID)
-BASE = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-POLICY = PollPolicy(
-    interval=timedelta(seconds=2),
-    min_interval=timedelta(seconds=1),
-    early_polls=3,
-    not_found_grace=timedelta(seconds=10),
-    max_backoff=timedelta(seconds=4),
-    operation_interval=timedelta(seconds=1),
-)
+POLICY = TEST_POLICY
 FINALS = ["Completed", "CompletedWithWarnings", "Failed", "Cancelled"]
-RUN_DEADLINE_S = 5.0
-
-
-class Clock:
-    """One fake time for both sides: seconds for the emulator, a datetime for the tracker."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return BASE + timedelta(seconds=self.t)
-
-    def advance(self, seconds: float | timedelta) -> None:
-        self.t += seconds.total_seconds() if isinstance(seconds, timedelta) else seconds
 
 
 class ScriptedState(EmulatorState):
@@ -83,75 +46,15 @@ class ScriptedState(EmulatorState):
         return body
 
 
-@dataclass
-class Env:
-    clock: Clock
+class Env(Rig):
     state: ScriptedState
-    store: SqlStore
-    tracker: Tracker
-    endpoint: str
-
-    async def register_job(self, job_id: str) -> JobRecord:
-        [result] = await self.store.register(
-            [JobRegistration(VAULT, job_id.lower(), "job-id")], self.clock.now()
-        )
-        assert result.created
-        return await self.job(job_id)
-
-    async def job(self, job_id: str) -> JobRecord:
-        [record] = await self.store.find_jobs(job_id)
-        return record
-
-    async def transitions(self, job_id: str) -> list[tuple[str | None, str]]:
-        record = await self.job(job_id)
-        transitions, _ = await self.store.history(record.pk)
-        return [(t.from_status, t.to_status) for t in transitions]
-
-    def gets(self, job_id: str) -> int:
-        return int(self.state.stats()["job_gets"].get(job_id, 0))
-
-    async def run(self) -> None:
-        await self.tracker.run_until_idle(RUN_DEADLINE_S)
-
-    async def run_until(
-        self,
-        done: Callable[[], Awaitable[bool]],
-        *,
-        step: float = 1.0,
-        max_steps: int = 60,
-        each: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """Poll whatever is due, check, advance the clock; a bounded loop on a condition."""
-        for _ in range(max_steps):
-            await self.run()
-            if await done():
-                return
-            if each is not None:
-                await each()
-            self.clock.advance(step)
-        raise AssertionError(f"condition not reached within {max_steps} steps of {step}s")
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock = Clock()
-    state = ScriptedState(clock=clock, required_token=TOKEN)
-    server = TestServer(build_emulator_app(state), host="127.0.0.1")
-    await server.start_server()
-    store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path}/tracker.db")
-    await store.migrate()
-    session = aiohttp.ClientSession(trust_env=False)
-    endpoint = str(server.make_url("")).rstrip("/")
-    arm = ArmClient(session, StaticTokenProvider(TOKEN), endpoint, API, timeout_seconds=5)
-    tracker = Tracker(store, arm, POLICY, clock.now, concurrency=4, rng=random.Random(7))
-    tracker.start()
-    try:
-        yield Env(clock, state, store, tracker, endpoint)
-    finally:
-        assert await tracker.drain(2)
-        await session.close()
-        await server.close()
-        await store.close()
+async def env(make_rig: MakeRig) -> Env:
+    rig = await make_rig(cls=Env, state_cls=ScriptedState, token=TOKEN, name="tracker")
+    assert isinstance(rig, Env)
+    return rig
 
 
 # --------------------------------------------------------------------------- lifecycles
@@ -162,7 +65,7 @@ async def test_ten_jobs_reach_their_final_statuses(env: Env) -> None:
     for i in range(10):
         final, duration = FINALS[i % len(FINALS)], 2.0 + i
         job = env.state.add_job(JobSpec(final_status=final, duration_seconds=duration))
-        await env.register_job(job.job_id)
+        await env.register(job.job_id)
         jobs.append((job.job_id, final, duration))
 
     async def all_finished() -> bool:
@@ -207,7 +110,7 @@ async def test_unknown_status_is_recorded_and_the_job_stays_active(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="backupjobd.service")
     job = env.state.add_job(JobSpec(final_status="Paused", duration_seconds=2))
-    await env.register_job(job.job_id)
+    await env.register(job.job_id)
 
     async def paused() -> bool:
         return (await env.job(job.job_id)).status == "Paused"
@@ -237,7 +140,7 @@ async def test_one_info_line_per_state_change_the_last_says_finished(
 ) -> None:
     caplog.set_level(logging.INFO, logger="backupjobd.service")
     job = env.state.add_job(JobSpec(final_status="Failed", duration_seconds=3))
-    await env.register_job(job.job_id)
+    await env.register(job.job_id)
 
     async def finished() -> bool:
         return (await env.job(job.job_id)).tracking is Tracking.FINISHED
@@ -258,7 +161,7 @@ async def test_one_info_line_per_state_change_the_last_says_finished(
 
 async def test_job_that_stays_404_becomes_lost_after_the_grace_period(env: Env) -> None:
     job_id = str(uuid.uuid4())  # the emulator never heard of it
-    await env.register_job(job_id)
+    await env.register(job_id)
     grace = POLICY.not_found_grace.total_seconds()
 
     async def check_active_within_grace() -> None:
@@ -287,7 +190,7 @@ async def test_job_that_stays_404_becomes_lost_after_the_grace_period(env: Env) 
 
 async def test_job_404_then_visible_within_grace_is_tracked_normally(env: Env) -> None:
     job = env.state.add_job(JobSpec(not_found_seconds=4, duration_seconds=8))
-    await env.register_job(job.job_id)
+    await env.register(job.job_id)
 
     async def seen() -> bool:
         return (await env.job(job.job_id)).status is not None
@@ -366,7 +269,7 @@ async def test_transient_fault_keeps_the_status_and_the_job_is_polled_again(
     env: Env, kind: str, retry_after: int
 ) -> None:
     job = env.state.add_job(JobSpec(duration_seconds=60))
-    await env.register_job(job.job_id)
+    await env.register(job.job_id)
     await env.run()
     first = await env.job(job.job_id)
     assert first.status == "InProgress"
@@ -404,7 +307,7 @@ async def test_transient_fault_keeps_the_status_and_the_job_is_polled_again(
 
 async def test_huge_retry_after_still_saves_the_poll(env: Env) -> None:
     job = env.state.add_job(JobSpec(duration_seconds=60))
-    record = await env.register_job(job.job_id)
+    record = await env.register(job.job_id)
     env.state.add_fault("429", count=1, retry_after=10**12, path_contains=job.job_id)
     await env.tracker.poll_job(record)
     saved = await env.job(job.job_id)
@@ -417,7 +320,7 @@ async def test_huge_retry_after_still_saves_the_poll(env: Env) -> None:
 
 async def test_polling_the_same_stale_record_twice_writes_one_transition(env: Env) -> None:
     job = env.state.add_job(JobSpec(duration_seconds=5))
-    stale = await env.register_job(job.job_id)
+    stale = await env.register(job.job_id)
 
     first = await env.tracker.poll_job(stale)
     second = await env.tracker.poll_job(stale)
@@ -445,7 +348,7 @@ async def test_polling_the_same_stale_record_twice_writes_one_transition(env: En
 
 async def test_concurrent_polls_of_one_record_write_one_transition(env: Env) -> None:
     job = env.state.add_job(JobSpec(duration_seconds=5))
-    stale = await env.register_job(job.job_id)
+    stale = await env.register(job.job_id)
     async with asyncio.timeout(RUN_DEADLINE_S):
         await asyncio.gather(*(env.tracker.poll_job(stale) for _ in range(4)))
     record = await env.job(job.job_id)
@@ -466,7 +369,7 @@ def extended(progress: int) -> dict[str, Any]:
 
 async def test_one_snapshot_per_distinct_body_and_duration_alone_adds_none(env: Env) -> None:
     job = env.state.add_job(JobSpec(duration_seconds=10_000))
-    await env.register_job(job.job_id)
+    await env.register(job.job_id)
     a, b, c = extended(10), extended(20), extended(30)
     script = [a, a, a, b, b, b, a, c, c, c]
     counts: list[int] = []

@@ -25,6 +25,7 @@ from backupjobd.http.guard import (
     listen_error,
     origin_allowed,
 )
+from backupjobd.testing import FakeClock
 
 
 @pytest.mark.parametrize(
@@ -114,18 +115,10 @@ def test_connection_cap_stays_under_half_the_descriptors(
     assert connection_cap(configured, limit, in_use=20) <= cap
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_accept_failures_are_logged_once_then_with_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     handler = AcceptFailureLog(clock)
     sheds: list[int] = []
     handler.on_exhausted = lambda: sheds.append(1)

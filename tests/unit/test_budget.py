@@ -23,21 +23,11 @@ from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.core import azure
 from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.errors import TransientError
+from backupjobd.testing import FakeClock
 
 SUB_A = "aaaaaaaa-0000-0000-0000-000000000001"
 SUB_B = "bbbbbbbb-0000-0000-0000-000000000002"
 STEP_TIMEOUT_S = 5.0
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def tokens(budget: ReadBudget, subscription: str) -> float:
@@ -49,7 +39,7 @@ def tokens(budget: ReadBudget, subscription: str) -> float:
 
 
 def test_a_fresh_subscription_has_the_whole_burst_then_nothing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(5, 2.0, reserve=0, clock=clock)
     assert budget.delay(SUB_A) == 0.0
     assert [budget.try_take(SUB_A) for _ in range(5)] == [True] * 5
@@ -61,7 +51,7 @@ def test_a_fresh_subscription_has_the_whole_burst_then_nothing() -> None:
 
 
 def test_tokens_refill_with_time_up_to_the_burst() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(10, 4.0, reserve=0, clock=clock)
     for _ in range(10):
         assert budget.try_take(SUB_A)
@@ -84,7 +74,7 @@ def test_tokens_refill_with_time_up_to_the_burst() -> None:
     ],
 )
 def test_delay_is_the_time_until_one_token(spent: int, elapsed: float, expected: float) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(4, 4.0, reserve=0, clock=clock)
     for _ in range(spent):
         assert budget.try_take(SUB_A)
@@ -95,7 +85,7 @@ def test_delay_is_the_time_until_one_token(spent: int, elapsed: float, expected:
 
 
 def test_try_take_refuses_without_spending() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(1, 1.0, reserve=0, clock=clock)
     assert budget.try_take(SUB_A)
     assert not budget.try_take(SUB_A)
@@ -109,7 +99,7 @@ def test_try_take_refuses_without_spending() -> None:
 
 
 def test_observe_remaining_lowers_our_count_keeping_the_reserve() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(250, 25.0, reserve=10, clock=clock)
     budget.observe_remaining(SUB_A, 100)
     assert tokens(budget, SUB_A) == pytest.approx(90.0)  # 100 minus the reserve of 10
@@ -123,7 +113,7 @@ def test_observe_remaining_lowers_our_count_keeping_the_reserve() -> None:
 
 
 def test_observe_remaining_never_raises_above_what_we_spent() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(20, 1.0, reserve=2, clock=clock)
     for _ in range(15):
         assert budget.try_take(SUB_A)
@@ -132,14 +122,14 @@ def test_observe_remaining_never_raises_above_what_we_spent() -> None:
 
 
 def test_the_reserve_is_at_most_half_the_burst() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(10, 1.0, reserve=50, clock=clock)
     budget.observe_remaining(SUB_A, 8)
     assert tokens(budget, SUB_A) == pytest.approx(3.0)  # reserve clamped to 5
 
 
 def test_observe_remaining_refills_before_comparing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(100, 10.0, reserve=0, clock=clock)
     for _ in range(100):
         assert budget.try_take(SUB_A)
@@ -152,7 +142,7 @@ def test_observe_remaining_refills_before_comparing() -> None:
 
 
 def test_throttled_pauses_the_subscription_for_retry_after_and_empties_it() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(250, 25.0, reserve=10, clock=clock)
     assert budget.try_take(SUB_A)
     budget.throttled(SUB_A, 7)
@@ -180,7 +170,7 @@ def test_throttled_pauses_the_subscription_for_retry_after_and_empties_it() -> N
 def test_throttled_without_retry_after_pauses_for_a_default(
     burst: int, rate: float, expected: float
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(burst, rate, reserve=0, clock=clock)
     budget.throttled(SUB_A, None)
     assert budget.delay(SUB_A) == pytest.approx(expected)
@@ -188,7 +178,7 @@ def test_throttled_without_retry_after_pauses_for_a_default(
 
 
 def test_a_shorter_retry_after_does_not_cut_a_pause_short() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(250, 25.0, clock=clock)
     budget.throttled(SUB_A, 30)
     clock.advance(5)
@@ -201,7 +191,7 @@ def test_a_shorter_retry_after_does_not_cut_a_pause_short() -> None:
 
 
 def test_subscriptions_have_independent_buckets() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(3, 1.0, reserve=0, clock=clock)
     budget.throttled(SUB_A, 120)
     assert budget.delay(SUB_A) == pytest.approx(120.0)
@@ -216,7 +206,7 @@ def test_subscriptions_have_independent_buckets() -> None:
 
 
 def test_subscription_ids_are_compared_case_insensitively() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(2, 1.0, reserve=0, clock=clock)
     assert budget.try_take(SUB_A.upper())
     assert budget.try_take(SUB_A)
@@ -225,7 +215,7 @@ def test_subscription_ids_are_compared_case_insensitively() -> None:
 
 
 def test_snapshot_reports_every_bucket_sorted() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     budget = ReadBudget(50, 5.0, reserve=0, clock=clock)
     assert budget.snapshot() == []
     for _ in range(10):
@@ -248,7 +238,7 @@ def _fake_asyncio(sleep: object) -> types.SimpleNamespace:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -403,8 +393,8 @@ class Emu:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emu]:
-    emu_clock = FakeClock()
-    budget_clock = FakeClock()
+    emu_clock = FakeClock(1000.0)
+    budget_clock = FakeClock(1000.0)
     state = EmulatorState(clock=emu_clock, required_token=TOKEN)
     server = TestServer(build_emulator_app(state), host="127.0.0.1")
     await server.start_server()
