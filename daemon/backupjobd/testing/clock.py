@@ -66,7 +66,7 @@ def _is_duration(name: str, value: Any) -> bool:
 
 def policy(**overrides: Any) -> PollPolicy:
     """`TEST_POLICY` with some fields replaced; durations may be given as seconds."""
-    changes = {
+    changes: dict[str, Any] = {
         name: timedelta(seconds=value) if _is_duration(name, value) else value
         for name, value in overrides.items()
     }

@@ -5,6 +5,10 @@ lock at BEGIN (so two processes never deadlock on a lock upgrade); PostgreSQL UR
 checked for options asyncpg would choke on. Every query of the store goes through
 `Database.run`, which translates library errors into `StoreError` and retries, briefly, what
 is gone in a blink (a locked SQLite database, a dropped PostgreSQL connection).
+
+`sqlalchemy.ext.asyncio` (which pulls in `sqlalchemy.orm`, some 60 ms) is imported only when
+an async engine is created: on SQLite the store works on the direct engine, so a command on
+an up-to-date database never needs one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Dialect, Engine, Row, event
@@ -30,9 +34,11 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from backupjobd.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +136,8 @@ def _on_read_only_mount(path: str) -> bool:
 
 
 def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     if url.startswith("sqlite"):
         # Every transaction here ends explicitly (commit, or the rollback that ends a
         # read), so the pool's own rollback on return would be one more thread round trip.
@@ -247,16 +255,23 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 
 class Database:
-    """The engines of one database and the one path every query of the store takes."""
+    """The engines of one database and the one path every query of the store takes.
+
+    `engine` may be given as a function that creates it: the async engine is then created
+    when first used (on SQLite, only by a migration or a test), not with the store."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | Callable[[], AsyncEngine],
         direct: Engine | None = None,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.engine = engine
+        if callable(engine):
+            self._engine: AsyncEngine | None = None
+            self._create_engine: Callable[[], AsyncEngine] | None = engine
+        else:
+            self._engine, self._create_engine = engine, None
         self.direct = direct
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
@@ -267,13 +282,23 @@ class Database:
         )
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The async engine (created on first use): PostgreSQL's only engine; on SQLite, the
+        one migrations run on."""
+        if self._engine is None:
+            assert self._create_engine is not None
+            self._engine = self._create_engine()
+        return self._engine
+
+    @property
     def dialect(self) -> Dialect:
         """The dialect of the engine the work runs on (on SQLite, the direct one)."""
         return (self.direct or self.engine.sync_engine).dialect
 
     @property
     def engines(self) -> list[Engine]:
-        """Every engine that opens connections (for connection events)."""
+        """Every engine that opens connections (for connection events); the async one is
+        created here, so that events listened for now also reach the connections it opens."""
         return [self.engine.sync_engine, *([self.direct] if self.direct else [])]
 
     async def run(self, work: Callable[[Connection], T], doing: str, *, write: bool) -> T:
@@ -298,6 +323,14 @@ class Database:
                 logger.debug("%s; attempt %d, retrying in %.2f s", error, attempt, pause)
             await asyncio.sleep(pause)
             attempt += 1
+
+    async def read_once(self, work: Callable[[Connection], T], doing: str) -> T:
+        """`work` as a read in one attempt (no retry), any failure a StoreError: the schema
+        version is read so, on whichever engine the store works on."""
+        try:
+            return await self._once(work, write=False)
+        except (SQLAlchemyError, OSError) as exc:
+            raise translate(exc, doing) from exc
 
     async def read(self, query: Any, doing: str) -> Sequence[Row[Any]]:
         def fetch(conn: Connection) -> Sequence[Row[Any]]:
@@ -331,7 +364,8 @@ class Database:
             return result
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
         if self._threads is not None:
             self._threads.shutdown(wait=True)
         if self.direct is not None:

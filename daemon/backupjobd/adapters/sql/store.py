@@ -2,18 +2,20 @@
 
 `SqlStore` is a thin façade: the queries live by aggregate (`jobs`, `operations`, `outbox`,
 `meta`), engines and the one transaction path with its retry in `engine`, Alembic in
-`migrate` (imported only when the schema is migrated or checked).
+`migrate` (imported only when the schema is migrated or checked). On SQLite the async engine
+is created only when a migration (or a test) needs it: a command on an up-to-date database
+reads the schema version on the direct engine like everything else.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backupjobd.adapters.sql import jobs, meta, operations, outbox, schema
 from backupjobd.adapters.sql.engine import (
@@ -25,7 +27,13 @@ from backupjobd.adapters.sql.engine import (
     read_only_url,
     sqlite_path,
 )
-from backupjobd.adapters.sql.migrate import SchemaBehind, check_schema, migrate
+from backupjobd.adapters.sql.migrate import (
+    SCHEMA_HEAD,
+    SchemaBehind,
+    _current,
+    check_schema,
+    migrate,
+)
 from backupjobd.core.azure import VaultRef
 from backupjobd.core.decisions import JobDecision, OperationDecision
 from backupjobd.core.model import (
@@ -43,13 +51,16 @@ from backupjobd.core.registration import Registration
 from backupjobd.errors import StoreError
 from backupjobd.store import Store
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 __all__ = ["RetryPolicy", "SchemaBehind", "SqlStore"]
 
 
 class SqlStore(Store):
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | Callable[[], AsyncEngine],
         url: str,
         direct: Engine | None = None,
         *,
@@ -81,12 +92,11 @@ class SqlStore(Store):
                     "creates it)"
                 )
             url = read_only_url(url)
-        return cls(
-            create_engine(url, busy_timeout_ms),
-            url,
-            create_direct_engine(url, busy_timeout_ms),
-            retry=retry,
-        )
+        direct = create_direct_engine(url, busy_timeout_ms)
+        # PostgreSQL works on the async engine: made now, a bad URL fails here as it always
+        # did. SQLite's is made if a migration needs it.
+        engine = functools.partial(create_engine, url, busy_timeout_ms)
+        return cls(engine if direct is not None else engine(), url, direct, retry=retry)
 
     @property
     def read_only(self) -> bool:
@@ -107,10 +117,21 @@ class SqlStore(Store):
         return self._db
 
     async def migrate(self) -> None:
-        await migrate(self._db, self._url, read_only=self.read_only)
+        if not await self._at_head():
+            await migrate(self._db, self._url, read_only=self.read_only)
 
     async def check_schema(self) -> None:
-        await check_schema(self._db)
+        if not await self._at_head():
+            await check_schema(self._db)
+
+    async def _at_head(self) -> bool:
+        """On SQLite, whether the schema is at head, read on the direct engine: the async
+        engine then stays uncreated unless there is something to migrate. Otherwise False,
+        and `migrate` / `check_schema` read it (and say what is wrong) themselves."""
+        if self._db.direct is None:
+            return False
+        revision = await self._db.read_once(_current, "reading the schema version")
+        return revision == SCHEMA_HEAD
 
     async def register(
         self, registrations: Sequence[Registration], now: datetime
