@@ -24,13 +24,12 @@ from typing import Any
 import pytest
 
 from backupjobd.emulator import ExpectedJob, load_recording, normalise_path
+from backupjobd.emulator.client import EmulatorProcess
 from tests.acceptance.conftest import (
     BIN,
     TERMINAL,
     TOKEN,
     Daemon,
-    _listening,
-    free_port,
     wait_until,
 )
 
@@ -163,15 +162,10 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     expected = {p.stem: load_recording(p).expected_jobs() for p in files}
     every_job = [j for jobs in expected.values() for j in jobs]
     tmp = tmp_path_factory.mktemp("replay")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    emu_log = (tmp / "emulator.log").open("wb")
-    emulator = subprocess.Popen(
-        [str(BIN), "emulator", "--port", str(port), "--token", TOKEN]
-        + [a for p in files for a in ("--replay", str(p))],
-        stdout=emu_log,
-        stderr=subprocess.STDOUT,
-    )
+    emulator = EmulatorProcess(
+        tmp / "emulator.log", token=TOKEN, replay_files=files, executable=BIN
+    ).start()
+    base = emulator.base
     config_path = tmp / "backupjobd.toml"
     config_path.write_text(
         f"""
@@ -200,8 +194,6 @@ enabled = false
     env["BACKUPJOBD_STATIC_TOKEN"] = TOKEN
     daemon = Daemon(config_path, env, tmp / "daemon.log")
     try:
-        wait_until("the emulator to listen", lambda: _listening(port) or emulator.poll(), 20)
-        assert emulator.poll() is None, (tmp / "emulator.log").read_text()
         started = time.monotonic()
         daemon.start()
         _register(daemon, base, every_job)
@@ -230,9 +222,7 @@ enabled = false
         yield Replay(expected, jobs, histories, resources, seconds)
     finally:
         daemon.close()
-        emulator.terminate()
-        emulator.wait(timeout=10)
-        emu_log.close()
+        emulator.stop()
 
 
 @pytest.mark.parametrize("path", FILES)
