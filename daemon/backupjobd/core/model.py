@@ -16,10 +16,8 @@ from backupjobd.core.decisions import (
     Snapshot,
     Tracking,
 )
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+from backupjobd.core.views import JOB_VIEW, SNAPSHOT_VIEW, TRANSITION_VIEW, render
+from backupjobd.core.views import iso as iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,30 +137,8 @@ class JobRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "vault_id": self.vault_id,
-            "status": self.status,
-            "job_type": self.job_type,
-            "operation": self.operation,
-            "entity_friendly_name": self.entity_friendly_name,
-            "backup_management_type": self.backup_management_type,
-            "start_time": iso(self.start_time),
-            "end_time": iso(self.end_time),
-            "finished": self.finished,
-            "tracking": self.tracking.value,
-            "source": self.source,
-            "registered_at": iso(self.registered_at),
-            "last_polled_at": iso(self.last_polled_at),
-            "next_poll_at": iso(self.next_poll_at),
-            "finished_at": iso(self.finished_at),
-            "poll_count": self.poll_count,
-            "error_count": self.error_count,
-            "last_error": self.last_error,
-            "last_error_at": iso(self.last_error_at),
-            "stuck": self.stuck_since is not None,
-            "stuck_since": iso(self.stuck_since),
-        }
+        """The job as `jobs show --json` and the API print it (`views.JOB_VIEW`)."""
+        return render(JOB_VIEW, self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +149,7 @@ class TransitionRecord:
     observed_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "from_status": self.from_status,
-            "to_status": self.to_status,
-            "observed_at": iso(self.observed_at),
-        }
+        return render(TRANSITION_VIEW, self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +159,7 @@ class SnapshotRecord:
     properties: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "observed_at": iso(self.observed_at),
-            "status": self.status,
-            "properties": self.properties,
-        }
+        return render(SNAPSHOT_VIEW, self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from backupjobd.core import azure, registration
 from backupjobd.core.registration import Endpoint
+from backupjobd.core.views import JOB_VIEW, SNAPSHOT_VIEW, TRANSITION_VIEW, object_schema
 from backupjobd.http.params import (
     GUID_PATTERN,
     JOB_ARM_ID_PATTERN,
@@ -40,33 +41,9 @@ def component_schemas(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def view_schemas() -> dict[str, Any]:
-    """What the API answers with."""
+    """What the API answers with; the jobs, transitions and snapshots from the views that
+    print them (`core.views`)."""
     nullable_str = {"type": ["string", "null"]}
-    nullable_time = {"type": ["string", "null"], "format": "date-time"}
-    job_props: dict[str, Any] = {
-        "job_id": {"type": "string", "pattern": "^[0-9a-f-]{36}$"},
-        "vault_id": {"type": "string"},
-        "status": {**nullable_str, "description": "Azure job status; null until first seen"},
-        "job_type": nullable_str,
-        "operation": nullable_str,
-        "entity_friendly_name": nullable_str,
-        "backup_management_type": nullable_str,
-        "start_time": nullable_time,
-        "end_time": nullable_time,
-        "finished": {"type": "boolean"},
-        "tracking": {"type": "string", "enum": ["active", "finished", "lost", "stopped"]},
-        "source": {"type": "string"},
-        "registered_at": {"type": "string", "format": "date-time"},
-        "last_polled_at": nullable_time,
-        "next_poll_at": nullable_time,
-        "finished_at": nullable_time,
-        "poll_count": {"type": "integer", "minimum": 0},
-        "error_count": {"type": "integer", "minimum": 0},
-        "last_error": nullable_str,
-        "last_error_at": nullable_time,
-        "stuck": {"type": "boolean"},
-        "stuck_since": nullable_time,
-    }
     return {
         "Error": {
             "type": "object",
@@ -81,12 +58,7 @@ def view_schemas() -> dict[str, Any]:
                 }
             },
         },
-        "Job": {
-            "type": "object",
-            "required": list(job_props),
-            "additionalProperties": False,
-            "properties": job_props,
-        },
+        "Job": object_schema(JOB_VIEW),
         "JobPage": {
             "type": "object",
             "required": ["jobs", "next_cursor"],
@@ -105,32 +77,8 @@ def view_schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "job": ref("Job"),
-                "transitions": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["from_status", "to_status", "observed_at"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "from_status": nullable_str,
-                            "to_status": {"type": "string"},
-                            "observed_at": {"type": "string", "format": "date-time"},
-                        },
-                    },
-                },
-                "snapshots": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["observed_at", "status", "properties"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "observed_at": {"type": "string", "format": "date-time"},
-                            "status": {"type": "string"},
-                            "properties": {"type": "object"},
-                        },
-                    },
-                },
+                "transitions": {"type": "array", "items": object_schema(TRANSITION_VIEW)},
+                "snapshots": {"type": "array", "items": object_schema(SNAPSHOT_VIEW)},
             },
         },
         "RegisterResults": {
