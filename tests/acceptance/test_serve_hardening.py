@@ -46,6 +46,24 @@ def run_serve(daemon: Daemon, timeout: float = 30) -> subprocess.CompletedProces
     )
 
 
+def start_waiting_for_the_database(daemon: Daemon) -> None:
+    """Start `serve` on a database it cannot use yet: it says so and keeps waiting."""
+    daemon.start()
+    assert daemon.process is not None
+    wait_until(
+        "serve to report the database unavailable",
+        lambda: "database unavailable at start" in daemon.log_text(),
+        30,
+    )
+    assert daemon.process.poll() is None, daemon.log_text()
+
+
+def serves_then_stops_cleanly(daemon: Daemon) -> None:
+    wait_until("serve to start once the database answers", lambda: serving(daemon), 60)
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log_text()
+
+
 def one_line_error(out: subprocess.CompletedProcess[str], code: int, text: str) -> None:
     assert out.returncode == code, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
@@ -108,32 +126,18 @@ def test_a_short_api_token_is_refused(daemon: Daemon) -> None:
     assert "abcde" not in out.stderr
 
 
+@pytest.mark.postgres
 def test_a_libpq_sslmode_is_understood(daemon: Daemon) -> None:
-    """`?sslmode=disable` is how libpq URLs say it; asyncpg calls it `ssl`."""
-    daemon.env["BACKUPJOBD_DATABASE__URL"] = (
-        f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/test?sslmode=disable"
-    )
-    out = subprocess.run(
-        [str(BIN), "--config", str(daemon.config_path), "jobs", "list"],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "Traceback" not in out.stderr, out.stderr
-    if out.returncode != 0:
-        assert "database error" in out.stderr or "PostgreSQL" in out.stderr, out.stderr
-    daemon.env["BACKUPJOBD_DATABASE__URL"] += "&bogus=1"
-    out = subprocess.run(
-        [str(BIN), "--config", str(daemon.config_path), "jobs", "list"],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    one_line_error(out, 2, "unknown PostgreSQL option 'bogus'")
+    """`?sslmode=disable` is how libpq URLs say it; asyncpg calls it `ssl`. Before, asyncpg's
+    connect() died with a TypeError traceback on every attempt. A database that does not
+    exist shows that the connection reached the server (which answers in one line)."""
+    base = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/backupjobd_no_such_db"
+    daemon.env["BACKUPJOBD_DATABASE__URL"] = f"{base}?sslmode=disable"
+    out = daemon.cli("jobs", "list")
+    one_line_error(out, 1, "does not exist")
+    assert "Connect call failed" not in out.stderr, "PostgreSQL must run for this test"
+    daemon.env["BACKUPJOBD_DATABASE__URL"] = f"{base}?sslmode=disable&bogus=1"
+    one_line_error(daemon.cli("jobs", "list"), 2, "unknown PostgreSQL option 'bogus'")
 
 
 class _Proxy:
@@ -191,32 +195,18 @@ def test_a_database_down_at_start_is_waited_for(daemon: Daemon, pg_proxy: _Proxy
     daemon.env["BACKUPJOBD_DATABASE__URL"] = (
         f"postgresql+asyncpg://postgres@127.0.0.1:{pg_proxy.port}/test"
     )
-    daemon.start()
-    assert daemon.process is not None
-    wait_until(
-        "serve to report the database unavailable",
-        lambda: "database unavailable at start" in daemon.log_text(),
-        30,
-    )
-    assert daemon.process.poll() is None, daemon.log_text()
+    start_waiting_for_the_database(daemon)
     pg_proxy.open()
-    wait_until("serve to start once the database is back", lambda: serving(daemon), 60)
-    assert daemon.stop() == 0
-    assert "Traceback" not in daemon.log_text()
+    serves_then_stops_cleanly(daemon)
 
 
 def test_a_signal_while_waiting_for_the_database_stops_cleanly(daemon: Daemon) -> None:
     daemon.env["BACKUPJOBD_DATABASE__URL"] = (
         f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test"
     )
-    daemon.start()
-    assert daemon.process is not None
-    wait_until(
-        "serve to report the database unavailable",
-        lambda: "database unavailable at start" in daemon.log_text(),
-        30,
-    )
+    start_waiting_for_the_database(daemon)
     assert daemon.stop() == 0
+    assert "stopped before the database became available" in daemon.log_text()
     assert "Traceback" not in daemon.log_text()
 
 
@@ -253,18 +243,9 @@ def fill(disk: Path) -> Path:
 def test_a_full_disk_at_start_is_waited_for(daemon: Daemon, small_disk: Path) -> None:
     daemon.env["BACKUPJOBD_DATABASE__URL"] = f"sqlite+aiosqlite:///{small_disk}/backupjobd.db"
     filler = fill(small_disk)
-    daemon.start()
-    assert daemon.process is not None
-    wait_until(
-        "serve to report the full disk",
-        lambda: "database unavailable at start" in daemon.log_text(),
-        30,
-    )
-    assert daemon.process.poll() is None, daemon.log_text()
+    start_waiting_for_the_database(daemon)
     filler.unlink()
-    wait_until("serve to start once there is room", lambda: serving(daemon), 60)
-    assert daemon.stop() == 0
-    assert "Traceback" not in daemon.log_text()
+    serves_then_stops_cleanly(daemon)
 
 
 def test_a_database_in_a_missing_directory_is_one_line(daemon: Daemon, tmp_path: Path) -> None:

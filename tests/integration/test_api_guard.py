@@ -26,7 +26,8 @@ from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
 from backupjobd.core.registration import Endpoint
 from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
-from backupjobd.http import ApiStartError, build_api_app, start_api
+from backupjobd.http import ApiStartError, build_api_app, connection_guard, start_api
+from backupjobd.http.guard import BUSY_ANSWER
 
 JOB = "0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e"
 JOB_ARM_ID = f"{DEFAULT_VAULT_ID}/backupJobs/{JOB}"
@@ -236,6 +237,30 @@ async def test_a_flood_of_idle_connections_leaves_room_for_the_health_probe(
     assert len(api.runner.server.connections) <= 8
     for _, writer in flood:
         writer.close()
+
+
+async def test_when_every_connection_is_busy_a_newcomer_gets_503(make_api: ApiFactory) -> None:
+    """Busy connections (a request in progress) are never closed to make room."""
+    api = await make_api(max_connections=4, body_timeout_seconds=30.0)
+    busy = []
+    for _ in range(4):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+        writer.write(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n["
+        )
+        await writer.drain()
+        busy.append((reader, writer))
+    assert api.runner.server is not None
+    server = api.runner.server
+    guard = connection_guard(api.runner.app)
+    await until(lambda: guard.busy == 4, "four requests to be in progress")
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    assert await closed_by_server(reader) == BUSY_ANSWER
+    writer.close()
+    assert len(server.connections) == 4  # none of the busy ones was closed
+    for _, busy_writer in busy:
+        busy_writer.close()
 
 
 # ---- start-up failures: one line -------------------------------------------------------

@@ -408,13 +408,13 @@ async def test_credential_error_propagates_without_a_request(
         "not a url",
     ],
 )
-async def test_get_json_refuses_foreign_urls_without_any_request(
+async def test_a_foreign_url_is_refused_without_any_request(
     client: ArmClient, tokens: RecordingTokens, url: str
 ) -> None:
     with ArmMock() as m:
         m.get(re.compile(".*"), payload=job_body())
         with pytest.raises(PermanentError, match="refusing"):
-            await client._get_json(url, VAULT.subscription_id)
+            await client._send("GET", url, VAULT.subscription_id)
         assert sent(m) == []
     assert tokens.calls == []  # no token was even fetched
 
@@ -425,7 +425,8 @@ async def test_endpoint_host_case_and_default_port_are_the_same_endpoint(
     arm = ArmClient(session, tokens, "https://Management.Azure.com:443", API)
     with ArmMock() as m:
         m.get(ANY_URL, payload=job_body())
-        assert (await arm._get_json(JOB_URL, VAULT.subscription_id))["name"] == JOB
+        answer = await arm._send("GET", JOB_URL, VAULT.subscription_id)
+        assert answer.status == 200 and sent(m)
 
 
 # ------------------------------------------------------------------ AzureIdentityTokenProvider

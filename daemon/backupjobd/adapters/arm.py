@@ -203,9 +203,6 @@ class ArmClient:
             location = answer.location or location
         return "completed" if answer.status in (200, 204) else "accepted"
 
-    async def _get_json(self, url: str, subscription_id: str) -> Any:
-        return self._raise_for(await self._send("GET", url, subscription_id))
-
     def _raise_for(self, answer: _Answer) -> Any:
         """The parsed 200 body, or the error the answer stands for (token redacted)."""
         try:

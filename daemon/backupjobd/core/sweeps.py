@@ -265,10 +265,6 @@ class VaultRoster:
         vault = self._vaults.get(vault_id.lower())
         return None if vault is None else vault.next_sweep
 
-    def is_pending(self, vault_id: str, pk: int) -> bool:
-        vault = self._vaults.get(vault_id.lower())
-        return vault is not None and pk in vault.pending
-
     def members(self, vault_id: str) -> dict[int, JobRecord]:
         vault = self._vaults.get(vault_id.lower())
         return {} if vault is None else dict(vault.members)

@@ -122,16 +122,20 @@ def descriptors_in_use() -> int:
 # ---- connections -----------------------------------------------------------------------
 
 
+_BUSY_BODY = b'{"error": {"code": "busy", "message": "too many connections; retry later"}}'
+BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(_BUSY_BODY)
+    + _BUSY_BODY
+)
+
+
 class _Refused(asyncio.Protocol):
     """Answers 503 and closes: every connection slot is busy with a request."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 75\r\n\r\n"
-            b'{"error": {"code": "busy", "message": "too many connections; retry later"}}'
-        )
+        transport.write(BUSY_ANSWER)
         transport.close()
 
 
@@ -147,8 +151,11 @@ class ConnectionGuard:
         self._server: web.Server | None = None
         self.cap = cap
         self._busy: dict[object, int] = {}
-        self.refused = 0
-        self.evicted = 0
+
+    @property
+    def busy(self) -> int:
+        """Connections with a request in progress (never closed to make room)."""
+        return len(self._busy)
 
     def attach(self, server: web.Server) -> None:
         """The runner's server exists only after setup; the middleware exists before."""
@@ -160,9 +167,7 @@ class ConnectionGuard:
         if len(connections) >= self.cap:
             idle = next((c for c in connections if c not in self._busy), None)
             if idle is None:
-                self.refused += 1
                 return _Refused()
-            self.evicted += 1
             idle.force_close()
         return self._server()
 
@@ -175,7 +180,6 @@ class ConnectionGuard:
         shed = idle[: max(1, len(idle) // 2)] if idle else []
         for connection in shed:
             connection.force_close()
-        self.evicted += len(shed)
         return len(shed)
 
     @web.middleware

@@ -251,9 +251,6 @@ class RetryPolicy:
         return backoff * (0.5 + rng.random() / 2)
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
-
 class Database:
     """The engines of one database and the one path every query of the store takes.
 
