@@ -1,22 +1,26 @@
 """Configuration: TOML file, then `BACKUPJOBD_<SECTION>__<KEY>` environment overrides,
 validated once at start with a one-line error that names the bad key.
 
+The sections are typed structs (msgspec): msgspec checks the types, refuses unknown keys and
+converts environment strings; its errors are re-worded here to name the key as the file
+spells it. What types cannot say (ranges, host names, endpoints, ids) is checked after.
+
 The environment is passed in as a mapping; nothing here reads `os.environ`. The checks of
 single values (ranges, host names, endpoints, tokens) are in `config_rules`, re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import msgspec
 
 from backupjobd.config_rules import (
     MAX_UNIX_SOCKET_BYTES,
@@ -65,8 +69,11 @@ CREDENTIALS = (
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 
 
-@dataclass(frozen=True)
-class AzureConfig:
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A config table: immutable, and a key it does not know is an error, not ignored."""
+
+
+class AzureConfig(_Section, frozen=True):
     cloud: str = "AzureCloud"
     management_endpoint: str = ""
     credential: str = "default"
@@ -87,14 +94,12 @@ class AzureConfig:
         return CLOUDS[self.cloud][1]
 
 
-@dataclass(frozen=True)
-class DatabaseConfig:
+class DatabaseConfig(_Section, frozen=True):
     url: str = "sqlite+aiosqlite:///./backupjobd.db"
     busy_timeout_ms: int = 5000
 
 
-@dataclass(frozen=True)
-class PollingConfig:
+class PollingConfig(_Section, frozen=True):
     interval_seconds: float = 30.0
     min_interval_seconds: float = 5.0
     early_polls: int = 3
@@ -110,8 +115,7 @@ class PollingConfig:
     max_detection_lag_seconds: float = 120.0
 
 
-@dataclass(frozen=True)
-class ThrottleConfig:
+class ThrottleConfig(_Section, frozen=True):
     """The ARM read budget we keep to, per subscription (Azure: 250 burst, 25 per second)."""
 
     enabled: bool = True
@@ -120,14 +124,12 @@ class ThrottleConfig:
     reserve_reads: int = 10
 
 
-@dataclass(frozen=True)
-class StuckConfig:
+class StuckConfig(_Section, frozen=True):
     after_seconds: float = 21600.0
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ApiConfig:
+class ApiConfig(_Section, frozen=True):
     """The HTTP API served by `serve` (loopback by default; elsewhere a token is required)."""
 
     enabled: bool = False
@@ -149,8 +151,7 @@ class ApiConfig:
 WEBHOOK_EVENTS = ("all", "terminal", "failures", "stuck")
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
+class WebhookConfig(_Section, frozen=True):
     url: str
     name: str = ""
     events: tuple[str, ...] = ("all",)
@@ -158,15 +159,13 @@ class WebhookConfig:
     timeout_seconds: float = 10.0
 
 
-@dataclass(frozen=True)
-class NotifyConfig:
+class NotifyConfig(_Section, frozen=True):
     webhook: tuple[WebhookConfig, ...] = ()
     max_attempts: int = 12
     max_backoff_seconds: float = 600.0
 
 
-@dataclass(frozen=True)
-class DiscoveryConfig:
+class DiscoveryConfig(_Section, frozen=True):
     """Finding the jobs nobody registers (those backup policies start on schedule) by listing
     the jobs of configured vaults, or of every vault of configured subscriptions."""
 
@@ -181,27 +180,25 @@ class DiscoveryConfig:
     vault_refresh_seconds: float = 3600.0
 
 
-@dataclass(frozen=True)
-class LogConfig:
+class LogConfig(_Section, frozen=True):
     level: str = "INFO"
     format: str = "text"
 
 
-@dataclass(frozen=True)
-class Config:
-    azure: AzureConfig = field(default_factory=AzureConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    polling: PollingConfig = field(default_factory=PollingConfig)
-    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
-    stuck: StuckConfig = field(default_factory=StuckConfig)
-    api: ApiConfig = field(default_factory=ApiConfig)
-    notify: NotifyConfig = field(default_factory=NotifyConfig)
-    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+class Config(_Section, frozen=True):
+    azure: AzureConfig = msgspec.field(default_factory=AzureConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    polling: PollingConfig = msgspec.field(default_factory=PollingConfig)
+    throttle: ThrottleConfig = msgspec.field(default_factory=ThrottleConfig)
+    stuck: StuckConfig = msgspec.field(default_factory=StuckConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
+    discovery: DiscoveryConfig = msgspec.field(default_factory=DiscoveryConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
     source: str = "built-in defaults"
 
 
-_SECTIONS: dict[str, type[Any]] = {
+_SECTIONS: dict[str, type[_Section]] = {
     "azure": AzureConfig,
     "database": DatabaseConfig,
     "polling": PollingConfig,
@@ -212,6 +209,14 @@ _SECTIONS: dict[str, type[Any]] = {
     "discovery": DiscoveryConfig,
     "log": LogConfig,
 }
+
+
+_T = TypeVar("_T", bound=_Section)
+
+
+def replace(struct: _T, **changes: Any) -> _T:
+    """A copy of a config struct with some values changed (tests and `serve` overrides)."""
+    return msgspec.structs.replace(struct, **changes)
 
 
 def resolve_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
@@ -244,95 +249,30 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "<memory
             raise ConfigError(f"unknown config section [{name}]")
         if not isinstance(value, dict):
             raise ConfigError(f"config section [{name}] must be a table")
-        sections[name] = dict(value)
+        sections[name] = {
+            key: _normalised(f"{name}.{key}", item, False) for key, item in value.items()
+        }
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX) or "__" not in var[len(ENV_PREFIX) :]:
             continue
         section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
         if section not in _SECTIONS:
             raise ConfigError(f"{var}: unknown config section [{section}]")
-        sections.setdefault(section, {})[key] = _EnvValue(value)
-    built: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        built[name] = _build_section(name, cls, sections.get(name, {}))
-    config = Config(**built, source=source)
+        sections.setdefault(section, {})[key] = _from_env(section, key, value)
+    try:
+        config = msgspec.convert({**sections, "source": source}, Config)
+    except msgspec.ValidationError as exc:
+        raise _reworded(exc, sections) from None
+    config = replace(config, notify=replace(config.notify, webhook=_webhooks(config.notify)))
     _validate(config)
     return config
 
 
-class _EnvValue(str):
-    """A string from the environment, converted to the key's type when the section is built."""
-
-    __slots__ = ()
-
-
-def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"unknown config key {name}.{key}")
-        kwargs[key] = _coerce(f"{name}.{key}", value, _field_type(fields[key]))
-    return cls(**kwargs)
-
-
-def _field_type(spec: dataclasses.Field[Any]) -> type[Any]:
-    if spec.default is not dataclasses.MISSING:
-        return type(spec.default)
-    assert spec.default_factory is not dataclasses.MISSING
-    return type(spec.default_factory())
-
-
-def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
-    from_env = isinstance(value, _EnvValue)
-    if kind is tuple and key == "notify.webhook":
-        return _webhooks(key, value, from_env)
-    if kind is tuple and key.startswith("discovery."):
-        return discovery_list(key, value, from_env)
-    if kind is tuple and key == "api.allowed_hosts":
-        return host_names(key, value, from_env)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_env:
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif kind is float:
-        number = finite_float(value, from_env)
-        if number is not None:
-            return number
-        raise ConfigError(f"config key {key} must be a finite number, got {shown(value)}")
-    elif kind is str and isinstance(value, str):
-        return str(value)
-    elif kind is dict:
-        table = value
-        if from_env:
-            try:
-                table = json.loads(value)
-            except ValueError:
-                raise ConfigError(f"config key {key} must be a JSON object") from None
-        if not isinstance(table, dict):
-            raise ConfigError(f"config key {key} must be a table of numbers")
-        numbers: dict[str, float] = {}
-        for name, item in table.items():
-            number = finite_float(item, False)
-            if number is None:
-                where = f"{key}[{json.dumps(str(name))}]"
-                raise ConfigError(f"config key {where} must be a number, got {shown(item)}")
-            numbers[str(name)] = number
-        return numbers
-    raise ConfigError(f"config key {key} must be {kind.__name__}, got {shown(value)}")
-
-
-def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]:
-    """`[[notify.webhook]]` tables (or a JSON array of objects from the environment)."""
+# Keys whose values are normalised before the types are checked: ids canonicalised, host
+# names lower-cased, and the environment's comma-separated or JSON forms read.
+def _webhook_tables(key: str, value: Any, from_env: bool) -> Any:
+    """`[[notify.webhook]]` as written: from the environment a JSON array of objects; an
+    `events` given as one string is a list of one."""
     if from_env:
         try:
             value = json.loads(value)
@@ -340,40 +280,116 @@ def _webhooks(key: str, value: Any, from_env: bool) -> tuple[WebhookConfig, ...]
             raise ConfigError(f"config key {key} must be a JSON array of objects") from None
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise ConfigError(f"config key {key} must be an array of tables ([[notify.webhook]])")
-    fields = {f.name for f in dataclasses.fields(WebhookConfig)}
-    hooks = []
-    for index, table in enumerate(value):
-        where = f"{key}[{index}]"
-        unknown = set(table) - fields
-        if unknown:
-            raise ConfigError(f"unknown config key {where}.{sorted(unknown)[0]}")
-        url = table.get("url")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise ConfigError(f"config key {where}.url must be an http(s) URL")
-        events = table.get("events", ["all"])
-        if isinstance(events, str):
-            events = [events]
-        if (
-            not isinstance(events, list)
-            or not events
-            or any(e not in WEBHOOK_EVENTS for e in events)
-        ):
-            raise ConfigError(f"config key {where}.events must list some of {WEBHOOK_EVENTS}")
-        for name in ("name", "secret_env"):
-            if not isinstance(table.get(name, ""), str):
-                raise ConfigError(f"config key {where}.{name} must be a string")
-        timeout = finite_float(table.get("timeout_seconds", 10.0), False)
-        if timeout is None:
-            raise ConfigError(f"config key {where}.timeout_seconds must be a number")
-        hooks.append(
-            WebhookConfig(
-                url=url,
-                name=table.get("name") or f"webhook-{index + 1}",
-                events=tuple(events),
-                secret_env=table.get("secret_env", ""),
-                timeout_seconds=timeout,
+    return [
+        {**table, "events": [table["events"]]} if isinstance(table.get("events"), str) else table
+        for table in value
+    ]
+
+
+_NORMALISERS: dict[str, Callable[[str, Any, bool], Any]] = {
+    "notify.webhook": _webhook_tables,
+    "api.allowed_hosts": host_names,
+    "discovery.operations": discovery_list,
+    "discovery.backup_management_types": discovery_list,
+    "discovery.vault": discovery_list,
+    "discovery.subscription": discovery_list,
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _normalised(key: str, value: Any, from_env: bool) -> Any:
+    normaliser = _NORMALISERS.get(key)
+    return normaliser(key, value, from_env) if normaliser else value
+
+
+def _from_env(section: str, key: str, text: str) -> Any:
+    """An environment string as the key's type: numbers and booleans converted, tables and
+    arrays given as JSON."""
+    name = f"{section}.{key}"
+    fields = {f.name: f.type for f in msgspec.structs.fields(_SECTIONS[section])}
+    if key not in fields:
+        raise ConfigError(f"unknown config key {name}")
+    kind = fields[key]
+    if name in _NORMALISERS:
+        return _normalised(name, text, True)
+    if kind is bool and text.strip().lower() in _TRUE + _FALSE:
+        return text.strip().lower() in _TRUE
+    if kind in (str, int, float, bool):
+        try:
+            return msgspec.convert(text, kind, strict=False)
+        except msgspec.ValidationError:
+            raise ConfigError(
+                f"config key {name} must be {_KINDS[kind]}, got {shown(text)}"
+            ) from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        shape = "a JSON object" if getattr(kind, "__origin__", None) is dict else "a JSON array"
+        raise ConfigError(f"config key {name} must be {shape}") from None
+
+
+_KINDS: dict[Any, str] = {
+    int: "an integer",
+    float: "a finite number",
+    bool: "true or false",
+    str: "a string",
+}
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+    "array": "an array",
+    "object": "a table",
+}
+_ERROR_RE = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>.*)`)?$", re.DOTALL)
+_STEP_RE = re.compile(r"\.(\w+)|\[(\d+|\.\.\.)\]")
+
+
+def _reworded(exc: msgspec.ValidationError, sections: Mapping[str, Any]) -> ConfigError:
+    """msgspec's "Expected `int`, got `str` - at `$.polling.concurrency`" as this module's
+    "config key polling.concurrency must be an integer, got '4'"."""
+    match = _ERROR_RE.match(str(exc))
+    assert match is not None
+    what, key = match["what"], ""
+    value: Any = sections
+    for name, index in _STEP_RE.findall(match["path"] or ""):
+        if name:
+            key = f"{key}.{name}" if key else name
+            value = value.get(name) if isinstance(value, dict) else None
+        elif index == "..." and isinstance(value, dict):
+            # msgspec names no dict key: the first value of the wrong type is the one.
+            bad = next((k for k, v in value.items() if finite_float(v, False) is None), "")
+            key, value = f"{key}[{json.dumps(str(bad))}]", value.get(bad)
+        elif index.isdigit():
+            key = f"{key}[{index}]"
+            value = (
+                value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
             )
-        )
+    unknown = re.match(r"Object contains unknown field `(.*)`", what)
+    if unknown:
+        return ConfigError(f"unknown config key {key}.{unknown[1]}")
+    missing = re.match(r"Object missing required field `(.*)`", what)
+    if missing:
+        return ConfigError(f"config key {key}.{missing[1]} is required")
+    expected = re.match(r"Expected `(\w+)`", what)
+    if expected:
+        kind = _EXPECTED.get(expected[1], expected[1])
+        return ConfigError(f"config key {key} must be {kind}, got {shown(value)}")
+    return ConfigError(f"config key {key} must be a finite number, got {shown(value)}")
+
+
+def _webhooks(notify: NotifyConfig) -> tuple[WebhookConfig, ...]:
+    """`[[notify.webhook]]` tables: http(s) URLs, known events, unique names (by default
+    `webhook-N`)."""
+    key, hooks = "notify.webhook", []
+    for index, hook in enumerate(notify.webhook):
+        where = f"{key}[{index}]"
+        if urlsplit(hook.url).scheme not in ("http", "https"):
+            raise ConfigError(f"config key {where}.url must be an http(s) URL")
+        if not hook.events or any(e not in WEBHOOK_EVENTS for e in hook.events):
+            raise ConfigError(f"config key {where}.events must list some of {WEBHOOK_EVENTS}")
+        hooks.append(replace(hook, name=hook.name or f"webhook-{index + 1}"))
     if any(len(h.name) > 100 for h in hooks):
         raise ConfigError(f"config key {key}: webhook names are at most 100 characters")
     names = [h.name for h in hooks]
@@ -429,7 +445,7 @@ def _numbers(config: Config) -> Iterator[tuple[str, str, float]]:
     config: plain keys, the values of tables, and the keys of arrays of tables."""
     for section in _SECTIONS:
         values = getattr(config, section)
-        for spec in dataclasses.fields(values):
+        for spec in msgspec.structs.fields(values):
             key = f"{section}.{spec.name}"
             value = getattr(values, spec.name)
             if isinstance(value, dict):
@@ -437,8 +453,8 @@ def _numbers(config: Config) -> Iterator[tuple[str, str, float]]:
                     yield key, f"{key}[{json.dumps(name)}]", number
             elif isinstance(value, tuple):
                 for index, item in enumerate(value):
-                    if dataclasses.is_dataclass(item):
-                        for inner in dataclasses.fields(item):
+                    if isinstance(item, _Section):
+                        for inner in msgspec.structs.fields(item):
                             number = getattr(item, inner.name)
                             if _is_number(number):
                                 yield f"{key}.{inner.name}", f"{key}[{index}].{inner.name}", number

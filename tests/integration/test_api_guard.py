@@ -9,7 +9,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.adapters.sql.store import SqlStore
-from backupjobd.config import ApiConfig
+from backupjobd.config import ApiConfig, replace
 from backupjobd.core.registration import Endpoint
 from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
 from backupjobd.http import ApiStartError, build_api_app, connection_guard, start_api

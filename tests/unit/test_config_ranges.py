@@ -3,13 +3,13 @@ from __future__ import annotations
 # Every number in the config has a range, so a value that passes validation cannot crash or
 # exhaust `serve` later; plus the other values `serve` used to fail on with a traceback (a bind
 # with a space, an unusable socket path, a short API token, an in-memory database).
-import dataclasses
 import json
 import typing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from backupjobd import bootstrap as app
@@ -29,26 +29,25 @@ THRESHOLDS = "stuck.thresholds"
 
 
 def _numeric_keys() -> dict[str, type[Any]]:
-    """Every numeric key of every section, found from the dataclasses' type hints (not from
+    """Every numeric key of every section, found from the structs' types (not from
     NUMBER_RANGES), so a key added later without a range shows up here."""
     found: dict[str, type[Any]] = {}
 
     def walk(prefix: str, cls: type[Any]) -> None:
-        hints = typing.get_type_hints(cls)
-        for spec in dataclasses.fields(cls):
-            hint = hints[spec.name]
+        for spec in msgspec.structs.fields(cls):
+            hint = spec.type
             origin, args = typing.get_origin(hint), typing.get_args(hint)
             key = f"{prefix}.{spec.name}"
             if hint in (int, float):
                 found[key] = hint
             elif origin is dict and args[1] in (int, float):
                 found[key] = args[1]
-            elif origin is tuple and dataclasses.is_dataclass(args[0]):
+            elif origin is tuple and issubclass(args[0], msgspec.Struct):
                 walk(key, args[0])
 
-    for spec in dataclasses.fields(config.Config):
-        if dataclasses.is_dataclass(spec.default_factory):
-            walk(spec.name, typing.cast(type[Any], spec.default_factory))
+    for spec in msgspec.structs.fields(config.Config):
+        if isinstance(spec.type, type) and issubclass(spec.type, msgspec.Struct):
+            walk(spec.name, spec.type)
     return found
 
 

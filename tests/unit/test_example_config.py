@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 # The commented example config documents every key with its default; keep them in step.
-import dataclasses
 from pathlib import Path
+
+import msgspec
 
 from backupjobd import config
 
@@ -12,7 +13,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "backupjobd.toml"
 def test_example_config_loads_and_matches_the_built_in_defaults() -> None:
     loaded = config.load(EXAMPLE, {})
     defaults = config.build({}, {})
-    assert dataclasses.replace(loaded, source="") == dataclasses.replace(defaults, source="")
+    assert config.replace(loaded, source="") == config.replace(defaults, source="")
 
 
 def test_example_config_names_every_key() -> None:
@@ -28,5 +29,5 @@ def test_example_config_names_every_key() -> None:
         config.LogConfig,
     )
     for section in sections:
-        for field in dataclasses.fields(section):
+        for field in msgspec.structs.fields(section):
             assert f"\n{field.name} = " in text, field.name
