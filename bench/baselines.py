@@ -359,13 +359,20 @@ def write_config(
 class Daemon:
     """`backupjobd serve` as a subprocess."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        executable: Path = BIN,
+    ) -> None:
         self.config = config
         self.log = log
         self.env = env or daemon_env()
+        self.executable = executable
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(BIN), "--config", str(config), "serve"],
+            [str(executable), "--config", str(config), "serve"],
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -405,14 +412,18 @@ class Daemon:
                 self.proc.wait(timeout=10)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return run_cli(self.config, self.env, *args, stdin=stdin)
+        return run_cli(self.config, self.env, *args, stdin=stdin, executable=self.executable)
 
 
 def run_cli(
-    config: Path, env: dict[str, str], *args: str, stdin: str | None = None
+    config: Path,
+    env: dict[str, str],
+    *args: str,
+    stdin: str | None = None,
+    executable: Path = BIN,
 ) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [str(BIN), "--config", str(config), *args],
+        [str(executable), "--config", str(config), *args],
         input=stdin,
         env=env,
         capture_output=True,
@@ -425,10 +436,12 @@ def run_cli(
     return out
 
 
-def register_cpu(config: Path, env: dict[str, str], arm_ids: Sequence[str]) -> float:
+def register_cpu(
+    config: Path, env: dict[str, str], arm_ids: Sequence[str], executable: Path = BIN
+) -> float:
     """`backupjobd register -` with every id; returns the CPU seconds the CLI process used."""
     before = os.times()
-    run_cli(config, env, "register", "-", stdin=json.dumps(list(arm_ids)))
+    run_cli(config, env, "register", "-", stdin=json.dumps(list(arm_ids)), executable=executable)
     after = os.times()
     return (after.children_user - before.children_user) + (
         after.children_system - before.children_system

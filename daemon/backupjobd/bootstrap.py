@@ -78,7 +78,9 @@ def read_budget(config: Config) -> ReadBudget | None:
     t = config.throttle
     if not t.enabled:
         return None
-    return ReadBudget(t.reads_burst, t.reads_per_second, reserve=t.reserve_reads)
+    return ReadBudget(
+        t.reads_burst, t.reads_per_second, reserve=t.reserve_reads, max_share=t.max_share
+    )
 
 
 def api_token(config: Config, env: Mapping[str, str]) -> str | None:

@@ -121,6 +121,8 @@ class ThrottleConfig(_Section, frozen=True):
     enabled: bool = True
     reads_burst: int = 250
     reads_per_second: float = 25.0
+    # The most of the budget we take (rate and bucket); the rest is for people and tools.
+    max_share: float = 0.7
     reserve_reads: int = 10
 
 

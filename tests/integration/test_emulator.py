@@ -549,7 +549,12 @@ async def test_read_budget_burst_then_429_with_retry_after(emu: Emu) -> None:
         "POST", "/admin/config", {"read_burst": 3, "read_refill_per_second": 0.5}
     )
     assert status == 200
-    assert config == {"read_burst": 3, "read_refill_per_second": 0.5, "page_size": 3}
+    assert config == {
+        "read_burst": 3,
+        "read_refill_per_second": 0.5,
+        "read_others_per_second": 0.0,
+        "page_size": 3,
+    }
     job_id = await emu.add_job()
     remaining = []
     for _ in range(3):
@@ -593,6 +598,31 @@ async def test_read_budget_refills_on_the_clock(emu: Emu) -> None:
     assert "x-ms-ratelimit-remaining-subscription-reads" not in resp.headers
 
 
+async def test_other_clients_take_their_reads_out_of_the_budget(emu: Emu) -> None:
+    """`read_others_per_second` stands for the portal, scripts and other daemons sharing a
+    subscription's budget: the bucket refills at the difference, and never goes negative."""
+    status, config = await emu.admin(
+        "POST",
+        "/admin/config",
+        {"read_burst": 100, "read_refill_per_second": 25, "read_others_per_second": 15},
+    )
+    assert status == 200 and config["read_others_per_second"] == 15
+    job_id = await emu.add_job()
+    assert _remaining(await emu.arm("GET", job_path(job_id))) == 99
+    emu.clock.t += 1.0  # 25 back, 15 taken by the others: 10 net, up to the burst
+    assert _remaining(await emu.arm("GET", job_path(job_id))) == 99
+    for _ in range(50):
+        await emu.arm("GET", job_path(job_id))
+    emu.clock.t += 2.0  # 49 left, 20 net back, one for this read
+    assert _remaining(await emu.arm("GET", job_path(job_id))) == 68
+    # Others taking more than the refill drain the bucket, and a read then gets a 429.
+    await emu.admin("POST", "/admin/config", {"read_others_per_second": 40})
+    emu.clock.t += 10.0
+    resp = await emu.arm("GET", job_path(job_id))
+    assert resp.status == 429
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
 async def test_read_budget_from_constructor_and_admin_validation(emu: Emu) -> None:
     state = EmulatorState(clock=FakeClock(1000.0), read_burst=1, read_refill_per_second=1)
     async with TestClient(TestServer(build_emulator_app(state))) as client:
@@ -606,11 +636,18 @@ async def test_read_budget_from_constructor_and_admin_validation(emu: Emu) -> No
         ]
         assert codes == [200, 429]
         config = await (await client.get("/admin/config")).json()
-        assert config == {"read_burst": 1, "read_refill_per_second": 1, "page_size": 200}
+        assert config == {
+            "read_burst": 1,
+            "read_refill_per_second": 1,
+            "read_others_per_second": 0.0,
+            "page_size": 200,
+        }
     for bad in (
         {"read_burst": 0},
         {"read_burst": "many"},
         {"read_refill_per_second": 0},
+        {"read_others_per_second": -1},
+        {"read_others_per_second": "busy"},
         {"page_size": 0},
         {"budget": 1},
     ):

@@ -107,7 +107,7 @@ def test_observe_remaining_lowers_our_count_keeping_the_reserve() -> None:
     assert tokens(budget, SUB_A) == pytest.approx(90.0)
     budget.observe_remaining(SUB_A, 5)  # below the reserve: nothing left, never negative
     assert tokens(budget, SUB_A) == pytest.approx(0.0)
-    assert budget.delay(SUB_A) == pytest.approx(1 / 25)
+    assert budget.delay(SUB_A) == pytest.approx(1 / 17.5)  # and the learner cut 25/s by 0.7
     budget.observe_remaining(SUB_A, 0)
     assert tokens(budget, SUB_A) == pytest.approx(0.0)
 
@@ -118,7 +118,7 @@ def test_observe_remaining_never_raises_above_what_we_spent() -> None:
     for _ in range(15):
         assert budget.try_take(SUB_A)
     budget.observe_remaining(SUB_A, 250)  # Azure's big number does not refund our reads
-    assert tokens(budget, SUB_A) == pytest.approx(5.0)
+    assert tokens(budget, SUB_A) == pytest.approx(3.0)  # 18 (the burst less the reserve) - 15
 
 
 def test_the_reserve_is_at_most_half_the_burst() -> None:
@@ -224,8 +224,9 @@ def test_snapshot_reports_every_bucket_sorted() -> None:
     budget.throttled(SUB_A, 4)
     clock.advance(1)
     assert budget.snapshot() == [
-        BucketState(SUB_A, 5.0, 3.0, 1, 1),  # emptied by the 429, 1 s of refill
-        BucketState(SUB_B, 45.0, 0.0, 10, 0),  # 40 left, 1 s of refill
+        # emptied by the 429, which halved the rate: 1 s of refill at 2.5/s
+        BucketState(SUB_A, 2.5, 3.0, 1, 1, rate=2.5, burst=50, remaining=0),
+        BucketState(SUB_B, 45.0, 0.0, 10, 0, rate=5.0, burst=50),  # 40 left, 1 s of refill
     ]
 
 

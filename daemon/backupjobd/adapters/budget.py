@@ -2,10 +2,11 @@
 
 Azure Resource Manager refills 25 reads/s into a bucket of 250 per subscription (per
 principal, per region) and answers 429 beyond it. Staying inside the bucket ourselves
-costs nothing; being throttled costs minutes. The bucket also follows what Azure says:
-`x-ms-ratelimit-remaining-subscription-reads` lowers our count when Azure's is lower (other
-clients share the budget), and a 429's `Retry-After` pauses the whole subscription, so
-the daemon backs off as a whole rather than job by job.
+costs nothing; being throttled costs minutes. Other clients share that bucket, so our own
+bucket refills at the rate a `RateLearner` (core/pacing.py) learns from what Azure says:
+`x-ms-ratelimit-remaining-subscription-reads` on every answer (which also caps our count,
+keeping the low-water mark for others) and 429s, whose `Retry-After` pauses the whole
+subscription, so the daemon backs off as a whole rather than job by job.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from backupjobd.core.pacing import PacingRules, RateLearner
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,6 +26,7 @@ logger = logging.getLogger(__name__)
 class _Bucket:
     tokens: float
     updated: float
+    pace: RateLearner
     paused_until: float = 0.0
     reads: int = 0
     throttled: int = 0
@@ -35,6 +39,10 @@ class BucketState:
     paused_for: float
     reads: int
     throttled: int
+    #: The learned read rate (reads/s) and burst, and the last remainder Azure reported.
+    rate: float = 0.0
+    burst: float = 0.0
+    remaining: int | None = None
 
 
 class ReadBudget:
@@ -44,11 +52,15 @@ class ReadBudget:
         refill_per_second: float = 25.0,
         *,
         reserve: float = 10.0,
+        max_share: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._burst = burst
-        self._rate = refill_per_second
-        self._reserve = min(reserve, burst / 2)
+        self._rules = PacingRules(
+            burst=burst,
+            reads_per_second=refill_per_second,
+            max_share=max_share,
+            reserve=min(reserve, burst / 2),
+        )
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -57,13 +69,17 @@ class ReadBudget:
         key = subscription_id.lower()
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = _Bucket(tokens=self._burst, updated=self._clock())
+            now = self._clock()
+            pace = RateLearner(self._rules, now)
+            bucket = _Bucket(tokens=pace.burst - pace.low_water, updated=now, pace=pace)
             self._buckets[key] = bucket
         return bucket
 
     def _refill(self, bucket: _Bucket, now: float) -> None:
         if now > bucket.updated:
-            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+            refilled = bucket.tokens + (now - bucket.updated) * bucket.pace.rate
+            # A burst of ours never takes Azure's bucket under the low-water mark.
+            bucket.tokens = min(bucket.pace.burst - bucket.pace.low_water, refilled)
             bucket.updated = now
 
     def delay(self, subscription_id: str) -> float:
@@ -73,7 +89,7 @@ class ReadBudget:
         self._refill(bucket, now)
         wait = max(0.0, bucket.paused_until - now)
         if bucket.tokens < 1.0:
-            wait = max(wait, (1.0 - bucket.tokens) / self._rate)
+            wait = max(wait, (1.0 - bucket.tokens) / bucket.pace.rate)
         return wait
 
     def spare(self, subscription_id: str) -> float:
@@ -83,12 +99,13 @@ class ReadBudget:
         self._refill(bucket, now)
         if bucket.paused_until > now:
             return 0.0
-        return max(0.0, bucket.tokens) / self._burst
+        return max(0.0, bucket.tokens) / bucket.pace.burst
 
     def spare_reads(self, subscription_id: str) -> int:
         """Reads in the upper half of the bucket: what optional reads may spend now without
         eating into what status reads need (0 while paused)."""
-        return int(self.spare(subscription_id) * self._burst - self._burst / 2)
+        burst = self._bucket(subscription_id).pace.burst
+        return int(self.spare(subscription_id) * burst - burst / 2)
 
     def affordable(self, subscription_id: str, within_seconds: float) -> int:
         """How many reads the bucket can serve within `within_seconds` (0 while paused)."""
@@ -97,7 +114,7 @@ class ReadBudget:
         self._refill(bucket, now)
         if bucket.paused_until > now:
             return 0
-        return int(max(0.0, bucket.tokens) + self._rate * within_seconds)
+        return int(max(0.0, bucket.tokens) + bucket.pace.rate * within_seconds)
 
     def try_take(self, subscription_id: str) -> bool:
         bucket = self._bucket(subscription_id)
@@ -114,14 +131,22 @@ class ReadBudget:
         async with lock:  # FIFO among the pollers of one subscription
             # Waiting here is the rate limit itself (the refill is a function of time), and a
             # 429 arriving meanwhile can extend it, hence the loop.
-            while not self.try_take(key):  # noqa: ASYNC110
+            while not self.try_take(key):
+                self.waiting(key)
                 await asyncio.sleep(self.delay(key))
 
+    def waiting(self, subscription_id: str) -> None:
+        """A read is waiting for the pacer: demand that would take a higher rate."""
+        self._bucket(subscription_id).pace.waited(self._clock())
+
     def observe_remaining(self, subscription_id: str, remaining: int) -> None:
-        """Azure's count is the truth when it is lower than ours (others share the budget)."""
+        """Azure's count teaches the learner, and is the truth when it is lower than ours
+        (others share the budget): we never draw it below the low-water mark."""
         bucket = self._bucket(subscription_id)
-        self._refill(bucket, self._clock())
-        ceiling = max(0.0, float(remaining) - self._reserve)
+        now = self._clock()
+        self._refill(bucket, now)
+        bucket.pace.seen(now, remaining)
+        ceiling = max(0.0, float(remaining) - bucket.pace.low_water)
         if ceiling < bucket.tokens:
             bucket.tokens = ceiling
 
@@ -130,7 +155,8 @@ class ReadBudget:
         bucket = self._bucket(subscription_id)
         now = self._clock()
         self._refill(bucket, now)
-        pause = retry_after if retry_after is not None else max(1.0, self._burst / self._rate)
+        pace = bucket.pace
+        pause = retry_after if retry_after is not None else max(1.0, pace.burst / pace.rate)
         if now + pause > bucket.paused_until:
             logger.warning(
                 "ARM throttled subscription %s: pausing its reads for %.0f s",
@@ -141,6 +167,7 @@ class ReadBudget:
         bucket.paused_until = max(bucket.paused_until, now + pause)
         bucket.tokens = 0.0
         bucket.throttled += 1
+        pace.throttled(now)
 
     def snapshot(self) -> list[BucketState]:
         now = self._clock()
@@ -154,6 +181,9 @@ class ReadBudget:
                     max(0.0, bucket.paused_until - now),
                     bucket.reads,
                     bucket.throttled,
+                    bucket.pace.rate,
+                    bucket.pace.burst,
+                    bucket.pace.remaining,
                 )
             )
         return out

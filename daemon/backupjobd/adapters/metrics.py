@@ -95,6 +95,19 @@ class Metrics:
             ["subscription"],
             registry=r,
         )
+        self.budget_rate = Gauge(
+            "backupjobd_read_rate_learned",
+            "ARM reads per second the daemon paces itself to, learned per subscription from"
+            " the remaining-reads header and 429s",
+            ["subscription"],
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            "backupjobd_read_budget_remaining",
+            "The remaining-reads count Azure last reported per subscription",
+            ["subscription"],
+            registry=r,
+        )
         self.last_tick = Gauge(
             "backupjobd_last_tick_timestamp_seconds",
             "When the dispatcher last ticked",
@@ -136,6 +149,9 @@ class Metrics:
         for state in budget.snapshot():
             self.budget_tokens.labels(state.subscription_id).set(state.tokens)
             self.budget_reads.labels(state.subscription_id).set(state.reads)
+            self.budget_rate.labels(state.subscription_id).set(state.rate)
+            if state.remaining is not None:
+                self.budget_remaining.labels(state.subscription_id).set(state.remaining)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -148,6 +148,13 @@ def configure_emulator_parser(sub: _Subparsers) -> None:
     emu.add_argument("--read-burst", type=int, metavar="N", help="per-subscription read budget")
     emu.add_argument("--read-refill", type=float, default=25.0, metavar="R", help="reads/s back")
     emu.add_argument(
+        "--read-others",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="reads/s other clients take from every subscription's budget",
+    )
+    emu.add_argument(
         "--replay", action="append", default=[], metavar="FILE", help="serve this recording"
     )
     emu.set_defaults(func=commands.emulator)

@@ -311,6 +311,7 @@ def emulator(args: argparse.Namespace, env: Env) -> int:
                 replay_files=args.replay,
                 read_burst=args.read_burst,
                 read_refill_per_second=args.read_refill,
+                read_others_per_second=args.read_others,
             )
         )
     except KeyboardInterrupt:

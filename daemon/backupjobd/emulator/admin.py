@@ -386,6 +386,7 @@ def _config_view(state: EmulatorState) -> JSONDict:
     return {
         "read_burst": state.read_budget.burst if state.read_budget else None,
         "read_refill_per_second": state.read_refill_per_second,
+        "read_others_per_second": state.read_others_per_second,
         "page_size": state.page_size,
     }
 
@@ -399,7 +400,8 @@ async def _admin_set_config(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     try:
         body = _require_object(await _json_body(request), "config")
-        _reject_unknown(body, {"read_burst", "read_refill_per_second", "page_size"}, "config")
+        known = {"read_burst", "read_refill_per_second", "read_others_per_second", "page_size"}
+        _reject_unknown(body, known, "config")
         refill = state.read_refill_per_second
         if "read_refill_per_second" in body:
             refill = _number(
@@ -409,6 +411,13 @@ async def _admin_set_config(request: web.Request) -> web.StreamResponse:
                 MIN_READ_REFILL_PER_SECOND,
                 MAX_READ_REFILL_PER_SECOND,
             )
+        others = _number(
+            body,
+            "read_others_per_second",
+            state.read_others_per_second,
+            0.0,
+            MAX_READ_REFILL_PER_SECOND,
+        )
         burst = state.read_budget.burst if state.read_budget else None
         if "read_burst" in body:
             burst = (
@@ -419,7 +428,7 @@ async def _admin_set_config(request: web.Request) -> web.StreamResponse:
         page_size = _integer(body, "page_size", state.page_size, 1, MAX_PAGE_SIZE)
     except ValidationError as exc:
         return _admin_error(exc)
-    state.configure_reads(burst, refill)
+    state.configure_reads(burst, refill, others)
     state.page_size = page_size
     logger.info("emulator config: %s", _config_view(state))
     return web.json_response(_config_view(state))

@@ -130,7 +130,8 @@ class EmulatorClient:
         return dict(self.admin("GET", "/admin/config"))
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Change ``read_burst``, ``read_refill_per_second`` or ``page_size`` at run time."""
+        """Change ``read_burst``, ``read_refill_per_second``, ``read_others_per_second`` (reads
+        other clients take from every subscription's budget) or ``page_size`` at run time."""
         return dict(self.admin("POST", "/admin/config", settings))
 
     def truth(self, job_id: str, vault_id: str | None = None) -> dict[str, Any]:

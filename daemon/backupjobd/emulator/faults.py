@@ -70,15 +70,22 @@ class ReadBudget:
     """ARM's per-subscription read token bucket, so clients can be tested against it.
 
     Every read takes one token; tokens come back at ``refill_per_second`` up to ``burst``.
+    ``others_per_second`` stands for the other clients of the same principal (the portal,
+    scripts, other daemons): they take that many reads a second out of every bucket.
     """
 
-    def __init__(self, burst: int, refill_per_second: float) -> None:
+    def __init__(
+        self, burst: int, refill_per_second: float, others_per_second: float = 0.0
+    ) -> None:
         if burst < 1:
             raise ValueError("read_burst must be >= 1")
         if not refill_per_second > 0 or not math.isfinite(refill_per_second):
             raise ValueError("read_refill_per_second must be > 0")
+        if not 0 <= others_per_second < math.inf:
+            raise ValueError("read_others_per_second must be >= 0")
         self.burst = burst
         self.refill_per_second = refill_per_second
+        self.others_per_second = others_per_second
         self._buckets: dict[str, _Bucket] = {}
 
     def take(self, subscription: str, now: float) -> tuple[bool, int, int]:
@@ -87,12 +94,13 @@ class ReadBudget:
         if bucket is None:
             bucket = self._buckets[subscription] = _Bucket(float(self.burst), now)
         elapsed = max(0.0, now - bucket.updated)
-        bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.refill_per_second)
+        net = self.refill_per_second - self.others_per_second
+        bucket.tokens = min(float(self.burst), max(0.0, bucket.tokens + elapsed * net))
         bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return True, int(bucket.tokens), 0
-        wait = math.ceil((1.0 - bucket.tokens) / self.refill_per_second)
+        wait = math.ceil((1.0 - bucket.tokens) / max(net, self.refill_per_second / 10))
         return False, 0, max(1, wait)
 
     def refill(self) -> None:

@@ -68,6 +68,7 @@ async def run_emulator(
     replay_files: Iterable[str | Path] = (),
     read_burst: int | None = None,
     read_refill_per_second: float = ARM_READ_REFILL_PER_SECOND,
+    read_others_per_second: float = 0.0,
 ) -> None:
     """Serve the emulator until cancelled; ``ready`` receives the bound port (for port 0).
 
@@ -78,6 +79,7 @@ async def run_emulator(
         required_token=required_token,
         read_burst=read_burst,
         read_refill_per_second=read_refill_per_second,
+        read_others_per_second=read_others_per_second,
     )
     files = list(replay_files)
     if files:

@@ -147,6 +147,7 @@ class EmulatorState:
         epoch: float | None = None,
         read_burst: int | None = None,
         read_refill_per_second: float = ARM_READ_REFILL_PER_SECOND,
+        read_others_per_second: float = 0.0,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
@@ -155,6 +156,7 @@ class EmulatorState:
         self.required_token = required_token
         self.read_budget: ReadBudget | None = None
         self.read_refill_per_second = read_refill_per_second
+        self.read_others_per_second = read_others_per_second
         self.configure_reads(read_burst, read_refill_per_second)
         self.random_faults: RandomFaults | None = None
         #: When set, ARM requests are answered from recordings instead of the model.
@@ -404,11 +406,32 @@ class EmulatorState:
 
     # ---- read budget
 
-    def configure_reads(self, burst: int | None, refill_per_second: float | None = None) -> None:
-        """Enable (or with ``None`` disable) the per-subscription read budget; buckets refill."""
+    def configure_reads(
+        self,
+        burst: int | None,
+        refill_per_second: float | None = None,
+        others_per_second: float | None = None,
+    ) -> None:
+        """Enable (or with ``None`` disable) the per-subscription read budget; buckets refill.
+        ``others_per_second``: reads other clients take from every subscription's bucket; a
+        change of it alone keeps the buckets as they are."""
         if refill_per_second is not None:
             self.read_refill_per_second = refill_per_second
-        self.read_budget = None if burst is None else ReadBudget(burst, self.read_refill_per_second)
+        if others_per_second is not None:
+            self.read_others_per_second = others_per_second
+        budget = self.read_budget
+        if (
+            budget is not None
+            and budget.burst == burst
+            and budget.refill_per_second == self.read_refill_per_second
+        ):
+            budget.others_per_second = self.read_others_per_second
+            return
+        self.read_budget = (
+            None
+            if burst is None
+            else ReadBudget(burst, self.read_refill_per_second, self.read_others_per_second)
+        )
 
     def take_read(self, path: str) -> tuple[bool, int, int] | None:
         """Charge one read to the path's subscription; None when no budget is set."""
