@@ -812,6 +812,101 @@ async def test_apply_jobs_commits_each_compare_and_set_on_its_own(store: Store) 
     assert await store.apply_jobs([]) == []
 
 
+def batch_write(record: JobRecord, status: str, at: datetime, *hooks: str) -> JobWrite:
+    """A poll's write of `status` decided on `record`, announcing it to `hooks`."""
+    decision = decide_job(record.state(), seen(VAULT, record.job_id, status), at, POLICY, 0)
+    entries = [
+        OutboxEntry(f"ev-{record.pk}-{record.version}", h, "job.status", "{}") for h in hooks
+    ]
+    return JobWrite(record, decision, at, entries)
+
+
+async def test_apply_jobs_writes_the_rows_of_the_winners_only(store: Store) -> None:
+    """Losers of a mixed batch leave no transition, snapshot or outbox row; winners get
+    theirs, as write by write."""
+    a, b, c, d = [await register_job(store, jid(n), T0) for n in (1, 2, 3, 4)]
+    stale_b, stale_d = b, d
+    b = await poll(store, b, seen(VAULT, b.job_id, "InProgress"), T0 + SEC)
+    d = await poll(store, d, seen(VAULT, d.job_id, "InProgress"), T0 + SEC)
+    before = {r.pk: await store.history(r.pk) for r in (b, d)}
+
+    at = T0 + 2 * SEC
+    writes = [
+        batch_write(a, "InProgress", at, "hook"),
+        batch_write(stale_b, "Completed", at, "hook"),
+        batch_write(c, "Failed", at, "hook", "other"),
+        batch_write(stale_d, "Cancelled", at, "hook"),
+    ]
+    assert await store.apply_jobs(writes) == [True, False, True, False]
+
+    for record, status in ((a, "InProgress"), (c, "Failed")):
+        current = await reload(store, record.job_id)
+        assert (current.status, current.version, current.poll_count) == (status, 1, 1)
+        transitions, snapshots = await store.history(record.pk)
+        assert [(t.seq, t.from_status, t.to_status, t.observed_at) for t in transitions] == [
+            (1, None, status, at)
+        ]
+        assert [(s.status, s.observed_at) for s in snapshots] == [(status, at)]
+    assert [await reload(store, r.job_id) for r in (b, d)] == [b, d]
+    assert {r.pk: await store.history(r.pk) for r in (b, d)} == before
+    outbox = await store.outbox_list("pending")
+    assert sorted((o.event_id, o.webhook) for o in outbox) == [
+        (f"ev-{a.pk}-0", "hook"),
+        (f"ev-{c.pk}-0", "hook"),
+        (f"ev-{c.pk}-0", "other"),
+    ]
+    assert {(o.created_at, o.next_attempt_at, o.attempts) for o in outbox} == {(at, at, 0)}
+
+
+async def test_apply_jobs_checks_a_jobs_later_write_against_the_version_its_first_leaves(
+    store: Store,
+) -> None:
+    a, b = [await register_job(store, jid(n), T0) for n in (1, 2)]
+    first = batch_write(a, "InProgress", T0 + SEC)
+    later = batch_write(first.committed, "Completed", T0 + 2 * SEC)
+    stale = batch_write(a, "Failed", T0 + 2 * SEC)
+    results = await store.apply_jobs([first, batch_write(b, "InProgress", T0 + SEC), later, stale])
+    assert results == [True, True, True, False]
+    current = await reload(store, a.job_id)
+    assert (current.status, current.tracking, current.version) == (
+        "Completed",
+        Tracking.FINISHED,
+        2,
+    )
+    transitions, snapshots = await store.history(a.pk)
+    assert [(t.seq, t.from_status, t.to_status) for t in transitions] == [
+        (1, None, "InProgress"),
+        (2, "InProgress", "Completed"),
+    ]
+    assert [s.status for s in snapshots] == ["InProgress", "Completed"]
+    assert (await reload(store, b.job_id)).status == "InProgress"
+
+
+async def test_concurrent_apply_jobs_on_the_same_jobs_have_one_winner_per_job(
+    store: Store,
+) -> None:
+    records = [await register_job(store, jid(n), T0) for n in range(1, 41)]
+    statuses = ["InProgress", "Completed", "Failed"]
+    batches = [
+        # Each batch in its own order, so that their row locks cross.
+        [batch_write(r, status, T0 + SEC) for r in records[i::2] + records[1 - i :: 2]]
+        for i, status in enumerate(statuses[:2])
+    ]
+    batches.append([batch_write(r, statuses[2], T0 + SEC) for r in reversed(records)])
+    outcomes = await asyncio.gather(*(store.apply_jobs(batch) for batch in batches))
+    won: dict[int, list[str]] = {}
+    for batch, results in zip(batches, outcomes, strict=True):
+        for write, ok in zip(batch, results, strict=True):
+            if ok:
+                won.setdefault(write.record.pk, []).append(write.decision.status or "")
+    assert sorted(won) == sorted(r.pk for r in records)
+    for record in records:
+        [status] = won[record.pk]
+        assert (await reload(store, record.job_id)).status == status
+        transitions, _ = await store.history(record.pk)
+        assert [(t.seq, t.to_status) for t in transitions] == [(1, status)]
+
+
 async def test_apply_jobs_writes_nothing_when_the_transaction_fails(store: Store) -> None:
     a, b = [await register_job(store, jid(n), T0) for n in (1, 2)]
     entry = OutboxEntry("e-1", "hook", "job.status_changed", "{}")

@@ -266,34 +266,10 @@ def _update_jobs(conn: Connection, writes: Sequence[JobWrite]) -> bool:
 
 
 def _append_rows(conn: Connection, writes: Sequence[JobWrite]) -> None:
-    transitions = [
-        {
-            "job_pk": w.record.pk,
-            # The job's new version: unique per job and increasing, so history sorts by
-            # it, and no read is needed to number it.
-            "seq": w.record.version + 1,
-            "from_status": w.decision.transition[0],
-            "to_status": w.decision.transition[1],
-            "observed_at": w.now,
-        }
-        for w in writes
-        if w.decision.transition is not None
-    ]
+    transitions = transition_rows(writes)
     if transitions:
         conn.execute(insert(schema.transitions), transitions)
-    snapshots = [
-        {
-            "job_pk": w.record.pk,
-            "content_hash": w.decision.snapshot.content_hash,
-            "observed_at": w.now,
-            "status": w.decision.status,
-            "properties": orjson.dumps(
-                w.decision.snapshot.properties, option=orjson.OPT_SORT_KEYS
-            ).decode(),
-        }
-        for w in writes
-        if w.decision.snapshot is not None
-    ]
+    snapshots = snapshot_rows(writes)
     if snapshots:
         # Imported here: a read command on SQLite need not load the PostgreSQL dialect.
         if conn.dialect.name == "postgresql":
@@ -311,6 +287,38 @@ def _append_rows(conn: Connection, writes: Sequence[JobWrite]) -> None:
     outbox = outbox_rows(writes)
     if outbox:
         conn.execute(insert(schema.outbox), outbox)
+
+
+def transition_rows(writes: Sequence[JobWrite]) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_pk": w.record.pk,
+            # The job's new version: unique per job and increasing, so history sorts by
+            # it, and no read is needed to number it.
+            "seq": w.record.version + 1,
+            "from_status": w.decision.transition[0],
+            "to_status": w.decision.transition[1],
+            "observed_at": w.now,
+        }
+        for w in writes
+        if w.decision.transition is not None
+    ]
+
+
+def snapshot_rows(writes: Sequence[JobWrite]) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_pk": w.record.pk,
+            "content_hash": w.decision.snapshot.content_hash,
+            "observed_at": w.now,
+            "status": w.decision.status,
+            "properties": orjson.dumps(
+                w.decision.snapshot.properties, option=orjson.OPT_SORT_KEYS
+            ).decode(),
+        }
+        for w in writes
+        if w.decision.snapshot is not None
+    ]
 
 
 def _job_row(write: JobWrite) -> dict[str, Any]:

@@ -208,6 +208,14 @@ class SqlStore(Store):
         if not writes:
             return []
         what = f"job {writes[0].record.job_id}" if len(writes) == 1 else f"{len(writes)} jobs"
+        if len(writes) > 1 and self._db.dialect.name == "postgresql":
+            # Imported here: a command on SQLite need not load the PostgreSQL dialect. One
+            # write takes the row statements below, which PostgreSQL plans once (the array
+            # ones cost it 0.2 ms more per transaction).
+            from backupjobd.adapters.sql import pg_writes
+
+            work = functools.partial(pg_writes.apply_set, writes)
+            return await self._db.run(work, f"saving {what}", write=True)
         distinct = len({w.record.pk for w in writes}) == len(writes)
         if len(writes) > 1 and distinct and self._db.dialect.supports_sane_multi_rowcount:
             try:
