@@ -243,7 +243,8 @@ def reschedule(
 
 
 def apply_many(writes: Sequence[JobWrite], conn: Connection) -> None:
-    """The fast path: every statement once, with many parameter sets (executemany)."""
+    """SQLite's fast path: every statement once, with many parameter sets (executemany).
+    PostgreSQL's is `pg_writes.apply_set` (asyncpg reports no executemany row counts)."""
     if not _update_jobs(conn, writes):
         raise StaleInBatch
     _append_rows(conn, writes)
