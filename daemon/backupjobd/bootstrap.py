@@ -19,16 +19,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from backupjobd.adapters.budget import ReadBudget
 from backupjobd.adapters.credentials import build_token_provider
 from backupjobd.adapters.sdnotify import SdNotifier, watchdog_interval
+from backupjobd.adapters.sql.leases import hold_sqlite_serve_lock
 from backupjobd.adapters.sql.store import SchemaBehind, SqlStore
 from backupjobd.config import Config, check_api_token, check_serve_database
+from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, StuckRules
+from backupjobd.core.leases import LEASE_SPAN
 from backupjobd.core.registration import Endpoint
 from backupjobd.errors import ConfigError, StoreError
+from backupjobd.service.ownership import Heartbeat, Ownership
 from backupjobd.store import Store
 
 if TYPE_CHECKING:
@@ -44,8 +48,11 @@ T = TypeVar("T")
 
 STATUS_LOG_SECONDS = 60.0
 # A daemon records a heartbeat this often; `wait` treats one silent for 3 beats as gone.
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = 3.0
 LIVENESS_WINDOW = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+# How long a replica's subscription lease lasts without a heartbeat renewing it: after a
+# kill -9, its subscriptions are polled again within this plus one heartbeat and one tick.
+LEASE = LEASE_SPAN
 # SIGHUP is what closing the terminal of a foreground `serve` sends: drain, as on SIGTERM.
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
@@ -221,7 +228,11 @@ async def arm_client(
 
 
 def build_tracker(
-    config: Config, store: Store, arm: ArmClient, metrics: Metrics | None = None
+    config: Config,
+    store: Store,
+    arm: ArmClient,
+    metrics: Metrics | None = None,
+    ownership: Ownership | None = None,
 ) -> Tracker:
     """The one way a tracker is made: `serve` and `wait` (with no daemon running) record and
     announce to webhooks exactly the same things."""
@@ -238,6 +249,7 @@ def build_tracker(
         webhooks=config.notify.webhook,
         sweep_min_jobs=config.polling.sweep_min_jobs,
         detail_interval_seconds=config.polling.detail_interval_seconds,
+        ownership=ownership,
     )
 
 
@@ -252,7 +264,10 @@ async def tracker_for(
 
 @asynccontextmanager
 async def runtime(
-    config: Config, env: Mapping[str, str], store: SqlStore | None = None
+    config: Config,
+    env: Mapping[str, str],
+    store: SqlStore | None = None,
+    ownership: Ownership | None = None,
 ) -> AsyncIterator[Runtime]:
     """Everything `serve` runs on; it closes the store, also one that was passed in."""
     from backupjobd.adapters.metrics import Metrics
@@ -262,7 +277,7 @@ async def runtime(
         store = await open_store(config)
     try:
         async with arm_client(config, env, metrics) as arm:
-            tracker = build_tracker(config, store, arm, metrics)
+            tracker = build_tracker(config, store, arm, metrics, ownership)
             yield Runtime(config, store, arm.tokens, arm, tracker, metrics, arm.session)
     finally:
         await store.close()
@@ -321,7 +336,13 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
         if store is None:
             logger.info("stopped before the database became available", extra={"action": "stop"})
             return 0
-        async with runtime(config, env, store) as rt:
+        try:
+            sole = hold_sqlite_serve_lock(config.database.url)
+        except StoreError:
+            await store.close()
+            raise
+        ownership = Ownership(uuid.uuid4().hex, utcnow)
+        async with runtime(config, env, store, ownership) as rt, _closing(sole):
             counts = await rt.store.counts()
             logger.info(
                 "backupjobd serving %s with %s; resuming %d jobs and %d operations",
@@ -350,12 +371,18 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 coalesce=True,
                 id="status",
             )
-            instance = _Instance(uuid.uuid4().hex, socket.gethostname(), os.getpid(), utcnow())
-            await instance.beat(rt.store)
+            heartbeat = Heartbeat(
+                rt.store,
+                ownership,
+                (socket.gethostname(), os.getpid(), utcnow()),
+                lease_for=LEASE,
+                budgets=lambda: budget_views(rt.arm.budget),
+                wanted=discovery_subscriptions(config),
+            )
+            await heartbeat.beat()  # the first tick polls what this replica owns
             scheduler.add_job(
-                instance.beat,
+                heartbeat.beat,
                 "interval",
-                args=[rt.store],
                 seconds=HEARTBEAT_SECONDS,
                 max_instances=1,
                 coalesce=True,
@@ -411,7 +438,9 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 api_runner = await start_api(api_app, config.api)
                 accept_failures.on_exhausted = connection_guard(api_app).shed_idle
             if config.discovery.enabled:
-                discoverer = Discoverer(rt.store, rt.arm, config.discovery, utcnow)
+                discoverer = Discoverer(
+                    rt.store, rt.arm, config.discovery, utcnow, owns=ownership.owns
+                )
                 scheduler.add_job(
                     discoverer.tick,
                     "interval",
@@ -433,7 +462,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                     rt.tracker.drain(grace),
                     notifier.drain(grace) if notifier is not None else _nothing_to_drain(),
                 )
-                await instance.beat(rt.store, stopped=True)
+                await heartbeat.beat(stopped=True)  # the others take over at once
                 if api_runner is not None:
                     await api_runner.cleanup()
             if drained:
@@ -453,20 +482,39 @@ async def _nothing_to_drain() -> bool:
     return True
 
 
-@dataclass
-class _Instance:
-    instance_id: str
-    hostname: str
-    pid: int
-    started_at: datetime
+@asynccontextmanager
+async def _closing(handle: IO[bytes] | None) -> AsyncIterator[None]:
+    """Holds the SQLite serve lock until `serve` is done."""
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
 
-    async def beat(self, store: SqlStore, stopped: bool = False) -> None:
-        try:
-            await store.heartbeat(
-                self.instance_id, self.hostname, self.pid, self.started_at, utcnow(), stopped
-            )
-        except Exception as exc:
-            logger.warning("could not record the heartbeat: %s", exc)
+
+def budget_views(budget: ReadBudget | None) -> tuple[dict[str, object], ...]:
+    """What the read budget learned, per subscription, as the heartbeat stores it."""
+    if budget is None:
+        return ()
+    return tuple(
+        {
+            "subscription_id": b.subscription_id,
+            "rate": round(b.rate, 3),
+            "burst": round(b.burst, 1),
+            "remaining": b.remaining,
+            "reads": b.reads,
+            "throttled": b.throttled,
+        }
+        for b in budget.snapshot()
+    )
+
+
+def discovery_subscriptions(config: Config) -> tuple[str, ...]:
+    """Subscriptions discovery lists: a replica must own them even with no job in them."""
+    if not config.discovery.enabled:
+        return ()
+    vaults = (azure.vault_from_id(v).subscription_id for v in config.discovery.vault)
+    return tuple(sorted({*config.discovery.subscription, *vaults}))
 
 
 async def _status_line(rt: Runtime) -> None:

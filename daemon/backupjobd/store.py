@@ -13,6 +13,7 @@ from datetime import datetime
 
 from backupjobd.core.azure import VaultRef
 from backupjobd.core.decisions import JobDecision, OperationDecision
+from backupjobd.core.leases import Fence, Lease, ReplicaBeat, ReplicaRecord
 from backupjobd.core.model import (
     DiscoveryState,
     JobRecord,
@@ -30,7 +31,12 @@ __all__ = ["Store"]
 
 
 class Store(abc.ABC):
-    """Durable job state. Every write is one transaction; nothing is reported before commit."""
+    """Durable job state. Every write is one transaction; nothing is reported before commit.
+
+    Several `serve` replicas may share one store: the polling reads take the `subscriptions`
+    a replica owns, and its writes a `Fence`; a write under a fence whose lease has moved on
+    (another replica claimed the subscription) is refused like a lost compare-and-set.
+    """
 
     @abc.abstractmethod
     async def migrate(self) -> None:
@@ -48,9 +54,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def due_jobs(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        subscriptions: Collection[str] | None = None,
     ) -> list[JobRecord]:
-        """Active jobs whose next poll time has come, soonest first."""
+        """Active jobs whose next poll time has come, soonest first (only those of
+        `subscriptions`, when given)."""
 
     @abc.abstractmethod
     async def finished_durations(
@@ -73,6 +84,7 @@ class Store(abc.ABC):
         next_poll_at: datetime,
         polled_at: datetime | None = None,
         polls: Sequence[int] | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Move the next poll of these jobs, when still active, without a new version: nothing
         observed changed. With `polled_at`, also record polls: the last poll time, and the
@@ -81,9 +93,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def due_operations(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        subscriptions: Collection[str] | None = None,
     ) -> list[OperationRecord]:
-        """Active operations whose next poll time has come."""
+        """Active operations whose next poll time has come (of `subscriptions`, when given)."""
 
     @abc.abstractmethod
     async def apply_job(
@@ -92,20 +108,27 @@ class Store(abc.ABC):
         decision: JobDecision,
         now: datetime,
         outbox: Sequence[OutboxEntry] = (),
+        fence: Fence | None = None,
     ) -> bool:
         """Persist a decision atomically (state, transition, snapshot, outbox events) if the job
         is still at `record.version`; False means someone else changed it first and nothing
         was written."""
 
     @abc.abstractmethod
-    async def apply_jobs(self, writes: Sequence[JobWrite]) -> list[bool]:
+    async def apply_jobs(
+        self, writes: Sequence[JobWrite], fence: Fence | None = None
+    ) -> list[bool]:
         """Many decisions in one transaction (batched persistence); each is compare-and-set
         on its own, so a stale one is skipped (False) without failing the others. Nothing is
         committed when the transaction fails."""
 
     @abc.abstractmethod
     async def apply_operation(
-        self, record: OperationRecord, decision: OperationDecision, now: datetime
+        self,
+        record: OperationRecord,
+        decision: OperationDecision,
+        now: datetime,
+        fence: Fence | None = None,
     ) -> list[RegisterResult] | None:
         """Persist an operation decision and register the jobs it yielded, in one transaction.
         None means a concurrent change won and nothing was written."""
@@ -197,6 +220,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def live_instances(self, seen_since: datetime) -> int:
         """How many daemons sent a heartbeat since `seen_since` and have not stopped."""
+
+    @abc.abstractmethod
+    async def replica_heartbeat(self, beat: ReplicaBeat, now: datetime) -> list[Lease]:
+        """One replica's heartbeat, in one transaction: record it, then renew, claim and give
+        up subscription leases (core/leases.py); returns the leases it holds after. A claim
+        pulls the subscription's jobs forward (the last owner's sweep leases no longer hold
+        them back)."""
+
+    @abc.abstractmethod
+    async def replicas(self, seen_since: datetime, now: datetime) -> list[ReplicaRecord]:
+        """Replicas heard from since `seen_since` and not stopped, with their leases."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -277,10 +277,14 @@ async def test_a_poll_on_a_full_disk_is_saved_once_space_is_back(db: Db) -> None
             attempts: list[str] = []
 
             async def apply_job(
-                rec: JobRecord, decision: JobDecision, now: datetime, outbox: Any = ()
+                rec: JobRecord,
+                decision: JobDecision,
+                now: datetime,
+                outbox: Any = (),
+                fence: Any = None,
             ) -> bool:
                 try:
-                    result = await real_apply(rec, decision, now, outbox)
+                    result = await real_apply(rec, decision, now, outbox, fence)
                 except StoreError as exc:
                     attempts.append(str(exc))
                     if len(attempts) == 2:

@@ -25,6 +25,7 @@ from backupjobd.adapters.budget import ReadBudget
 from backupjobd.config import WebhookConfig
 from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, StuckRules, Tracking
+from backupjobd.core.leases import Fence
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import JobRegistration
 from backupjobd.core.sweeps import LEASE_INTERVALS
@@ -600,9 +601,10 @@ async def test_the_lease_is_renewed_every_few_sweeps_and_stores_the_polls_counte
         next_poll_at: datetime,
         polled_at: datetime | None = None,
         polls: Sequence[int] | None = None,
+        fence: Fence | None = None,
     ) -> int:
         renewals.append((next_poll_at, None if polls is None else list(polls)))
-        return await reschedule(pks, next_poll_at, polled_at, polls)
+        return await reschedule(pks, next_poll_at, polled_at, polls, fence)
 
     monkeypatch.setattr(env.store, "reschedule_jobs", spy)
     sweeps = 9

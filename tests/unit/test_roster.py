@@ -600,3 +600,15 @@ def test_a_commit_is_computed_once_and_its_events_report_it() -> None:
     assert body["data"]["job"] == json.loads(json.dumps(commit.after.to_json()))
     assert commit.after.next_poll_at == settled.lease
     assert events.commit(before, decision, NOW, [], lambda: "e-2").outbox == ()
+
+
+def test_vault_ids_name_the_vaults_with_members_and_leave_all_forgets_one() -> None:
+    """A replica whose lease moved on forgets the vault (service/dispatcher.py)."""
+    records = (job(1), job(2), job(3))
+    vault = roster()
+    assert vault.vault_ids() == []
+    commit_all(vault, vault.settle(Sweep(VAULT, records), listing(*records), NOW, NOW), NOW)
+    assert vault.vault_ids() == [VAULT]
+    vault.leave_all(VAULT)
+    assert vault.vault_ids() == []
+    assert vault.held() == set() and vault.next_sweep_at(VAULT) is None

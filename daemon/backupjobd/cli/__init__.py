@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_cancel_parser(sub)
     configure_notify_parser(sub)
     configure_operations_parser(sub)
+    configure_replicas_parser(sub)
     configure_emulator_parser(sub)
     return parser
 
@@ -130,6 +131,16 @@ def configure_notify_parser(sub: _Subparsers) -> None:
     failed.set_defaults(func=commands.notify_failed)
     retry = notify_sub.add_parser("retry", help="give every dead letter a fresh set of attempts")
     retry.set_defaults(func=commands.notify_retry)
+
+
+def configure_replicas_parser(sub: _Subparsers) -> None:
+    replicas = sub.add_parser(
+        "replicas",
+        help="list the live serve replicas, the subscriptions each polls and the read"
+        " budget each learned",
+    )
+    replicas.add_argument("--json", action="store_true")
+    replicas.set_defaults(func=commands.replicas)
 
 
 def configure_operations_parser(sub: _Subparsers) -> None:

@@ -18,7 +18,8 @@ from backupjobd import bootstrap, config
 from backupjobd.adapters import logs
 from backupjobd.cli import render
 from backupjobd.cli.render import say
-from backupjobd.core import azure, registration
+from backupjobd.core import azure, registration, views
+from backupjobd.core.leases import LEASE_SPAN
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import Registration
 from backupjobd.errors import InvalidInput
@@ -292,6 +293,22 @@ def operations_list(args: argparse.Namespace, env: Env) -> int:
             render.print_json([op.to_json() for op in ops])
         else:
             render.operations_table(ops)
+        return EXIT_OK
+
+    return _on_store(_configured(args, env), work, read_only=True)
+
+
+def replicas(args: argparse.Namespace, env: Env) -> int:
+    """Live `serve` replicas (heard from within a lease span), what each polls and the read
+    budget each learned."""
+
+    async def work(store: Store) -> int:
+        now = bootstrap.utcnow()
+        found = await store.replicas(now - LEASE_SPAN, now)
+        if args.json:
+            render.print_json([views.render(views.REPLICA_VIEW, r) for r in found])
+        else:
+            render.replicas_table(found)
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, BinaryIO
 
+from backupjobd.core.leases import ReplicaRecord
 from backupjobd.core.model import (
     JobRecord,
     OperationRecord,
@@ -186,6 +187,21 @@ def operations_table(ops: list[OperationRecord]) -> None:
         for op in ops
     ]
     table(["OPERATION", "STATUS", "TRACKING", "JOBS", "POLLS", "VAULT"], rows)
+
+
+def replicas_table(replicas: list[ReplicaRecord]) -> None:
+    """One row per replica: what it polls and, per subscription, the rate it learned."""
+    rows = []
+    for r in replicas:
+        rates = {str(b.get("subscription_id")): b.get("rate") for b in r.budgets}
+        owns = ", ".join(f"{s} ({_rate(rates.get(s))})" for s in r.owns) or "-"
+        rows.append([r.instance_id[:12], f"{r.hostname}:{r.pid}", short(iso(r.started_at)), owns])
+    table(["REPLICA", "HOST:PID", "STARTED", "POLLS SUBSCRIPTIONS (LEARNED READS/S)"], rows)
+    say(f"{len(replicas)} replica(s)")
+
+
+def _rate(value: object) -> str:
+    return f"{value:.1f}/s" if isinstance(value, int | float) else "-"
 
 
 def short(value: str | None) -> str:

@@ -258,6 +258,10 @@ class VaultRoster:
             out.update(vault.pending)
         return out
 
+    def vault_ids(self) -> list[str]:
+        """Vaults with members or pending joiners."""
+        return [v.vault_id for v in self._vaults.values() if v.members or v.pending]
+
     def member_count(self) -> int:
         return sum(len(v.members) for v in self._vaults.values())
 

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "JOB_VIEW",
+    "REPLICA_VIEW",
     "SNAPSHOT_VIEW",
     "TRANSITION_VIEW",
     "ViewField",
@@ -82,9 +83,7 @@ JOB_VIEW: tuple[ViewField, ...] = (
     _field("start_time", _NULLABLE_TIME),
     _field("end_time", _NULLABLE_TIME),
     _field("finished", _BOOLEAN),
-    ViewField(
-        "tracking", {"type": "string", "enum": list(_TRACKING)}, lambda r: r.tracking.value
-    ),
+    ViewField("tracking", {"type": "string", "enum": list(_TRACKING)}, lambda r: r.tracking.value),
     _field("source", _STRING),
     _field("registered_at", _TIME),
     _field("last_polled_at", _NULLABLE_TIME),
@@ -108,4 +107,36 @@ SNAPSHOT_VIEW: tuple[ViewField, ...] = (
     _field("observed_at", _TIME),
     _field("status", _STRING),
     _field("properties", {"type": "object"}),
+)
+
+_BUDGET: Mapping[str, Any] = {
+    "type": "object",
+    "description": "The read budget a replica learned for one subscription",
+    "required": ["subscription_id", "rate"],
+    "properties": {
+        "subscription_id": _STRING,
+        "rate": {"type": "number", "description": "reads/s it paces itself to"},
+        "burst": {"type": "number"},
+        "remaining": {"type": ["integer", "null"], "description": "Azure's last count"},
+        "reads": _COUNT,
+        "throttled": _COUNT,
+    },
+}
+
+REPLICA_VIEW: tuple[ViewField, ...] = (
+    _field("instance_id", _STRING),
+    _field("hostname", _STRING),
+    _field("pid", _COUNT),
+    _field("started_at", _TIME),
+    _field("last_seen_at", _TIME),
+    ViewField(
+        "owns",
+        {"type": "array", "items": _STRING, "description": "Subscriptions it polls (leases)"},
+        lambda replica: list(replica.owns),
+    ),
+    ViewField(
+        "budgets",
+        {"type": "array", "items": _BUDGET},
+        lambda replica: [dict(b) for b in replica.budgets],
+    ),
 )

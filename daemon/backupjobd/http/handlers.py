@@ -17,7 +17,9 @@ from aiohttp import web
 
 from backupjobd.adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from backupjobd.core import azure, registration
+from backupjobd.core.leases import LEASE_SPAN as REPLICA_WINDOW
 from backupjobd.core.model import JobRecord
+from backupjobd.core.views import REPLICA_VIEW, render
 from backupjobd.errors import (
     BackupJobdError,
     InvalidInput,
@@ -55,6 +57,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_delete("/v1/jobs/{job_id}", _stop_job)
     router.add_get("/v1/jobs/{job_id}/history", _job_history, allow_head=False)
     router.add_post("/v1/jobs/{job_id}/cancel", _cancel_job)
+    router.add_get("/v1/replicas", _replicas, allow_head=False)
     router.add_get("/healthz", _healthz, allow_head=False)
     router.add_get("/readyz", _readyz, allow_head=False)
     router.add_get("/metrics", _metrics, allow_head=False)
@@ -210,6 +213,13 @@ async def _one_job(request: web.Request) -> JobRecord:
 
 
 # ---- probes and documents --------------------------------------------------------------
+
+
+async def _replicas(request: web.Request) -> web.StreamResponse:
+    """The same document as `backupjobd replicas --json`, under a key."""
+    now = request.app[keys.CLOCK]()
+    found = await request.app[keys.STORE].replicas(now - REPLICA_WINDOW, now)
+    return web.json_response({"replicas": [render(REPLICA_VIEW, r) for r in found]})
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:

@@ -238,6 +238,21 @@ def openapi_document(
                 "409",
             )
         },
+        "/v1/replicas": {
+            "get": v1(
+                {
+                    "operationId": "listReplicas",
+                    "summary": "Live `serve` replicas, the subscriptions each polls and the"
+                    " read budgets each learned",
+                    "responses": {
+                        "200": {
+                            "description": "The replicas",
+                            "content": json_content(ref("Replicas")),
+                        }
+                    },
+                },
+            )
+        },
         "/healthz": {
             "get": {
                 "operationId": "health",

@@ -9,7 +9,13 @@ from typing import Any
 
 from backupjobd.core import azure, registration
 from backupjobd.core.registration import Endpoint
-from backupjobd.core.views import JOB_VIEW, SNAPSHOT_VIEW, TRANSITION_VIEW, object_schema
+from backupjobd.core.views import (
+    JOB_VIEW,
+    REPLICA_VIEW,
+    SNAPSHOT_VIEW,
+    TRANSITION_VIEW,
+    object_schema,
+)
 from backupjobd.http.params import (
     GUID_PATTERN,
     JOB_ARM_ID_PATTERN,
@@ -59,6 +65,12 @@ def view_schemas() -> dict[str, Any]:
             },
         },
         "Job": object_schema(JOB_VIEW),
+        "Replicas": {
+            "type": "object",
+            "required": ["replicas"],
+            "additionalProperties": False,
+            "properties": {"replicas": {"type": "array", "items": object_schema(REPLICA_VIEW)}},
+        },
         "JobPage": {
             "type": "object",
             "required": ["jobs", "next_cursor"],

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from backupjobd.core.leases import Fence
 from backupjobd.core.model import Commit
 from backupjobd.errors import StoreError
 from backupjobd.service.work import log_fields
@@ -66,8 +67,10 @@ class Committer:
         max_batch: int,
         more_coming: Callable[[], bool] = lambda: False,
         linger_seconds: float = 0.05,
+        fence: Callable[[], Fence | None] = lambda: None,
     ) -> None:
         self._store = store
+        self._fence = fence
         self._retry_seconds = retry_seconds
         self._max_batch = max(1, max_batch)
         self._more_coming = more_coming
@@ -77,6 +80,10 @@ class Committer:
         self.batches = 0
         self.committed = 0
 
+    def fence(self) -> Fence | None:
+        """The leases this replica's writes carry (None: no replicas, nothing to check)."""
+        return self._fence()
+
     async def persist(self, write: Callable[[], Awaitable[T]], fields: dict[str, object]) -> T:
         return await persist(write, fields, self._retry_seconds)
 
@@ -85,7 +92,7 @@ class Committer:
         if self._task is None:
             return await self.persist(
                 lambda: self._store.apply_job(
-                    commit.record, commit.decision, commit.now, commit.outbox
+                    commit.record, commit.decision, commit.now, commit.outbox, self._fence()
                 ),
                 log_fields(commit.record),
             )
@@ -95,7 +102,7 @@ class Committer:
 
     async def commit_many(self, commits: Sequence[Commit], fields: dict[str, object]) -> list[bool]:
         """Write many commits in one transaction now (a sweep's changed jobs)."""
-        return await self.persist(lambda: self._store.apply_jobs(commits), fields)
+        return await self.persist(lambda: self._store.apply_jobs(commits, self._fence()), fields)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")

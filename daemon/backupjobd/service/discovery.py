@@ -99,8 +99,12 @@ class Discoverer:
         arm: ArmClient,
         config: DiscoveryConfig,
         clock: Callable[[], datetime],
+        owns: Callable[[str], bool] = lambda subscription: True,
     ) -> None:
+        """`owns`: with several replicas, whether this one holds a subscription's lease;
+        it discovers only there."""
         self._store = store
+        self._owns = owns
         self._arm = arm
         self._config = config
         self._clock = clock
@@ -138,12 +142,15 @@ class Discoverer:
         """The configured vaults plus those enumerated in the configured subscriptions."""
         now = self._clock()
         for subscription in self._config.subscription:
+            if not self._owns(subscription):
+                continue
             fetched = self._enumerated_at.get(subscription)
             if fetched is None or now - fetched >= self._refresh:
                 await self._enumerate(subscription, now)
         found: dict[str, VaultRef] = {}
         for vault in [*self._configured, *_flatten(self._enumerated.values())]:
-            found.setdefault(vault.key, vault)
+            if self._owns(vault.subscription_id):
+                found.setdefault(vault.key, vault)
         return list(found.values())
 
     async def _enumerate(self, subscription: str, now: datetime) -> None:

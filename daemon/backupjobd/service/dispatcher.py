@@ -64,8 +64,10 @@ class Dispatcher:
         clock: Callable[[], datetime],
         batch_size: int,
         sweeps: bool,
+        owned: Callable[[], frozenset[str] | None] = lambda: None,
     ) -> None:
         self._store = store
+        self._owned = owned
         self._budget = budget
         self._roster = roster
         self._work = work
@@ -99,10 +101,15 @@ class Dispatcher:
         room = max(0, self._batch_size - self._work.qsize())
         if room == 0:
             return 0
-        ops = await self._store.due_operations(now, room, self._work.operations())
+        owned = self._owned()  # with replicas: only the subscriptions this one holds
+        if owned is not None:
+            self._forget_lost(owned)
+            if not owned:
+                return 0
+        ops = await self._store.due_operations(now, room, self._work.operations(), owned)
         for op in ops:
             self._work.put(op)
-        jobs = await self._store.due_jobs(now, room - len(ops), self.in_flight())
+        jobs = await self._store.due_jobs(now, room - len(ops), self.in_flight(), owned)
         queued = len(ops)
         singles: list[JobRecord] = []
         by_vault: dict[str, list[JobRecord]] = {}
@@ -131,6 +138,13 @@ class Dispatcher:
         for job in round_robin(singles):
             self._work.put(job)
         return queued + len(singles)
+
+    def _forget_lost(self, owned: frozenset[str]) -> None:
+        """A vault whose subscription's lease moved on leaves the roster: its new owner
+        polls its jobs (the claim made them due), and this replica could not record them."""
+        for vault_id in self._roster.vault_ids():
+            if subscription(vault_id) not in owned:
+                self._roster.leave_all(vault_id)
 
     def _within_budgets(self, singles: list[JobRecord]) -> list[JobRecord]:
         """Queue no more single GETs of a subscription than its read budget can serve within

@@ -172,7 +172,8 @@ class Pollers:
         now = self._clock()
         decision = decide_operation(record.state(), outcome, now, self._policy, self._rng.random())
         registered = await self._committer.persist(
-            lambda: self._store.apply_operation(record, decision, now), log_fields(record)
+            lambda: self._store.apply_operation(record, decision, now, self._committer.fence()),
+            log_fields(record),
         )
         self._journal.operation(record, outcome, decision, registered)
 
@@ -268,7 +269,8 @@ class Pollers:
         pks = [r.pk for r in settled.unchanged]
         lease, polls = settled.lease, list(settled.polls)
         moved = await self._committer.persist(
-            lambda: self._store.reschedule_jobs(pks, lease, now, polls), fields
+            lambda: self._store.reschedule_jobs(pks, lease, now, polls, self._committer.fence()),
+            fields,
         )
         if moved < len(pks):
             # Someone else changed some of them (stopped them, or another replica recorded
@@ -280,7 +282,10 @@ class Pollers:
                 extra=fields,
             )
             self._roster.leave(vault_id, settled.unchanged)
-            await self._committer.persist(lambda: self._store.reschedule_jobs(pks, now), fields)
+            await self._committer.persist(
+                lambda: self._store.reschedule_jobs(pks, now, fence=self._committer.fence()),
+                fields,
+            )
 
     def _hand_on(self, records: Sequence[JobRecord], priority: int = URGENT) -> None:
         for record in records:
@@ -293,7 +298,11 @@ class Pollers:
         for back in self._roster.hand_back():
             try:
                 await self._store.reschedule_jobs(
-                    list(back.pks), now, back.last_sweep, list(back.polls)
+                    list(back.pks),
+                    now,
+                    back.last_sweep,
+                    list(back.polls),
+                    self._committer.fence(),
                 )
             except BackupJobdError as exc:
                 logger.warning("could not hand %d swept jobs back: %s", len(back.pks), exc)

@@ -29,6 +29,7 @@ from backupjobd.core.sweeps import Sweep, VaultRoster
 from backupjobd.service.committer import Committer
 from backupjobd.service.dispatcher import Dispatcher, Durations
 from backupjobd.service.journal import Journal
+from backupjobd.service.ownership import Ownership
 from backupjobd.service.pollers import Pollers
 from backupjobd.service.work import WorkQueue
 from backupjobd.store import Store
@@ -52,13 +53,20 @@ class Tracker:
         webhooks: Sequence[WebhookConfig] = (),
         sweep_min_jobs: int = 0,
         detail_interval_seconds: float = 300.0,
+        ownership: Ownership | None = None,
     ) -> None:
+        """`ownership`: with several replicas on one database, the leases this one holds;
+        it polls only those subscriptions and its writes carry their fence."""
         self._work = WorkQueue()
         self._roster = VaultRoster(
             policy, timedelta(seconds=detail_interval_seconds), sweep_min_jobs
         )
         self._committer = Committer(
-            store, store_retry_seconds, batch_size, lambda: self._pollers.reads_running > 0
+            store,
+            store_retry_seconds,
+            batch_size,
+            lambda: self._pollers.reads_running > 0,
+            fence=(lambda: ownership.fence) if ownership is not None else (lambda: None),
         )
         durations = Durations()
         self._pollers = Pollers(
@@ -84,6 +92,7 @@ class Tracker:
             clock,
             batch_size,
             sweeps=sweep_min_jobs > 0,
+            owned=ownership.owned if ownership is not None else (lambda: None),
         )
 
     # ------------------------------------------------------------------ state

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from backupjobd.core.azure import VaultRef, vault_from_id
 from backupjobd.core.decisions import JobDecision, OperationDecision, Tracking
+from backupjobd.core.leases import Fence, Lease, ReplicaBeat, ReplicaRecord, subscription_of
 from backupjobd.core.model import (
     DiscoveryState,
     JobRecord,
@@ -30,6 +31,7 @@ from backupjobd.core.model import (
 from backupjobd.core.registration import JobRegistration, Registration
 from backupjobd.errors import StoreError
 from backupjobd.store import Store
+from backupjobd.testing import replicas
 from backupjobd.testing.tables import (
     DEAD,
     DELIVERED,
@@ -126,12 +128,22 @@ class MemoryStore(Store):
         return await self._run(work, "registering", write=True)
 
     async def due_jobs(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        subscriptions: Collection[str] | None = None,
     ) -> list[JobRecord]:
         def work(t: Tables) -> list[JobRecord]:
             at = at_utc(now)
             return due(
-                (j.record for j in t.jobs.values() if active_due(j.record, at)), limit, exclude
+                (
+                    j.record
+                    for j in t.jobs.values()
+                    if active_due(j.record, at) and _within(j.vault_key, subscriptions)
+                ),
+                limit,
+                exclude,
             )
 
         return await self._run(work, "reading due jobs", write=False)
@@ -178,6 +190,7 @@ class MemoryStore(Store):
         next_poll_at: datetime,
         polled_at: datetime | None = None,
         polls: Sequence[int] | None = None,
+        fence: Fence | None = None,
     ) -> int:
         by_polls: dict[int, list[int]] = {}
         counts = polls if polls is not None else [1] * len(pks)
@@ -187,6 +200,10 @@ class MemoryStore(Store):
             return 0
 
         def work(t: Tables) -> int:
+            if fence is not None:
+                keys = {t.jobs[pk].vault_key for pk in pks if pk in t.jobs}
+                if replicas.stale_subscriptions(t, fence, map(subscription_of, keys)):
+                    return 0
             changes: dict[str, Any] = {"next_poll_at": utc(next_poll_at)}
             if polled_at is not None:
                 changes["last_polled_at"] = utc(polled_at)
@@ -206,11 +223,19 @@ class MemoryStore(Store):
         return await self._run(work, f"rescheduling {len(pks)} jobs", write=True)
 
     async def due_operations(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        subscriptions: Collection[str] | None = None,
     ) -> list[OperationRecord]:
         def work(t: Tables) -> list[OperationRecord]:
             at = at_utc(now)
-            ops = (o.record for o in t.operations.values() if active_due(o.record, at))
+            ops = (
+                o.record
+                for o in t.operations.values()
+                if active_due(o.record, at) and _within(o.vault_key, subscriptions)
+            )
             return due(ops, limit, exclude)
 
         return await self._run(work, "reading due operations", write=False)
@@ -221,22 +246,41 @@ class MemoryStore(Store):
         decision: JobDecision,
         now: datetime,
         outbox: Sequence[OutboxEntry] = (),
+        fence: Fence | None = None,
     ) -> bool:
-        return (await self.apply_jobs([JobWrite(record, decision, now, outbox)]))[0]
+        return (await self.apply_jobs([JobWrite(record, decision, now, outbox)], fence))[0]
 
-    async def apply_jobs(self, writes: Sequence[JobWrite]) -> list[bool]:
+    async def apply_jobs(
+        self, writes: Sequence[JobWrite], fence: Fence | None = None
+    ) -> list[bool]:
         if not writes:
             return []
         what = f"job {writes[0].record.job_id}" if len(writes) == 1 else f"{len(writes)} jobs"
-        return await self._run(
-            lambda t: [apply_write(t, w) for w in writes], f"saving {what}", write=True
-        )
+
+        def work(t: Tables) -> list[bool]:
+            stale: set[str] = set()
+            if fence is not None:
+                subs = {subscription_of(w.record.vault_id) for w in writes}
+                stale = replicas.stale_subscriptions(t, fence, subs)
+            return [
+                subscription_of(w.record.vault_id) not in stale and apply_write(t, w)
+                for w in writes
+            ]
+
+        return await self._run(work, f"saving {what}", write=True)
 
     async def apply_operation(
-        self, record: OperationRecord, decision: OperationDecision, now: datetime
+        self,
+        record: OperationRecord,
+        decision: OperationDecision,
+        now: datetime,
+        fence: Fence | None = None,
     ) -> list[RegisterResult] | None:
         def work(t: Tables) -> list[RegisterResult] | None:
             at = at_utc(now)
+            sub = subscription_of(record.vault_id)
+            if fence is not None and replicas.stale_subscriptions(t, fence, [sub]):
+                return None
             current = t.operations.get(record.pk)
             if current is None or current.record.version != record.version:
                 return None
@@ -481,6 +525,16 @@ class MemoryStore(Store):
 
         return await self._run(work, "reading heartbeats", write=False)
 
+    async def replica_heartbeat(self, beat: ReplicaBeat, now: datetime) -> list[Lease]:
+        return await self._run(
+            lambda t: replicas.heartbeat(t, beat, now), "recording a heartbeat", write=True
+        )
+
+    async def replicas(self, seen_since: datetime, now: datetime) -> list[ReplicaRecord]:
+        return await self._run(
+            lambda t: replicas.replicas(t, seen_since, now), "reading replicas", write=False
+        )
+
     async def close(self) -> None:
         """Nothing to release; the data stays for the test to look at."""
 
@@ -501,3 +555,7 @@ class MemoryStore(Store):
             )
 
         await self._run(work, "saving discovery state", write=True)
+
+
+def _within(vault_key: str, subscriptions: Collection[str] | None) -> bool:
+    return subscriptions is None or subscription_of(vault_key) in {s.lower() for s in subscriptions}

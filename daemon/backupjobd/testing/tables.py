@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from backupjobd.core.decisions import Tracking
+from backupjobd.core.leases import Lease
 from backupjobd.core.model import (
     DiscoveryState,
     JobRecord,
@@ -116,6 +117,7 @@ class InstanceRow:
     started_at: datetime
     last_seen_at: datetime
     stopped_at: datetime | None
+    budgets: tuple[Mapping[str, object], ...] = ()
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Tables:
     outbox_keys: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     instances: dict[str, InstanceRow] = dataclasses.field(default_factory=dict)
     discovery: dict[str, DiscoveryState] = dataclasses.field(default_factory=dict)
+    leases: dict[str, Lease] = dataclasses.field(default_factory=dict)
     last_pk: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> Tables:

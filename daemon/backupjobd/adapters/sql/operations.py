@@ -8,10 +8,11 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, select, update
+from sqlalchemy import Connection, Row, and_, select, true, update
 
 from backupjobd.adapters.sql import schema
 from backupjobd.adapters.sql.jobs import register_one
+from backupjobd.adapters.sql.leases import in_subscriptions
 from backupjobd.core.azure import vault_from_id
 from backupjobd.core.decisions import OperationDecision, Tracking
 from backupjobd.core.model import OperationRecord, RegisterResult
@@ -40,12 +41,17 @@ def operation_from_row(row: Row[Any]) -> OperationRecord:
 
 
 def due(
-    conn: Connection, now: datetime, limit: int, exclude: Collection[int]
+    conn: Connection,
+    now: datetime,
+    limit: int,
+    exclude: Collection[int],
+    subscriptions: Collection[str] | None = None,
 ) -> list[OperationRecord]:
     o = schema.operations
+    mine = true() if subscriptions is None else in_subscriptions(o.c.vault_key, subscriptions)
     query = (
         select(o)
-        .where(o.c.tracking == Tracking.ACTIVE.value, o.c.next_poll_at <= now)
+        .where(o.c.tracking == Tracking.ACTIVE.value, o.c.next_poll_at <= now, mine)
         .order_by(o.c.next_poll_at)
         .limit(limit + len(exclude))
     )

@@ -146,6 +146,18 @@ instances = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
     Column("stopped_at", UTCDateTime(), nullable=True),
+    # JSON: the read budget it learned per subscription (`backupjobd replicas`).
+    Column("budgets", Text(), nullable=True),
+)
+
+# Who polls which subscription when several replicas share the database (core/leases.py).
+subscription_leases = Table(
+    "subscription_leases",
+    metadata,
+    Column("subscription_key", String(64), primary_key=True),
+    Column("owner", String(64), nullable=True),
+    Column("epoch", BigInteger(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
 )
 
 operations = Table(

@@ -15,9 +15,9 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
-from backupjobd.adapters.sql import jobs, meta, operations, outbox, schema
+from backupjobd.adapters.sql import jobs, leases, meta, operations, outbox, schema
 from backupjobd.adapters.sql.engine import (
     Database,
     RetryPolicy,
@@ -36,6 +36,7 @@ from backupjobd.adapters.sql.migrate import (
 )
 from backupjobd.core.azure import VaultRef
 from backupjobd.core.decisions import JobDecision, OperationDecision
+from backupjobd.core.leases import Fence, Lease, ReplicaBeat, ReplicaRecord, subscription_of
 from backupjobd.core.model import (
     DiscoveryState,
     JobRecord,
@@ -140,11 +141,16 @@ class SqlStore(Store):
         return await self._db.run(work, "registering", write=True)
 
     async def due_jobs(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        subscriptions: Collection[str] | None = None,
     ) -> list[JobRecord]:
-        work = functools.partial(
-            jobs.jobs_excluding, where=jobs.due_where(now), limit=limit, exclude=exclude
-        )
+        where = jobs.due_where(now)
+        if subscriptions is not None:
+            where = (*where, leases.in_subscriptions(schema.jobs.c.vault_key, subscriptions))
+        work = functools.partial(jobs.jobs_excluding, where=where, limit=limit, exclude=exclude)
         return await self._db.run(work, "reading due jobs", write=False)
 
     async def finished_durations(
@@ -177,6 +183,7 @@ class SqlStore(Store):
         next_poll_at: datetime,
         polled_at: datetime | None = None,
         polls: Sequence[int] | None = None,
+        fence: Fence | None = None,
     ) -> int:
         by_polls: dict[int, list[int]] = {}
         counts = polls if polls is not None else [1] * len(pks)
@@ -184,15 +191,26 @@ class SqlStore(Store):
             by_polls.setdefault(count if polled_at is not None else 0, []).append(pk)
         if not pks:
             return 0
-        work = functools.partial(
+        work: Callable[[Connection], int] = functools.partial(
             jobs.reschedule, by_polls=by_polls, next_poll_at=next_poll_at, polled_at=polled_at
         )
-        return await self._db.run(work, f"rescheduling {len(pks)} jobs", write=True)
+        if fence is not None:
+            work = leases.fenced_by_jobs(work, fence, pks)
+        try:
+            return await self._db.run(work, f"rescheduling {len(pks)} jobs", write=True)
+        except leases.StaleLease:
+            return 0
 
     async def due_operations(
-        self, now: datetime, limit: int, exclude: Collection[int] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        subscriptions: Collection[str] | None = None,
     ) -> list[OperationRecord]:
-        work = functools.partial(operations.due, now=now, limit=limit, exclude=exclude)
+        work = functools.partial(
+            operations.due, now=now, limit=limit, exclude=exclude, subscriptions=subscriptions
+        )
         return await self._db.run(work, "reading due operations", write=False)
 
     async def apply_job(
@@ -201,12 +219,37 @@ class SqlStore(Store):
         decision: JobDecision,
         now: datetime,
         outbox: Sequence[OutboxEntry] = (),
+        fence: Fence | None = None,
     ) -> bool:
-        return (await self.apply_jobs([JobWrite(record, decision, now, outbox)]))[0]
+        return (await self.apply_jobs([JobWrite(record, decision, now, outbox)], fence))[0]
 
-    async def apply_jobs(self, writes: Sequence[JobWrite]) -> list[bool]:
+    async def apply_jobs(
+        self, writes: Sequence[JobWrite], fence: Fence | None = None
+    ) -> list[bool]:
+        """Under a fence, the writes of subscriptions whose lease has moved on are refused
+        (False); the others are written in a transaction that checks their leases again."""
+        if fence is None:
+            return await self._apply_jobs(writes, None)
+        results = dict.fromkeys(range(len(writes)), False)
+        pending = list(range(len(writes)))
+        while pending:
+            try:
+                done = await self._apply_jobs([writes[i] for i in pending], fence)
+            except leases.StaleLease as exc:
+                pending = [
+                    i
+                    for i in pending
+                    if subscription_of(writes[i].record.vault_id) not in exc.subscriptions
+                ]
+                continue
+            results.update(zip(pending, done, strict=True))
+            break
+        return [results[i] for i in range(len(writes))]
+
+    async def _apply_jobs(self, writes: Sequence[JobWrite], fence: Fence | None) -> list[bool]:
         if not writes:
             return []
+        run = self._db.run if fence is None else leases.fenced_run(self._db.run, fence, writes)
         what = f"job {writes[0].record.job_id}" if len(writes) == 1 else f"{len(writes)} jobs"
         if len(writes) > 1 and self._db.dialect.name == "postgresql":
             # Imported here: a command on SQLite need not load the PostgreSQL dialect. One
@@ -215,25 +258,34 @@ class SqlStore(Store):
             from backupjobd.adapters.sql import pg_writes
 
             work = functools.partial(pg_writes.apply_set, writes)
-            return await self._db.run(work, f"saving {what}", write=True)
+            return await run(work, f"saving {what}", write=True)
         distinct = len({w.record.pk for w in writes}) == len(writes)
         if len(writes) > 1 and distinct and self._db.dialect.supports_sane_multi_rowcount:
             try:
-                await self._db.run(
-                    functools.partial(jobs.apply_many, writes), f"saving {what}", write=True
-                )
+                await run(functools.partial(jobs.apply_many, writes), f"saving {what}", write=True)
                 return [True] * len(writes)
             except jobs.StaleInBatch:
                 pass  # rolled back whole; the per-write path sorts out who is stale
-        return await self._db.run(
+        return await run(
             functools.partial(jobs.apply_one_by_one, writes), f"saving {what}", write=True
         )
 
     async def apply_operation(
-        self, record: OperationRecord, decision: OperationDecision, now: datetime
+        self,
+        record: OperationRecord,
+        decision: OperationDecision,
+        now: datetime,
+        fence: Fence | None = None,
     ) -> list[RegisterResult] | None:
-        work = functools.partial(operations.apply, record=record, decision=decision, now=now)
-        return await self._db.run(work, f"saving operation {record.operation_id}", write=True)
+        work: Callable[[Connection], list[RegisterResult] | None] = functools.partial(
+            operations.apply, record=record, decision=decision, now=now
+        )
+        if fence is not None:
+            work = leases.fenced(work, fence, [subscription_of(record.vault_id)])
+        try:
+            return await self._db.run(work, f"saving operation {record.operation_id}", write=True)
+        except leases.StaleLease:
+            return None
 
     async def list_jobs(
         self,
@@ -337,6 +389,14 @@ class SqlStore(Store):
     async def live_instances(self, seen_since: datetime) -> int:
         work = functools.partial(meta.live_instances, seen_since=seen_since)
         return await self._db.run(work, "reading heartbeats", write=False)
+
+    async def replica_heartbeat(self, beat: ReplicaBeat, now: datetime) -> list[Lease]:
+        work = functools.partial(leases.replica_heartbeat, beat=beat, now=now)
+        return await self._db.run(work, "recording a heartbeat", write=True)
+
+    async def replicas(self, seen_since: datetime, now: datetime) -> list[ReplicaRecord]:
+        work = functools.partial(leases.replicas, seen_since=seen_since, now=now)
+        return await self._db.run(work, "reading replicas", write=False)
 
     async def close(self) -> None:
         await self._db.close()
