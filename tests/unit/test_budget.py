@@ -440,3 +440,14 @@ async def test_the_remaining_reads_header_lowers_the_budget(emu: Emu) -> None:
     # Azure said 99 left; we keep the reserve of 10 below that (our own count was 249).
     assert tokens(emu.budget, VAULT_A.subscription_id) == pytest.approx(89.0)
     assert emu.budget.delay(VAULT_A.subscription_id) == 0.0
+
+
+def test_fullness_is_the_share_of_the_usable_bucket_left() -> None:
+    clock = FakeClock(1000.0)
+    budget = ReadBudget(100, 10.0, reserve=0, max_share=0.8, clock=clock)
+    assert budget.fullness(SUB_A) == pytest.approx(1.0)  # 80 usable, all there
+    for _ in range(40):
+        assert budget.try_take(SUB_A)
+    assert budget.fullness(SUB_A) == pytest.approx(0.5)
+    budget.throttled(SUB_A, 5)
+    assert budget.fullness(SUB_A) == 0.0

@@ -24,6 +24,7 @@ from backupjobd.core.sweeps import (
     VaultRoster,
     detail_room,
     lease_span,
+    spare_sweep_interval,
 )
 
 VAULT = (
@@ -612,3 +613,33 @@ def test_vault_ids_name_the_vaults_with_members_and_leave_all_forgets_one() -> N
     vault.leave_all(VAULT)
     assert vault.vault_ids() == []
     assert vault.held() == set() and vault.next_sweep_at(VAULT) is None
+
+
+@pytest.mark.parametrize(
+    ("fullness", "expected"),
+    [
+        (None, None),
+        (0.0, None),
+        (0.5, None),
+        (0.7, POLICY.interval - (POLICY.interval - POLICY.min_interval) / 2),
+        (0.9, POLICY.min_interval),
+        (1.0, POLICY.min_interval),
+    ],
+)
+def test_a_budget_with_room_to_spare_sweeps_sooner(
+    fullness: float | None, expected: timedelta | None
+) -> None:
+    assert spare_sweep_interval(POLICY, fullness) == expected
+
+
+def test_settle_takes_the_sooner_sweep_but_never_a_later_one() -> None:
+    records = (job(1), job(2), job(3))
+    settled = roster().settle(
+        Sweep(VAULT, records), listing(*records), NOW, NOW, sooner=POLICY.min_interval
+    )
+    assert settled.next_sweep == NOW + POLICY.min_interval
+    assert settled.lease == NOW + POLICY.min_interval + lease_span(POLICY)
+    later = roster().settle(
+        Sweep(VAULT, records), listing(*records), NOW, NOW, sooner=10 * INTERVAL
+    )
+    assert later.next_sweep == NOW + INTERVAL

@@ -101,6 +101,16 @@ class ReadBudget:
             return 0.0
         return max(0.0, bucket.tokens) / bucket.pace.burst
 
+    def fullness(self, subscription_id: str) -> float:
+        """How full the part of the bucket we may use is, 0 to 1 (0 while paused)."""
+        bucket = self._bucket(subscription_id)
+        now = self._clock()
+        self._refill(bucket, now)
+        if bucket.paused_until > now:
+            return 0.0
+        capacity = bucket.pace.burst - bucket.pace.low_water
+        return max(0.0, min(1.0, bucket.tokens / capacity)) if capacity > 0 else 0.0
+
     def spare_reads(self, subscription_id: str) -> int:
         """Reads in the upper half of the bucket: what optional reads may spend now without
         eating into what status reads need (0 while paused)."""

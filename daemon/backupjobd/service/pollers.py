@@ -30,7 +30,14 @@ from backupjobd.core.decisions import (
     decide_operation,
 )
 from backupjobd.core.model import Commit, JobRecord, OperationRecord
-from backupjobd.core.sweeps import SWEEP_FILTER, Settlement, Sweep, VaultRoster
+from backupjobd.core.sweeps import (
+    SWEEP_FILTER,
+    Settlement,
+    Sweep,
+    VaultRoster,
+    spare_sweep_interval,
+)
+from backupjobd.core.sweeps import subscription as azure_subscription
 from backupjobd.errors import (
     BackupJobdError,
     CredentialError,
@@ -223,6 +230,7 @@ class Pollers:
             detail_room=detail_room(self._arm.budget, self._work, item.vault_id),
             jitter=self._rng.random,
             expected=self._expected,
+            sooner=self._sooner(item.vault_id),
         )
         self._hand_on(settled.urgent)
         self._hand_on(settled.background, BACKGROUND)
@@ -259,6 +267,12 @@ class Pollers:
                 self._journal.swept_job(commit)
             else:
                 self._journal.discarded(commit.before, swept=True)
+
+    def _sooner(self, vault_id: str) -> timedelta | None:
+        """The next sweep comes sooner while the subscription's budget has room to spare."""
+        budget = self._arm.budget
+        fullness = None if budget is None else budget.fullness(azure_subscription(vault_id))
+        return spare_sweep_interval(self._policy, fullness)
 
     async def _renew_lease(
         self, vault_id: str, settled: Settlement, now: datetime, fields: dict[str, object]
