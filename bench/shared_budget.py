@@ -15,7 +15,7 @@ For each scenario, `--jobs` jobs of one subscription in 2 vaults, lasting `--min
 `--max-duration` s, are registered and followed to the end with `polling.interval_seconds =
 --interval`. Printed: jobs finished and right, wall time, ARM reads the emulator answered,
 429s (and their share of the daemon's requests), detection lag p50/p99, the learned rate at
-the end (`backupjobd budget`, when the executable has it) and the daemon's CPU. With
+the end (from `backupjobd replicas --json`, when the executable has it) and the daemon's CPU. With
 `--baseline` the same runs are made with another install (say an older commit's virtualenv,
 whose fixed pacing is what the learner replaces), side by side in the same run.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -81,7 +82,7 @@ def run_one(name: str, executable: Path, args: argparse.Namespace, workdir: Path
             wall = time.monotonic() - wall0
             after = emu.stats()
             cpu = daemon.cpu() - cpu0
-            learned = daemon.cli("budget").stdout.strip() if _has_budget(daemon) else "-"
+            learned = _learned(daemon)
         finally:
             daemon.stop()
     jobs = asyncio.run(read_db_jobs(db_url))
@@ -108,8 +109,14 @@ def run_one(name: str, executable: Path, args: argparse.Namespace, workdir: Path
     }
 
 
-def _has_budget(daemon: Daemon) -> bool:
-    return daemon.proc.poll() is None and "budget" in daemon.cli("--help").stdout
+def _learned(daemon: Daemon) -> str:
+    """The learned read rate per subscription, as `backupjobd replicas` shows it ("-" for an
+    install without that command)."""
+    if "replicas" not in daemon.cli("--help").stdout:
+        return "-"
+    found = json.loads(daemon.cli("replicas", "--json").stdout)
+    rates = [f"{b['rate']:.1f}/s" for r in found for b in r["budgets"]]
+    return ", ".join(rates) or "-"
 
 
 def main() -> int:
