@@ -378,6 +378,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                 lease_for=LEASE,
                 budgets=lambda: budget_views(rt.arm.budget),
                 wanted=discovery_subscriptions(config),
+                sole=sole is not None,
             )
             await heartbeat.beat()  # the first tick polls what this replica owns
             scheduler.add_job(

@@ -16,7 +16,7 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 #: How long a lease lasts without a heartbeat renewing it; a replica not heard from for
@@ -140,6 +140,9 @@ class ReplicaBeat:
     wanted: tuple[str, ...] = ()
     #: The replica is stopping: its leases are given up for the others to take at once.
     stopped: bool = False
+    #: No other replica can be running (SQLite: `serve` holds the file's lock), so leases
+    #: still held by others are those of a process that died: taken at once.
+    sole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,15 @@ class ReplicaRecord:
     last_seen_at: datetime
     owns: tuple[str, ...]
     budgets: tuple[Mapping[str, object], ...]
+
+
+def as_sole(leases: Iterable[Lease], replica: str) -> list[Lease]:
+    """The rows as a sole replica sees them: every other owner's lease is free (its process
+    is gone). The owner and epoch stay, so claiming them is still a compare-and-set."""
+    return [
+        lease if lease.owner in (None, replica) else replace(lease, expires_at=None)
+        for lease in leases
+    ]
 
 
 def subscription_of(vault_key: str) -> str:

@@ -76,13 +76,17 @@ class Heartbeat:
         lease_for: timedelta,
         budgets: Callable[[], tuple[Mapping[str, object], ...]] = tuple,
         wanted: Sequence[str] = (),
+        sole: bool = False,
     ) -> None:
+        """`sole`: no other replica can be running (SQLite), so a dead one's leases are
+        taken at once rather than when they expire."""
         self._store = store
         self._ownership = ownership
         self._hostname, self._pid, self._started_at = identity
         self._lease_for = lease_for
         self._budgets = budgets
         self._wanted = tuple(wanted)
+        self._sole = sole
         self.failures = 0
 
     async def beat(self, stopped: bool = False) -> None:
@@ -99,6 +103,7 @@ class Heartbeat:
             budgets=self._budgets(),
             wanted=self._wanted,
             stopped=stopped,
+            sole=self._sole,
         )
         try:
             leases = await self._store.replica_heartbeat(beat, clock())

@@ -13,6 +13,7 @@ from backupjobd.core.leases import (
     Lease,
     ReplicaBeat,
     ReplicaRecord,
+    as_sole,
     plan_leases,
     subscription_of,
 )
@@ -46,7 +47,10 @@ def heartbeat(t: Tables, beat: ReplicaBeat, now: datetime) -> list[Lease]:
         if i.last_seen_at >= since and i.stopped_at is None
     ]
     wanted = set() if beat.stopped else work_subscriptions(t) | {s.lower() for s in beat.wanted}
-    plan = plan_leases(me, at, t.leases.values(), wanted, live)
+    rows = list(t.leases.values())
+    if beat.sole:
+        rows, live = as_sole(rows, me), [me]
+    plan = plan_leases(me, at, rows, wanted, live)
     until = at + beat.lease_for
     held: list[Lease] = []
     for lease in plan.renew:

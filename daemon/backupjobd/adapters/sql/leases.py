@@ -19,6 +19,7 @@ from backupjobd.core.leases import (
     Lease,
     ReplicaBeat,
     ReplicaRecord,
+    as_sole,
     plan_leases,
     subscription_of,
 )
@@ -99,7 +100,10 @@ def replica_heartbeat(conn: Connection, beat: ReplicaBeat, now: datetime) -> lis
         wanted: set[str] = set()
     else:
         wanted = work_subscriptions(conn) | {s.lower() for s in beat.wanted}
-    plan = plan_leases(me, now, rows, wanted, _live(conn, now - beat.live_within))
+    live = _live(conn, now - beat.live_within)
+    if beat.sole:
+        rows, live = as_sole(rows, me), [me]
+    plan = plan_leases(me, now, rows, wanted, live)
     until = now + beat.lease_for
     held: list[Lease] = []
     for lease in plan.renew:
