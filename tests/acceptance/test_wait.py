@@ -90,7 +90,30 @@ def test_each_final_status_has_its_exit_code(emulator: Emulator, daemon: Daemon)
     # Waiting again on finished jobs answers at once with the worst: Failed.
     code, out, err = run_wait(daemon, *(job["job_id"] for job in jobs))
     assert code == EXIT_BY_STATUS["Failed"], (out, err)
-    assert len(out.splitlines()) == len(jobs)
+    assert len([line for line in out.splitlines() if line.startswith("job ")]) == len(jobs)
+
+
+def test_a_failed_job_says_why_in_wait_and_show(emulator: Emulator, daemon: Daemon) -> None:
+    """Azure's errorDetails: printed by `wait` under the job, in `jobs show`, in `--json`."""
+    [job] = emulator.create_jobs([{"final_status": "Failed", "duration_seconds": 2}])
+    code, out, err = run_wait(daemon, job["job_id"], "--vault", VAULT)
+    assert code == EXIT_BY_STATUS["Failed"], (out, err)
+    lines = out.splitlines()
+    assert lines[0] == f"job {job['job_id']}: Failed"
+    assert lines[1] == (
+        "  error: 400239: Backup failed as the snapshot transfer to the vault timed out."
+    )
+    assert lines[2] == "  recommendation: Retry the backup operation after some time."
+    shown = daemon.ok("jobs", "show", job["job_id"])
+    assert "error:                  400239: Backup failed as the snapshot" in shown
+    [details] = [job_by_id(daemon, job["job_id"])["error_details"]]
+    assert details == [
+        {
+            "code": "400239",
+            "message": "Backup failed as the snapshot transfer to the vault timed out.",
+            "recommendations": ["Retry the backup operation after some time."],
+        }
+    ]
 
 
 def test_several_jobs_give_the_worst_code_and_json(emulator: Emulator, daemon: Daemon) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from backupjobd.core.azure import ErrorDetail
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import SnapshotRecord, TransitionRecord
 from backupjobd.core.registration import Endpoint
@@ -22,13 +23,15 @@ _TYPES: dict[str, Any] = {
     "boolean": bool,
     "integer": int,
     "object": dict,
+    "array": list,
+    "number": (int, float),
     "null": type(None),
 }
 
 
 def fits(value: Any, schema: dict[str, Any]) -> bool:
     """The part of JSON Schema the views use: type (or a list of types), enum, pattern,
-    minimum, format date-time."""
+    minimum, format date-time, array items and object properties."""
     kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     if not any(
         isinstance(value, _TYPES[k]) and not (k == "integer" and isinstance(value, bool))
@@ -45,6 +48,14 @@ def fits(value: Any, schema: dict[str, Any]) -> bool:
         return False
     if schema.get("format") == "date-time":
         datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, list) and "items" in schema:
+        return all(fits(item, schema["items"]) for item in value)
+    if isinstance(value, dict) and "properties" in schema:
+        if schema.get("additionalProperties") is False and set(value) - set(schema["properties"]):
+            return False
+        if set(schema.get("required", ())) - set(value):
+            return False
+        return all(fits(v, schema["properties"][k]) for k, v in value.items())
     return True
 
 
@@ -65,6 +76,10 @@ JOBS = [
         last_error="HTTP 500",
         last_error_at=WHEN,
         stuck_since=WHEN,
+        error_details=(
+            ErrorDetail("400230", "Snapshot failed", ("Retry", "Check the VM agent")),
+            ErrorDetail(None, "DPM error"),
+        ),
     ),
 ]
 

@@ -238,6 +238,9 @@ def wait(args: argparse.Namespace, env: Env) -> int:
                 state = job.tracking.value if lost else job.status or "unseen"
                 suffix = "" if outcome is not None else " (still running: timed out waiting)"
                 say(f"job {job.job_id}: {state}{suffix}")
+                errors = render.error_lines(job, aligned=False)
+                if errors and job.status != "Completed":
+                    say(*(f"  {line}" for line in errors))
         if code == waiter.EXIT_TIMEOUT:
             render.flush_stdout()  # the jobs first, then why they are incomplete
             print(

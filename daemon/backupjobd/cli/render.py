@@ -112,7 +112,7 @@ def jobs_table(jobs: list[JobRecord]) -> None:
     rows = [
         [
             job.job_id,
-            job.status or "-",
+            job.status or ("not visible yet" if job.not_found_since else "-"),
             job.tracking.value,
             job.operation or "-",
             job.entity_friendly_name or "-",
@@ -131,7 +131,41 @@ def jobs_table(jobs: list[JobRecord]) -> None:
 
 
 def job_details(job: JobRecord) -> None:
-    say(*(f"{key + ':':24}{'-' if v is None else v}" for key, v in job.to_json().items()))
+    """Every field, Azure's errors as lines of their own, and an unseen job's reason."""
+    lines = []
+    for key, value in job.to_json().items():
+        if key == "error_details":
+            continue
+        if key == "status" and value is None:
+            value = seen_state(job)
+        lines.append(f"{key + ':':24}{'-' if value is None else value}")
+    lines.extend(error_lines(job))
+    say(*lines)
+
+
+def seen_state(job: JobRecord) -> str:
+    """What to say of a job's status before Azure showed it: not read yet, or not visible
+    yet (Azure answers 404 for a new job for a while) with the reads since."""
+    if job.status is not None:
+        return job.status
+    if job.not_found_since is not None:
+        return f"not visible yet, {job.poll_count} reads since {short(iso(job.not_found_since))}"
+    return "not read yet"
+
+
+def error_lines(job: JobRecord, aligned: bool = True) -> list[str]:
+    """Azure's errorDetails, one line per error and per recommendation (labels padded to
+    the `jobs show` column, or not)."""
+
+    def label(text: str) -> str:
+        return f"{text:24}" if aligned else f"{text.strip()} "
+
+    lines = []
+    for detail in job.error_details:
+        code = f"{detail.code}: " if detail.code else ""
+        lines.append(f"{label('error:')}{code}{detail.message}")
+        lines.extend(f"{label('  recommendation:')}{r}" for r in detail.recommendations)
+    return lines
 
 
 def job_history(

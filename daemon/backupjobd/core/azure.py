@@ -85,6 +85,45 @@ class VaultRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    """One item of a job's `errorDetails`, the same shape for every job type: Azure's code
+    (an int in most types, none in DPM/MAB ones), its message and its recommendations."""
+
+    code: str | None
+    message: str
+    recommendations: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "recommendations": list(self.recommendations),
+        }
+
+
+def parse_error_details(props: dict[str, Any]) -> tuple[ErrorDetail, ...]:
+    """`properties.errorDetails` as ErrorDetails; items that are not objects are skipped,
+    and a message falls back to the title (then to the code) when Azure gives no string."""
+    items = props.get("errorDetails")
+    if not isinstance(items, list):
+        return ()
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        raw_code = item.get("errorCode")
+        code = None if raw_code is None or isinstance(raw_code, bool) else str(raw_code)
+        message = _opt_str(item.get("errorString")) or _opt_str(item.get("errorTitle")) or ""
+        recs = item.get("recommendations")
+        recommendations = tuple(
+            r.strip() for r in (recs if isinstance(recs, list) else []) if isinstance(r, str)
+        )
+        if code or message or recommendations:
+            out.append(ErrorDetail(code, message or f"error {code}", recommendations))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class JobObservation:
     """One job as Azure reported it, normalised."""
 
@@ -99,6 +138,7 @@ class JobObservation:
     end_time: datetime | None
     duration: timedelta | None
     properties: dict[str, Any]
+    error_details: tuple[ErrorDetail, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -261,6 +301,7 @@ def parse_job_resource(body: object) -> JobObservation:
         end_time=parse_time(props.get("endTime")),
         duration=parse_duration(props.get("duration")),
         properties=props,
+        error_details=parse_error_details(props),
     )
 
 

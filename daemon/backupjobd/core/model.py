@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from backupjobd.core.azure import ErrorDetail
 from backupjobd.core.decisions import (
     JobDecision,
     JobState,
@@ -48,6 +49,8 @@ class JobRecord:
     version: int
     stuck_since: datetime | None = None
     last_detail_at: datetime | None = None
+    #: Azure's `errorDetails` as last read (a full read, or a list item that has them).
+    error_details: tuple[ErrorDetail, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -81,6 +84,8 @@ class JobRecord:
             )
             if decision.full_read:
                 changes["last_detail_at"] = now
+            if decision.full_read or obs.error_details:
+                changes["error_details"] = obs.error_details
         if decision.error is not None:
             changes.update(
                 last_error=decision.error, last_error_at=now, error_count=self.error_count + 1

@@ -95,6 +95,25 @@ JOB_VIEW: tuple[ViewField, ...] = (
     _field("last_error_at", _NULLABLE_TIME),
     ViewField("stuck", _BOOLEAN, lambda r: r.stuck_since is not None),
     _field("stuck_since", _NULLABLE_TIME),
+    ViewField(
+        "error_details",
+        {
+            "type": "array",
+            "description": "Azure's errorDetails as last read ([] when none)",
+            "items": {
+                "type": "object",
+                "required": ["code", "message", "recommendations"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": _NULLABLE_STRING,
+                    "message": _STRING,
+                    "recommendations": {"type": "array", "items": _STRING},
+                },
+            },
+        },
+        lambda r: [d.to_json() for d in r.error_details],
+    ),
+    _field("not_found_since", _NULLABLE_TIME),
 )
 
 TRANSITION_VIEW: tuple[ViewField, ...] = (

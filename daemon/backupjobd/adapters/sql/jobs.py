@@ -57,6 +57,7 @@ JOB_COLUMNS = (
     "last_error_at",
     "error_count",
     "last_snapshot_hash",
+    "error_details",
 )
 _JOB_UPDATE = (
     update(schema.jobs)
@@ -100,6 +101,7 @@ def job_from_row(row: Row[Any]) -> JobRecord:
         version=row.version,
         stuck_since=row.stuck_since,
         last_detail_at=row.last_detail_at,
+        error_details=row.error_details or (),
     )
 
 

@@ -15,7 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, any_, bindparam, column, func, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    column,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -31,8 +42,16 @@ _UPDATE_COLUMNS = ("pk", "expected_version", *JOB_COLUMNS)
 
 def _unnest(columns: Sequence[tuple[str, Column[Any]]], name: str) -> Any:
     """`unnest($1::type[], $2::type[], ...) AS name(columns)`: one array parameter per column,
-    typed as the column so that the column's own conversion (UTC datetimes) applies."""
-    arrays = [bindparam(f"a_{key}", type_=ARRAY(col.type)) for key, col in columns]
+    typed as the column so that the column's own conversion (UTC datetimes) applies. JSON
+    columns go as text arrays, their values encoded before: an array of tuples would be read
+    as a multi-dimensional array."""
+    arrays = [
+        bindparam(
+            f"a_{key}",
+            type_=ARRAY(Text() if isinstance(col.type, schema.ErrorDetailsJSON) else col.type),
+        )
+        for key, col in columns
+    ]
     typed = [column(key, col.type) for key, col in columns]
     return func.unnest(*arrays).table_valued(*typed).render_derived(name=name)
 
@@ -122,6 +141,8 @@ def _update_jobs(conn: Connection, writes: Sequence[JobWrite]) -> set[int]:
         for c in JOB_COLUMNS:
             arrays[c].append(getattr(after, c))
     arrays["tracking"] = [tracking.value for tracking in arrays["tracking"]]
+    encode = schema.ErrorDetailsJSON().process_bind_param
+    arrays["error_details"] = [encode(v, conn.dialect) for v in arrays["error_details"]]
     params = {f"a_{c}": values for c, values in arrays.items()}
     return set(conn.execute(_JOBS_UPDATE, params).scalars())
 

@@ -6,6 +6,7 @@ checks that these tables and the migrated schema agree.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+
+from backupjobd.core.azure import ErrorDetail
 
 metadata = MetaData(
     naming_convention={
@@ -54,6 +57,28 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ErrorDetailsJSON(TypeDecorator[tuple[ErrorDetail, ...]]):
+    """A job's Azure `errorDetails` as a JSON array (NULL when there are none)."""
+
+    impl = Text()
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: tuple[ErrorDetail, ...] | None, dialect: Dialect
+    ) -> str | None:
+        if not value:
+            return None
+        return json.dumps([d.to_json() for d in value], ensure_ascii=False)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[ErrorDetail, ...]:
+        if not value:
+            return ()
+        return tuple(
+            ErrorDetail(d.get("code"), d.get("message", ""), tuple(d.get("recommendations", ())))
+            for d in json.loads(value)
+        )
 
 
 PK = BigInteger().with_variant(Integer(), "sqlite")
@@ -88,6 +113,7 @@ jobs = Table(
     Column("operation_pk", PK, ForeignKey("operations.pk"), nullable=True),
     Column("stuck_since", UTCDateTime(), nullable=True),
     Column("last_detail_at", UTCDateTime(), nullable=True),
+    Column("error_details", ErrorDetailsJSON(), nullable=True),
     Column("version", Integer(), nullable=False, default=0),
     UniqueConstraint("vault_key", "job_id"),
     Index("ix_jobs_due", "tracking", "next_poll_at"),
