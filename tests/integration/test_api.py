@@ -3,6 +3,7 @@ static token against the in-process emulator, and the aiohttp app from `build_ap
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -828,3 +829,35 @@ async def test_start_api_on_loopback_tcp_logs_where(
 )
 def test_api_token_required(config: ApiConfig, required: bool) -> None:
     assert api_token_required(config) is required
+
+
+async def test_wait_answers_200_once_the_job_ends_and_202_at_the_timeout(h: Harness) -> None:
+    h.emulator.add_job(JobSpec(duration_seconds=60.0), job_id=G1)
+    await h.post_json(job_arm_id(G1))
+    await h.observe(G1)
+    # Still running: held for the timeout, then 202 with the job as it stands.
+    resp = await h.client.get(f"/v1/jobs/{G1}/wait", params={"timeout": "0.3"})
+    assert resp.status == 202
+    assert (await resp.json())["status"] == "InProgress"
+    # Ends while a caller waits: 200 with the finished job.
+    waiting = asyncio.create_task(h.client.get(f"/v1/jobs/{G1}/wait", params={"timeout": "30"}))
+    h.clock.advance(120)
+    await h.observe(G1)
+    async with asyncio.timeout(10):
+        resp = await waiting
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["finished"] is True and body["status"] == "Completed"
+    # Finished already: at once.
+    resp = await h.client.get(f"/v1/jobs/{G1}/wait")
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("seconds", ["-1", "3601", "soon", "nan", "inf", ""])
+async def test_wait_refuses_a_bad_timeout(h: Harness, seconds: str) -> None:
+    await h.post_json(job_arm_id(G1))
+    resp = await h.client.get(f"/v1/jobs/{G1}/wait", params={"timeout": seconds})
+    assert (await error_of(resp, 400))["message"] == (
+        "parameter timeout must be a number of seconds from 0 to 3600"
+    )
+    await error_of(await h.client.get(f"/v1/jobs/{G2}/wait"), 404)

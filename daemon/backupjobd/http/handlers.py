@@ -17,6 +17,7 @@ from aiohttp import web
 
 from backupjobd.adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from backupjobd.core import azure, registration
+from backupjobd.core.decisions import Tracking
 from backupjobd.core.leases import LEASE_SPAN as REPLICA_WINDOW
 from backupjobd.core.model import JobRecord
 from backupjobd.core.views import REPLICA_VIEW, render
@@ -38,6 +39,7 @@ from backupjobd.http.params import (
     limit_param,
     one_line,
     status_param,
+    timeout_param,
     vault_param,
 )
 
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_RETRY_AFTER_SECONDS", "READY_CHECK_TIMEOUT_SECONDS", "add_routes"]
 
 READY_CHECK_TIMEOUT_SECONDS = 5.0
+WAIT_POLL_SECONDS = 0.5
 DEFAULT_RETRY_AFTER_SECONDS = 5
 
 
@@ -56,6 +59,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/jobs/{job_id}", _show_job, allow_head=False)
     router.add_delete("/v1/jobs/{job_id}", _stop_job)
     router.add_get("/v1/jobs/{job_id}/history", _job_history, allow_head=False)
+    router.add_get("/v1/jobs/{job_id}/wait", _wait_job, allow_head=False)
     router.add_post("/v1/jobs/{job_id}/cancel", _cancel_job)
     router.add_get("/v1/replicas", _replicas, allow_head=False)
     router.add_get("/healthz", _healthz, allow_head=False)
@@ -145,6 +149,22 @@ async def _job_history(request: web.Request) -> web.StreamResponse:
             "snapshots": [s.to_json() for s in snapshots],
         }
     )
+
+
+async def _wait_job(request: web.Request) -> web.StreamResponse:
+    """Hold the request until the job is no longer tracked actively (200) or `?timeout=`
+    seconds pass (202, the job as it stands): a CI step next to a sidecar waits with one
+    curl. The database is read every WAIT_POLL_SECONDS; the daemon's pollers do the rest."""
+    timeout = timeout_param(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    job = await _one_job(request)
+    store = request.app[keys.STORE]
+    while job.tracking is Tracking.ACTIVE and loop.time() < deadline:
+        await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+        job = next((j for j in await store.find_jobs(job.job_id) if j.pk == job.pk), job)
+    done = job.tracking is not Tracking.ACTIVE
+    return web.json_response(job.to_json(), status=200 if done else 202)
 
 
 async def _stop_job(request: web.Request) -> web.StreamResponse:

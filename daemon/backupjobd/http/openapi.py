@@ -13,9 +13,11 @@ from backupjobd.http import guard as apiguard
 from backupjobd.http.params import (
     CURSOR_PATTERN,
     DEFAULT_LIMIT,
+    DEFAULT_WAIT_SECONDS,
     GUID_PATTERN,
     MAX_LIMIT,
     MAX_STATUS_LENGTH,
+    MAX_WAIT_SECONDS,
     VAULT_ID_PATTERN,
 )
 from backupjobd.http.schemas import component_schemas, json_content, ref
@@ -207,6 +209,43 @@ def openapi_document(
                             "description": "The history",
                             "content": json_content(ref("History")),
                         }
+                    },
+                },
+                "400",
+                "404",
+                "409",
+            )
+        },
+        "/v1/jobs/{job_id}/wait": {
+            "get": v1(
+                {
+                    "operationId": "waitJob",
+                    "summary": "Wait until the job is no longer tracked actively, or a timeout",
+                    "description": "Answers 200 once the job is finished or lost, 202 with the"
+                    " job as it stands when `timeout` seconds passed first.",
+                    "parameters": [
+                        job_param,
+                        vault_param,
+                        {
+                            "name": "timeout",
+                            "in": "query",
+                            "schema": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": MAX_WAIT_SECONDS,
+                                "default": DEFAULT_WAIT_SECONDS,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The job, no longer active",
+                            "content": json_content(ref("Job")),
+                        },
+                        "202": {
+                            "description": "The timeout passed; the job, still active",
+                            "content": json_content(ref("Job")),
+                        },
                     },
                 },
                 "400",

@@ -4,6 +4,7 @@ error answer a bad one becomes."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -40,6 +41,10 @@ __all__ = [
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_STATUS_LENGTH = 64
+# GET /v1/jobs/{id}/wait: how long a request may hold on (a proxy's read timeout is the
+# usual limit; a caller wanting longer asks again).
+DEFAULT_WAIT_SECONDS = 60.0
+MAX_WAIT_SECONDS = 3600.0
 
 # Patterns shared by the handlers and the OpenAPI document (ECMA- and Python-compatible).
 GUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -140,6 +145,20 @@ def limit_param(request: web.Request) -> int:
     if not _INT_RE.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise bad_param("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
+
+
+def timeout_param(request: web.Request) -> float:
+    """`?timeout=` seconds for a wait: 0 to MAX_WAIT_SECONDS, DEFAULT_WAIT_SECONDS if absent."""
+    raw = single(request, "timeout")
+    if raw is None:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise bad_param("timeout", f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+    return value
 
 
 def cursor_param(request: web.Request) -> int | None:
