@@ -144,8 +144,13 @@ class Store(abc.ABC):
         finished: bool | None = None,
         since: datetime | None = None,
         after_pk: int | None = None,
+        until: datetime | None = None,
+        operation: str | None = None,
+        newest_first: bool = False,
     ) -> list[JobRecord]:
-        """Jobs in registration order; `after_pk` pages (pass the last record's pk)."""
+        """Jobs in registration order (or newest first); `after_pk` pages (pass the last
+        record's pk). `since`/`until` bound the registration time; `operation` matches
+        Azure's operation name case-insensitively."""
 
     @abc.abstractmethod
     async def stop_tracking(self, record: JobRecord, now: datetime) -> bool:

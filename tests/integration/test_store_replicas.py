@@ -229,3 +229,19 @@ async def test_a_sole_replica_takes_a_dead_one_s_leases_at_once(store: Store) ->
     held = await store.replica_heartbeat(sole, t1)
     assert [x.subscription for x in held] == SUBS
     assert [x.epoch for x in held] == [2] * len(SUBS)
+
+
+async def test_a_fenced_reschedule_reads_its_jobs_in_chunks(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL takes at most 32,767 arguments: the keys go in chunks (here of 2)."""
+    from backupjobd.adapters.sql import leases as sql_leases
+
+    monkeypatch.setattr(sql_leases, "_KEYS_PER_QUERY", 2)
+    await jobs_in_every_subscription(store)
+    held = await store.replica_heartbeat(beat("a"), T0)
+    pks = [(await reload(store, jid(n + 1), VAULTS[n])).pk for n in range(len(SUBS))]
+    far = T0 + timedelta(hours=1)
+    assert await store.reschedule_jobs(pks, far, fence=fence_of("a", held)) == len(SUBS)
+    partial = Fence("a", {x.subscription: x.epoch for x in held[1:]})
+    assert await store.reschedule_jobs(pks, T0, fence=partial) == 0  # one stale: none moved

@@ -31,3 +31,8 @@ def test_error_details_are_read_from_every_job_type_s_shape(
     items: object, expected: object
 ) -> None:
     assert azure.parse_error_details({"errorDetails": items}) == expected
+
+
+def test_a_recommendation_alone_says_so() -> None:
+    [detail] = azure.parse_error_details({"errorDetails": [{"recommendations": ["Retry"]}]})
+    assert detail == azure.ErrorDetail(None, "see the recommendations", ("Retry",))

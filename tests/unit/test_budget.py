@@ -125,7 +125,8 @@ def test_the_reserve_is_at_most_half_the_burst() -> None:
     clock = FakeClock(1000.0)
     budget = ReadBudget(10, 1.0, reserve=50, clock=clock)
     budget.observe_remaining(SUB_A, 8)
-    assert tokens(budget, SUB_A) == pytest.approx(3.0)  # reserve clamped to 5
+    # The low-water mark is at most half the burst: 9 learned from the 8 seen, so 4.5.
+    assert tokens(budget, SUB_A) == pytest.approx(3.5)
 
 
 def test_observe_remaining_refills_before_comparing() -> None:
@@ -451,3 +452,53 @@ def test_fullness_is_the_share_of_the_usable_bucket_left() -> None:
     assert budget.fullness(SUB_A) == pytest.approx(0.5)
     budget.throttled(SUB_A, 5)
     assert budget.fullness(SUB_A) == 0.0
+
+
+# --------------------------------------------------------------------------- no wedge (review)
+
+
+def test_a_low_first_remainder_does_not_stop_reads() -> None:
+    """Another client had drained the shared bucket: Azure says 5 left. Reads go on at the
+    learned rate, and a later, higher remainder teaches the real burst."""
+    clock = FakeClock(1000.0)
+    budget = ReadBudget(250, 25.0, reserve=10, max_share=0.7, clock=clock)
+    assert budget.try_take(SUB_A)
+    budget.observe_remaining(SUB_A, 5)
+    clock.advance(3600)
+    assert budget.delay(SUB_A) == 0.0
+    assert budget.try_take(SUB_A)
+    budget.observe_remaining(SUB_A, 240)
+    [state] = budget.snapshot()
+    assert state.burst == 241
+
+
+def test_an_empty_bucket_says_nothing_of_its_size() -> None:
+    clock = FakeClock(1000.0)
+    budget = ReadBudget(250, 25.0, reserve=10, clock=clock)
+    budget.observe_remaining(SUB_A, 0)  # a 429's header
+    [state] = budget.snapshot()
+    assert state.burst == 250
+
+
+def test_a_burst_of_one_still_reads() -> None:
+    clock = FakeClock(1000.0)
+    budget = ReadBudget(1, 25.0, reserve=10, max_share=0.7, clock=clock)
+    clock.advance(3600)
+    assert budget.try_take(SUB_A)
+
+
+def test_detail_reads_have_room_in_a_full_bucket_whatever_the_share() -> None:
+    clock = FakeClock(1000.0)
+    budget = ReadBudget(250, 25.0, reserve=10, max_share=0.5, clock=clock)
+    assert budget.fullness(SUB_A) == 1.0
+    assert budget.spare_reads(SUB_A) > 0
+
+
+def test_a_429_without_retry_after_pauses_a_minute_at_most() -> None:
+    clock = FakeClock(1000.0)
+    budget = ReadBudget(250, 25.0, reserve=10, clock=clock)
+    for _ in range(10):
+        budget.throttled(SUB_A, 0)
+        clock.advance(3)  # every cut counts: the rate falls to its floor
+    budget.throttled(SUB_A, None)
+    assert budget.delay(SUB_A) <= 60.0

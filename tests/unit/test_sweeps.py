@@ -3,6 +3,7 @@ sweep is worth its pages, and what a decision from a list item (no extendedInfo)
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
@@ -525,3 +526,19 @@ def test_a_short_detection_lag_still_leases_one_interval_past_the_next_sweep(
     assert next_sweep + lease_span(policy) >= next_sweep + INTERVAL
     # ...and a lease of exactly that still counts as covering the next sweep.
     assert not lease_renewal_due(next_sweep, next_sweep + lease_span(policy), policy)
+
+
+def test_a_list_item_bringing_error_details_is_written_not_only_rescheduled() -> None:
+    """A sweep that sees new errorDetails on a member records them (review finding)."""
+    from backupjobd.core.azure import ErrorDetail
+
+    record = _record()
+    item = dataclasses.replace(
+        listed("InProgress"), error_details=(ErrorDetail("123", "disk slow"),)
+    )
+    decision = decide_job(record.state(), Seen(item, full=False), NOW, POLICY, 0.5)
+    assert record.after(decision, NOW).error_details == item.error_details
+    assert record.schedule_only(decision, NOW) is False
+    same = dataclasses.replace(record, error_details=item.error_details)
+    decision = decide_job(same.state(), Seen(item, full=False), NOW, POLICY, 0.5)
+    assert same.schedule_only(decision, NOW) is True

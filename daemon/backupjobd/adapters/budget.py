@@ -21,6 +21,10 @@ from backupjobd.core.pacing import PacingRules, RateLearner
 
 logger = logging.getLogger(__name__)
 
+#: Progress snapshots spend only what is above this share of the usable bucket.
+SPARE_FOR_DETAILS = 0.75
+MAX_DEFAULT_PAUSE_S = 60.0
+
 
 @dataclass
 class _Bucket:
@@ -71,7 +75,7 @@ class ReadBudget:
         if bucket is None:
             now = self._clock()
             pace = RateLearner(self._rules, now)
-            bucket = _Bucket(tokens=pace.burst - pace.low_water, updated=now, pace=pace)
+            bucket = _Bucket(tokens=pace.capacity, updated=now, pace=pace)
             self._buckets[key] = bucket
         return bucket
 
@@ -79,7 +83,7 @@ class ReadBudget:
         if now > bucket.updated:
             refilled = bucket.tokens + (now - bucket.updated) * bucket.pace.rate
             # A burst of ours never takes Azure's bucket under the low-water mark.
-            bucket.tokens = min(bucket.pace.burst - bucket.pace.low_water, refilled)
+            bucket.tokens = min(bucket.pace.capacity, refilled)
             bucket.updated = now
 
     def delay(self, subscription_id: str) -> float:
@@ -108,14 +112,15 @@ class ReadBudget:
         self._refill(bucket, now)
         if bucket.paused_until > now:
             return 0.0
-        capacity = bucket.pace.burst - bucket.pace.low_water
-        return max(0.0, min(1.0, bucket.tokens / capacity)) if capacity > 0 else 0.0
+        return max(0.0, min(1.0, bucket.tokens / bucket.pace.capacity))
 
     def spare_reads(self, subscription_id: str) -> int:
-        """Reads in the upper half of the bucket: what optional reads may spend now without
-        eating into what status reads need (0 while paused)."""
-        burst = self._bucket(subscription_id).pace.burst
-        return int(self.spare(subscription_id) * burst - burst / 2)
+        """Reads in the top quarter of the usable bucket: what optional reads (progress
+        snapshots) may spend now without eating into what status reads and sooner sweeps
+        (which draw from half full up, `core.sweeps.spare_sweep_interval`) need; 0 or less
+        while paused."""
+        capacity = self._bucket(subscription_id).pace.capacity
+        return int(self.fullness(subscription_id) * capacity - SPARE_FOR_DETAILS * capacity)
 
     def affordable(self, subscription_id: str, within_seconds: float) -> int:
         """How many reads the bucket can serve within `within_seconds` (0 while paused)."""
@@ -166,7 +171,13 @@ class ReadBudget:
         now = self._clock()
         self._refill(bucket, now)
         pace = bucket.pace
-        pause = retry_after if retry_after is not None else max(1.0, pace.burst / pace.rate)
+        # Without Retry-After: the time the bucket takes to refill, within [1, 60] s (the
+        # learned rate may be at its floor, and a minute is long enough to ask again).
+        pause = (
+            retry_after
+            if retry_after is not None
+            else min(MAX_DEFAULT_PAUSE_S, max(1.0, pace.burst / pace.rate))
+        )
         if now + pause > bucket.paused_until:
             logger.warning(
                 "ARM throttled subscription %s: pausing its reads for %.0f s",

@@ -16,7 +16,7 @@ from typing import BinaryIO, TextIO
 
 from backupjobd import bootstrap, config
 from backupjobd.adapters import logs
-from backupjobd.cli import render
+from backupjobd.cli import output, render
 from backupjobd.cli.render import say
 from backupjobd.core import azure, registration, views
 from backupjobd.core.leases import LEASE_SPAN
@@ -148,12 +148,20 @@ def _read_document(stdin: TextIO | None) -> str:
 
 
 def jobs_list(args: argparse.Namespace, env: Env) -> int:
+    vault = azure.vault_from_id(args.vault).id if args.vault else None  # bad input: exit 2
+
     async def work(store: Store) -> int:
-        jobs = await store.list_jobs(status=args.status, limit=args.limit, stuck=args.stuck)
-        if args.json:
-            render.print_json([job.to_json() for job in jobs])
-        else:
-            render.jobs_table(jobs)
+        jobs = await store.list_jobs(
+            status=args.status,
+            limit=args.limit,
+            stuck=args.stuck,
+            vault_id=vault,
+            since=args.since,
+            until=args.until,
+            operation=args.operation,
+            newest_first=True,
+        )
+        output.emit(args, [job.to_json() for job in jobs], lambda: render.jobs_table(jobs))
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)
@@ -162,10 +170,7 @@ def jobs_list(args: argparse.Namespace, env: Env) -> int:
 def jobs_show(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         job = await _one_job(store, args.job_id, args.vault)
-        if args.json:
-            render.print_json(job.to_json())
-        else:
-            render.job_details(job)
+        output.emit(args, job.to_json(), lambda: render.job_details(job))
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)
@@ -175,16 +180,12 @@ def jobs_history(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         job = await _one_job(store, args.job_id, args.vault)
         transitions, snapshots = await store.history(job.pk)
-        if args.json:
-            render.print_json(
-                {
-                    "job": job.to_json(),
-                    "transitions": [t.to_json() for t in transitions],
-                    "snapshots": [s.to_json() for s in snapshots],
-                }
-            )
-        else:
-            render.job_history(job, transitions, snapshots)
+        document = {
+            "job": job.to_json(),
+            "transitions": [t.to_json() for t in transitions],
+            "snapshots": [s.to_json() for s in snapshots],
+        }
+        output.emit(args, document, lambda: render.job_history(job, transitions, snapshots))
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)
@@ -271,10 +272,8 @@ def cancel(args: argparse.Namespace, env: Env) -> int:
 def notify_failed(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         dead = await store.outbox_list("dead")
-        if args.json:
-            render.print_json([record.to_json() for record in dead])
-        else:
-            render.dead_letters_table(dead)
+        document = [record.to_json() for record in dead]
+        output.emit(args, document, lambda: render.dead_letters_table(dead))
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)
@@ -292,10 +291,7 @@ def notify_retry(args: argparse.Namespace, env: Env) -> int:
 def operations_list(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         ops = await store.list_operations()
-        if args.json:
-            render.print_json([op.to_json() for op in ops])
-        else:
-            render.operations_table(ops)
+        output.emit(args, [op.to_json() for op in ops], lambda: render.operations_table(ops))
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)
@@ -308,10 +304,8 @@ def replicas(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         now = bootstrap.utcnow()
         found = await store.replicas(now - LEASE_SPAN, now)
-        if args.json:
-            render.print_json([views.render(views.REPLICA_VIEW, r) for r in found])
-        else:
-            render.replicas_table(found)
+        document = [views.render(views.REPLICA_VIEW, r) for r in found]
+        output.emit(args, document, lambda: render.replicas_table(found))
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)

@@ -119,7 +119,8 @@ def parse_error_details(props: dict[str, Any]) -> tuple[ErrorDetail, ...]:
             r.strip() for r in (recs if isinstance(recs, list) else []) if isinstance(r, str)
         )
         if code or message or recommendations:
-            out.append(ErrorDetail(code, message or f"error {code}", recommendations))
+            fallback = f"error {code}" if code else "see the recommendations"
+            out.append(ErrorDetail(code, message or fallback, recommendations))
     return tuple(out)
 
 

@@ -111,6 +111,11 @@ class JobRecord:
             or decision.consecutive_failures != self.consecutive_failures
             or decision.not_found_since != self.not_found_since
             or decision.stuck_since != self.stuck_since
+            or (
+                decision.observation is not None
+                and decision.observation.error_details
+                and decision.observation.error_details != self.error_details
+            )
         ):
             return False
         obs = decision.observation

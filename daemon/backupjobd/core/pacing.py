@@ -17,7 +17,10 @@ Google's SRE book):
   pacer (demand is there), the rate creeps up by a small step per second, never past
   `max_share` of the configured rate.
 
-The burst is learned too: the highest remainder seen (plus the read that revealed it).
+The burst is learned too: the highest remainder seen (plus the read that revealed it); an
+empty bucket (a remainder of 0, a 429) says nothing about its size. However low the first
+remainder, the usable part of the bucket (`capacity`) keeps room for one read, so reads go
+on at the learned rate and the next remainders correct the burst.
 """
 
 from __future__ import annotations
@@ -86,8 +89,16 @@ class RateLearner:
 
     @property
     def low_water(self) -> float:
-        """The remainder we leave to others: under it, we read slower."""
-        return max(self.rules.reserve, (1.0 - self.rules.max_share) * self.burst)
+        """The remainder we leave to others: under it, we read slower (never more than half
+        the burst, whatever the reserve)."""
+        return min(
+            max(self.rules.reserve, (1.0 - self.rules.max_share) * self.burst), self.burst / 2
+        )
+
+    @property
+    def capacity(self) -> float:
+        """The part of the bucket our own pacing may hold: at least one read."""
+        return max(1.0, self.burst - self.low_water)
 
     @property
     def high_water(self) -> float:
@@ -102,10 +113,11 @@ class RateLearner:
         """An answer's remaining-reads header."""
         reads = max(0, remaining)
         self.remaining = reads
-        # The read that carried the header was taken out of the bucket already.
-        if self._burst_seen:
+        # The read that carried the header was taken out of the bucket already. An empty
+        # bucket tells nothing of its size.
+        if reads > 0 and self._burst_seen:
             self.burst = max(self.burst, reads + 1.0)
-        else:
+        elif reads > 0:
             self.burst, self._burst_seen = reads + 1.0, True
         if reads < self.low_water:
             self._cut(now, self.rules.backoff)

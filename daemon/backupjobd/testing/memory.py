@@ -317,6 +317,9 @@ class MemoryStore(Store):
         finished: bool | None = None,
         since: datetime | None = None,
         after_pk: int | None = None,
+        until: datetime | None = None,
+        operation: str | None = None,
+        newest_first: bool = False,
     ) -> list[JobRecord]:
         def keep(job: JobRow, since_at: datetime | None) -> bool:
             r = job.record
@@ -327,6 +330,10 @@ class MemoryStore(Store):
             if finished is not None and (r.tracking is Tracking.FINISHED) != finished:
                 return False
             if since_at is not None and r.registered_at < since_at:
+                return False
+            if until is not None and r.registered_at > at_utc(until):
+                return False
+            if operation is not None and (r.operation or "").lower() != operation.lower():
                 return False
             if after_pk is not None and r.pk <= after_pk:
                 return False
@@ -339,6 +346,8 @@ class MemoryStore(Store):
         def work(t: Tables) -> list[JobRecord]:
             since_at = utc(since)
             found = [j.record for j in by_pk(t.jobs) if keep(j, since_at)]
+            if newest_first:
+                found.reverse()
             return found if limit is None else found[:limit]
 
         return await self._run(work, "listing jobs", write=False)

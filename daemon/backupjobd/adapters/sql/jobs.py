@@ -360,9 +360,17 @@ def list_query(
     finished: bool | None,
     since: datetime | None,
     after_pk: int | None,
+    *,
+    until: datetime | None = None,
+    operation: str | None = None,
+    newest_first: bool = False,
 ) -> Any:
     t = schema.jobs
-    query = select(t).order_by(t.c.pk)
+    query = select(t).order_by(t.c.pk.desc() if newest_first else t.c.pk)
+    if until is not None:
+        query = query.where(t.c.registered_at <= until)
+    if operation is not None:
+        query = query.where(func.lower(t.c.operation) == operation.lower())
     if stuck:
         query = query.where(t.c.stuck_since.is_not(None))
     if vault_id is not None:

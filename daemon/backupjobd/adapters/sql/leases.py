@@ -26,6 +26,7 @@ from backupjobd.core.leases import (
 from backupjobd.errors import StoreError
 
 _ACTIVE = Tracking.ACTIVE.value
+_KEYS_PER_QUERY = 5000
 T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
 
@@ -221,9 +222,13 @@ def fenced_by_jobs(
     """The same for writes that name jobs by key: their subscriptions are read first."""
 
     def checked(conn: Connection) -> T:
-        j = schema.jobs
-        keys = conn.execute(select(j.c.vault_key).where(j.c.pk.in_(list(pks))).distinct())
-        return fenced(work, fence, {subscription_of(k) for k in keys.scalars()})(conn)
+        j, keys = schema.jobs, list(pks)
+        vaults: set[str] = set()
+        for start in range(0, len(keys), _KEYS_PER_QUERY):  # PostgreSQL: <= 32,767 arguments
+            chunk = keys[start : start + _KEYS_PER_QUERY]
+            found = conn.execute(select(j.c.vault_key).where(j.c.pk.in_(chunk)).distinct())
+            vaults.update(found.scalars())
+        return fenced(work, fence, {subscription_of(k) for k in vaults})(conn)
 
     return checked
 

@@ -297,8 +297,22 @@ class SqlStore(Store):
         finished: bool | None = None,
         since: datetime | None = None,
         after_pk: int | None = None,
+        until: datetime | None = None,
+        operation: str | None = None,
+        newest_first: bool = False,
     ) -> list[JobRecord]:
-        query = jobs.list_query(status, limit, stuck, vault_id, finished, since, after_pk)
+        query = jobs.list_query(
+            status,
+            limit,
+            stuck,
+            vault_id,
+            finished,
+            since,
+            after_pk,
+            until=until,
+            operation=operation,
+            newest_first=newest_first,
+        )
         return [jobs.job_from_row(r) for r in await self._db.read(query, "listing jobs")]
 
     async def stop_tracking(self, record: JobRecord, now: datetime) -> bool:

@@ -1,0 +1,34 @@
+"""`list_jobs` filters the CLI's `jobs list` uses, on every store: newest first, registration
+time bounds and the operation name (case-insensitive)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from backupjobd.core.azure import parse_job_resource
+from backupjobd.core.decisions import PollPolicy, Seen, decide_job
+from backupjobd.store import Store
+from tests.integration.test_store_contract import T0, VAULT, jid, job_body, register_job
+
+
+async def test_newest_first_until_and_operation(store: Store) -> None:
+    for n in range(1, 5):
+        record = await register_job(store, jid(n), T0 + n * timedelta(minutes=10))
+        body = job_body(VAULT, jid(n), "InProgress")
+        body["properties"]["operation"] = "Restore" if n % 2 else "Backup"
+        decision = decide_job(record.state(), Seen(parse_job_resource(body)), T0, PollPolicy(), 0.5)
+        assert await store.apply_job(record, decision, T0)
+
+    async def ids(**filters: object) -> list[str]:
+        return [j.job_id for j in await store.list_jobs(**filters)]  # type: ignore[arg-type]
+
+    assert await ids() == [jid(n) for n in (1, 2, 3, 4)]
+    assert await ids(newest_first=True) == [jid(n) for n in (4, 3, 2, 1)]
+    assert await ids(newest_first=True, limit=2) == [jid(4), jid(3)]
+    assert await ids(until=T0 + timedelta(minutes=20)) == [jid(1), jid(2)]
+    assert await ids(since=T0 + timedelta(minutes=20), until=T0 + timedelta(minutes=30)) == [
+        jid(2),
+        jid(3),
+    ]
+    assert await ids(operation="RESTORE") == [jid(1), jid(3)]
+    assert await ids(operation="Nothing") == []
