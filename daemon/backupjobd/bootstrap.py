@@ -127,9 +127,20 @@ async def open_store(config: Config, *, read_only: bool = False) -> SqlStore:
     """A store whose schema is at head (migrations are idempotent and serialised).
     `read_only` (commands that only read): nothing is created or written, unless the schema
     is behind, when the database is opened for writing once to migrate it."""
-    store = SqlStore.from_url(
-        config.database.url, config.database.busy_timeout_ms, read_only=read_only
-    )
+    try:
+        store = SqlStore.from_url(
+            config.database.url, config.database.busy_timeout_ms, read_only=read_only
+        )
+    except StoreError as exc:
+        if exc.transient:
+            raise
+        # Reading the wrong database is the usual cause: say where the URL came from.
+        where = (
+            f"config file {config.source}"
+            if config.origins and config.source != "built-in defaults"
+            else "no config file (--config, $BACKUPJOBD_CONFIG, /etc/backupjobd/backupjobd.toml)"
+        )
+        raise StoreError(f"{exc}; database.url: {config.origin('database.url')}; {where}") from None
     try:
         await store.migrate()
     except SchemaBehind:

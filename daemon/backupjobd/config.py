@@ -198,6 +198,12 @@ class Config(_Section, frozen=True):
     discovery: DiscoveryConfig = msgspec.field(default_factory=DiscoveryConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     source: str = "built-in defaults"
+    #: Where each key set in the file or the environment came from ("section.key" → "file
+    #: PATH" or "env VAR"); a key not in it has its built-in default.
+    origins: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        return self.origins.get(key, "default")
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -219,6 +225,43 @@ _T = TypeVar("_T", bound=_Section)
 def replace(struct: _T, **changes: Any) -> _T:
     """A copy of a config struct with some values changed (tests and `serve` overrides)."""
     return msgspec.structs.replace(struct, **changes)
+
+
+def effective(config: Config, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Every key's value and origin (`backupjobd config show`). A key naming an environment
+    variable that holds a secret (`*_env`) says whether that variable is set, never its
+    value; webhook tables are listed by their keys."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in _SECTIONS:
+        values = getattr(config, section)
+        for spec in msgspec.structs.fields(values):
+            key = f"{section}.{spec.name}"
+            value = msgspec.to_builtins(getattr(values, spec.name))
+            if key == "database.url":
+                value = _without_password(value)
+            item: dict[str, Any] = {"value": value, "from": config.origin(key)}
+            if spec.name.endswith("_env") and isinstance(value, str) and value:
+                item["secret"] = "set" if env.get(value) else "unset"
+            out[key] = item
+    for index, hook in enumerate(config.notify.webhook):
+        if hook.secret_env:
+            state = "set" if env.get(hook.secret_env) else "unset"
+            out[f"notify.webhook[{index}].secret_env"] = {
+                "value": hook.secret_env,
+                "from": config.origin("notify.webhook"),
+                "secret": state,
+            }
+    return out
+
+
+def _without_password(url: str) -> str:
+    """A database URL with its password (if any) replaced: config show never prints one."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def resolve_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
@@ -246,6 +289,7 @@ def load(path: Path | None, env: Mapping[str, str]) -> Config:
 
 def build(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "<memory>") -> Config:
     sections: dict[str, dict[str, Any]] = {}
+    origins: dict[str, str] = {}
     for name, value in raw.items():
         if name not in _SECTIONS:
             raise ConfigError(f"unknown config section [{name}]")
@@ -254,6 +298,7 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "<memory
         sections[name] = {
             key: _normalised(f"{name}.{key}", item, False) for key, item in value.items()
         }
+        origins.update((f"{name}.{key}", f"file {source}") for key in value)
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX) or "__" not in var[len(ENV_PREFIX) :]:
             continue
@@ -261,8 +306,9 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "<memory
         if section not in _SECTIONS:
             raise ConfigError(f"{var}: unknown config section [{section}]")
         sections.setdefault(section, {})[key] = _from_env(section, key, value)
+        origins[f"{section}.{key}"] = f"env {var}"
     try:
-        config = msgspec.convert({**sections, "source": source}, Config)
+        config = msgspec.convert({**sections, "source": source, "origins": origins}, Config)
     except msgspec.ValidationError as exc:
         raise _reworded(exc, sections) from None
     config = replace(config, notify=replace(config.notify, webhook=_webhooks(config.notify)))

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_notify_parser(sub)
     configure_operations_parser(sub)
     configure_replicas_parser(sub)
+    configure_config_parser(sub)
     configure_completion_parser(sub)
     configure_emulator_parser(sub)
     return parser
@@ -237,6 +238,22 @@ def configure_replicas_parser(sub: _Subparsers) -> None:
     )
     add_output_options(replicas)
     replicas.set_defaults(func=commands.replicas)
+
+
+def configure_config_parser(sub: _Subparsers) -> None:
+    cfg = sub.add_parser("config", help="the effective configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    show = cfg_sub.add_parser(
+        "show",
+        help="every key's value and where it came from (file, environment, default);"
+        " secrets only as set or unset",
+        epilog=_examples(
+            "backupjobd --config /etc/backupjobd/backupjobd.toml config show",
+            "backupjobd config show --query '\"database.url\"' -o json",
+        ),
+    )
+    add_output_options(show)
+    show.set_defaults(func=commands.config_show)
 
 
 def configure_completion_parser(sub: _Subparsers) -> None:

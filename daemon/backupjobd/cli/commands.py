@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import BinaryIO, TextIO
@@ -295,6 +296,20 @@ def operations_list(args: argparse.Namespace, env: Env) -> int:
         return EXIT_OK
 
     return _on_store(_configured(args, env), work, read_only=True)
+
+
+def config_show(args: argparse.Namespace, env: Env) -> int:
+    """The effective config, key by key, with where each value came from. Secrets never
+    appear: the config names environment variables, shown as set or unset."""
+    cfg = _configured(args, env)
+    document = config.effective(cfg, env)
+    lines = [f"# config: {cfg.source}"]
+    for key, item in document.items():
+        shown = json.dumps(item["value"], ensure_ascii=False)
+        secret = f" ({item['secret']})" if "secret" in item else ""
+        lines.append(f"{key} = {shown}{secret}  # {item['from']}")
+    output.emit(args, document, lambda: say(*lines))
+    return EXIT_OK
 
 
 def replicas(args: argparse.Namespace, env: Env) -> int:
