@@ -13,7 +13,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "backupjobd.toml"
 def test_example_config_loads_and_matches_the_built_in_defaults() -> None:
     loaded = config.load(EXAMPLE, {})
     defaults = config.build({}, {})
-    assert config.replace(loaded, source="") == config.replace(defaults, source="")
+    assert config.replace(loaded, source="", origins={}) == config.replace(
+        defaults, source="", origins={}
+    )
 
 
 def test_example_config_names_every_key() -> None:
