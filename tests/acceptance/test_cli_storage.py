@@ -41,7 +41,8 @@ def test_a_read_command_never_creates_a_database(daemon: Daemon, tmp_path: Path)
         assert out.returncode == 1, out
         assert out.stderr.strip() == (
             f"backupjobd: error: database {path} does not exist "
-            "(check database.url; serve or register creates it)"
+            "(check database.url; serve or register creates it); database.url: env"
+            f" BACKUPJOBD_DATABASE__URL; config file {daemon.config_path}"
         )
     assert not path.exists()
 

@@ -53,7 +53,8 @@ GUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 _RESOURCE_GROUP = r"(?:[-A-Za-z0-9_()]|\.(?=[-A-Za-z0-9_()])){1,90}"
 _VAULT = (
     f"/subscriptions/{GUID}/resourceGroups/{_RESOURCE_GROUP}"
-    r"/providers/Microsoft\.RecoveryServices/vaults/[A-Za-z0-9][A-Za-z0-9_.-]{0,49}"
+    # A vault name never holds "..", as `azure.vault_from_id` checks (no path tricks).
+    r"/providers/Microsoft\.RecoveryServices/vaults/[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,49}"
 )
 GUID_PATTERN = f"^{GUID}$"
 VAULT_ID_PATTERN = f"^{_VAULT}/?$"
