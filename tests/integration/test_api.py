@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from backupjobd import __version__
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import StaticTokenProvider, TokenProvider
 from backupjobd.adapters.metrics import Metrics
@@ -749,6 +751,13 @@ async def test_metrics_parse_and_count_jobs(h: Harness) -> None:
         for s in families["backupjobd_jobs"].samples
     }
     assert samples == {("unseen", "active"): 3.0}
+    # The last tick as a Unix time (the harness's tick age is 1 s), the build and the process.
+    [tick] = families["backupjobd_last_tick_timestamp_seconds"].samples
+    assert abs(tick.value - (time.time() - 1.0)) < 60
+    [build] = families["backupjobd_build_info"].samples
+    assert build.labels["version"] == __version__ and build.value == 1.0
+    assert families["process_cpu_seconds"].samples[0].value > 0
+    assert "process_open_fds" in families and "python_info" in families
 
 
 async def test_openapi_document_is_served_and_names_the_endpoint(h: Harness) -> None:

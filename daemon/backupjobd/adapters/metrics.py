@@ -10,8 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
+from backupjobd import __version__
 from backupjobd.adapters.budget import ReadBudget
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -110,9 +120,21 @@ class Metrics:
         )
         self.last_tick = Gauge(
             "backupjobd_last_tick_timestamp_seconds",
-            "When the dispatcher last ticked",
+            "When the dispatcher last ticked (Unix time; 0 before the first tick)",
             registry=r,
         )
+        self.operations_failed = Counter(
+            "backupjobd_operations_failed",
+            "Operations Azure ended without a job (a trigger it rejected), by status",
+            ["status"],
+            registry=r,
+        )
+        Info("backupjobd_build", "The running version", registry=r).info(
+            {"version": __version__}
+        )
+        # process_* (CPU, memory, open descriptors, start time) and python_info.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     # Feeding, called by the adapters -------------------------------------------------
 
@@ -126,10 +148,26 @@ class Metrics:
     def poll(self, kind: str, outcome: str) -> None:
         self.polls.labels(kind, outcome).inc()
 
-    def transition(self, to_status: str, end_time: datetime | None, observed: datetime) -> None:
+    def transition(
+        self,
+        to_status: str,
+        end_time: datetime | None,
+        observed: datetime,
+        registered_at: datetime | None = None,
+    ) -> None:
+        """A recorded transition; a terminal one also gives the detection lag, counted from
+        the later of Azure's end time and the registration (a job registered after it had
+        ended was not late to be seen)."""
         self.transitions.labels(to_status).inc()
         if end_time is not None:
-            self.detection_lag.observe(max(0.0, (observed - end_time).total_seconds()))
+            since = max(end_time, registered_at) if registered_at is not None else end_time
+            self.detection_lag.observe(max(0.0, (observed - since).total_seconds()))
+
+    def operation_failed(self, status: str) -> None:
+        self.operations_failed.labels(status).inc()
+
+    def set_last_tick(self, age_seconds: float | None, now: float) -> None:
+        self.last_tick.set(0.0 if age_seconds is None else now - age_seconds)
 
     # Refreshing, just before a scrape ------------------------------------------------
 

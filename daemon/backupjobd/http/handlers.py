@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 from aiohttp import web
@@ -288,6 +289,7 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
 async def _metrics(request: web.Request) -> web.StreamResponse:
     """Gauges that describe stored state are refreshed just before each scrape."""
     metrics = request.app[keys.METRICS]
+    metrics.set_last_tick(request.app[keys.TICK_AGE](), time.time())
     metrics.set_job_counts(*await request.app[keys.STORE].job_status_counts())
     metrics.set_budget(request.app[keys.ARM].budget)
     outbox = await request.app[keys.STORE].outbox_counts()

@@ -34,20 +34,27 @@ class Journal:
 
     def job(self, commit: Commit, outcome: Outcome) -> None:
         """A single GET's commit: counted, and one line per state change."""
-        decision = commit.decision
         if self._metrics is not None:
             self._metrics.poll("job", outcome_label(outcome))
-            if decision.transition is not None and decision.status is not None:
-                end = decision.observation.end_time if decision.observation else None
-                terminal = decision.tracking is Tracking.FINISHED
-                self._metrics.transition(decision.status, end if terminal else None, commit.now)
+        self._count_transition(commit)
         self._lines(commit, outcome)
+
+    def _count_transition(self, commit: Commit) -> None:
+        decision = commit.decision
+        if self._metrics is None or decision.transition is None or decision.status is None:
+            return
+        end = decision.observation.end_time if decision.observation else None
+        terminal = decision.tracking is Tracking.FINISHED
+        self._metrics.transition(
+            decision.status, end if terminal else None, commit.now, commit.before.registered_at
+        )
 
     def swept_job(self, commit: Commit) -> None:
         """A sweep's commit of one job: logged when it changed state or got stuck (the
         sweep itself is counted once, in `sweep`)."""
         decision = commit.decision
         seen = decision.observation
+        self._count_transition(commit)
         if seen and (decision.transition or decision.newly_stuck):
             self._lines(commit, Seen(seen, full=False))
 
@@ -137,6 +144,8 @@ class Journal:
                 extra={**fields, "action": "lost"},
             )
         elif decision.error is not None and decision.new_error:
+            if self._metrics is not None and decision.tracking is not Tracking.ACTIVE:
+                self._metrics.operation_failed(decision.status or "unknown")
             logger.warning(
                 "job %s: %s",
                 record.job_id,
