@@ -241,7 +241,7 @@ async def test_every_registration_form_registers_then_reports_already_tracked(
     first = await h.post_json(body, params=params)
     assert first.status == 201, await first.text()
     assert await first.json() == {
-        "results": [{"kind": kind, "vault_id": VAULT, "id": ident, "created": True}]
+        "results": [{"kind": kind, "id": ident, "vault_id": VAULT, "new": True, "created": True}]
     }
     again = await h.post_json(body, params=params)
     assert again.status == 200
@@ -259,8 +259,8 @@ async def test_an_array_registers_each_document_and_201_if_any_is_new(h: Harness
     resp = await h.post_json([job_arm_id(G1), {"job_id": G2, "vault_id": OTHER_VAULT}])
     assert resp.status == 201
     assert (await resp.json())["results"] == [
-        {"kind": "job", "vault_id": VAULT, "id": G1, "created": False},
-        {"kind": "job", "vault_id": OTHER_VAULT, "id": G2, "created": True},
+        {"kind": "job", "id": G1, "vault_id": VAULT, "new": False, "created": False},
+        {"kind": "job", "id": G2, "vault_id": OTHER_VAULT, "new": True, "created": True},
     ]
 
 

@@ -302,7 +302,7 @@ def test_register_json_prints_one_result_per_registration(cli: Cli) -> None:
     cli.expect_empty = False
     r = cli.registered(["register", f"--job={job_arm_id(FIELDS)}", "--json"])
     assert json.loads(r.out) == [
-        {"kind": "job", "vault_id": vault_id(FIELDS), "ident": JOB, "created": True}
+        {"kind": "job", "id": JOB, "vault_id": vault_id(FIELDS), "new": True, "created": True}
     ]
 
 

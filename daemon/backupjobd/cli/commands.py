@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -82,7 +81,7 @@ def register(args: argparse.Namespace, env: Env) -> int:
             REGISTER_RETRY_SECONDS,
         )
         if args.json:
-            render.print_json([dataclasses.asdict(r) for r in results])
+            render.print_json([r.to_json() for r in results])
             return EXIT_OK
         for r in results:
             vault = r.vault_id.rsplit("/", 1)[-1]

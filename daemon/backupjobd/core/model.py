@@ -313,6 +313,17 @@ class RegisterResult:
     ident: str
     created: bool
 
+    def to_json(self) -> dict[str, Any]:
+        """As `register --json` and the API print it: `new` (the contract's name) and
+        `created` (the API's first name) say the same."""
+        return {
+            "kind": self.kind,
+            "id": self.ident,
+            "vault_id": self.vault_id,
+            "new": self.created,
+            "created": self.created,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryState:

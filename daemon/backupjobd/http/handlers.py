@@ -103,12 +103,7 @@ async def _register(request: web.Request) -> web.StreamResponse:
     logger.info(
         "API registered %d new of %d", created, len(results), extra={"action": "api_register"}
     )
-    body = {
-        "results": [
-            {"kind": r.kind, "vault_id": r.vault_id, "id": r.ident, "created": r.created}
-            for r in results
-        ]
-    }
+    body = {"results": [r.to_json() for r in results]}
     return web.json_response(body, status=201 if created else 200)
 
 

@@ -103,13 +103,14 @@ def view_schemas() -> dict[str, Any]:
                     "minItems": 1,
                     "items": {
                         "type": "object",
-                        "required": ["kind", "vault_id", "id", "created"],
+                        "required": ["kind", "id", "vault_id", "new", "created"],
                         "additionalProperties": False,
                         "properties": {
                             "kind": {"type": "string", "enum": ["job", "operation"]},
                             "vault_id": {"type": "string"},
                             "id": {"type": "string"},
-                            "created": {"type": "boolean"},
+                            "new": {"type": "boolean", "description": "not tracked before"},
+                            "created": {"type": "boolean", "description": "the same as new"},
                         },
                     },
                 }
