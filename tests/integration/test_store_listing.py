@@ -32,3 +32,21 @@ async def test_newest_first_until_and_operation(store: Store) -> None:
     ]
     assert await ids(operation="RESTORE") == [jid(1), jid(3)]
     assert await ids(operation="Nothing") == []
+
+
+async def test_a_job_an_operation_named_carries_its_operation_id(store: Store) -> None:
+    from backupjobd.core.decisions import decide_operation
+    from tests.integration.test_store_contract import op_registration, op_seen, reload_op
+
+    [result] = await store.register([op_registration(VAULT, "op-42")], T0)
+    assert result.created
+    record = await reload_op(store, "op-42")
+    decision = decide_operation(
+        record.state(), op_seen("Succeeded", [jid(7)]), T0, PollPolicy(), 0.5
+    )
+    assert await store.apply_operation(record, decision, T0) is not None
+    [job] = await store.find_jobs(jid(7))
+    assert job.operation_id == "op-42"
+    assert job.to_json()["operation_id"] == "op-42"
+    own = await register_job(store, jid(8), T0)
+    assert own.operation_id is None

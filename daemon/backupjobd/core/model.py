@@ -51,6 +51,8 @@ class JobRecord:
     last_detail_at: datetime | None = None
     #: Azure's `errorDetails` as last read (a full read, or a list item that has them).
     error_details: tuple[ErrorDetail, ...] = ()
+    #: The operation whose status named this job (registered from a trigger's 202), if any.
+    operation_id: str | None = None
 
     @property
     def finished(self) -> bool:

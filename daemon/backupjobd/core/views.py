@@ -114,6 +114,10 @@ JOB_VIEW: tuple[ViewField, ...] = (
         lambda r: [d.to_json() for d in r.error_details],
     ),
     _field("not_found_since", _NULLABLE_TIME),
+    _field(
+        "operation_id",
+        {**_NULLABLE_STRING, "description": "The operation (trigger) the job came from"},
+    ),
 )
 
 TRANSITION_VIEW: tuple[ViewField, ...] = (

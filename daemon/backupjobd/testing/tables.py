@@ -210,6 +210,11 @@ def register_one(
             last_error_at=None,
             last_snapshot_hash=None,
             version=0,
+            operation_id=(
+                t.operations[operation_pk].record.operation_id
+                if operation_pk is not None and operation_pk in t.operations
+                else None
+            ),
         )
         t.jobs[pk] = JobRow(record, reg.vault.key, operation_pk)
         t.job_keys[key] = pk

@@ -102,6 +102,7 @@ def job_from_row(row: Row[Any]) -> JobRecord:
         stuck_since=row.stuck_since,
         last_detail_at=row.last_detail_at,
         error_details=row.error_details or (),
+        operation_id=row.operation_id,
     )
 
 
@@ -109,7 +110,11 @@ def job_from_row(row: Row[Any]) -> JobRecord:
 
 
 def register_one(
-    conn: Connection, reg: Registration, now: datetime, operation_pk: int | None
+    conn: Connection,
+    reg: Registration,
+    now: datetime,
+    operation_pk: int | None,
+    operation_id: str | None = None,
 ) -> RegisterResult:
     """Insert the job (or operation) unless it is already known; a known one is left as is."""
     if isinstance(reg, JobRegistration):
@@ -131,6 +136,7 @@ def register_one(
                     error_count=0,
                     consecutive_failures=0,
                     operation_pk=operation_pk,
+                    operation_id=operation_id,
                     version=0,
                 )
             )

@@ -84,7 +84,13 @@ def apply(
     if result.rowcount != 1:
         return None
     return [
-        register_one(conn, JobRegistration(vault, job_id, "operation"), now, record.pk)
+        register_one(
+            conn,
+            JobRegistration(vault, job_id, "operation"),
+            now,
+            record.pk,
+            record.operation_id,
+        )
         for job_id in decision.job_ids
     ]
 

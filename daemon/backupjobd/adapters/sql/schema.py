@@ -114,6 +114,7 @@ jobs = Table(
     Column("stuck_since", UTCDateTime(), nullable=True),
     Column("last_detail_at", UTCDateTime(), nullable=True),
     Column("error_details", ErrorDetailsJSON(), nullable=True),
+    Column("operation_id", String(200), nullable=True),
     Column("version", Integer(), nullable=False, default=0),
     UniqueConstraint("vault_key", "job_id"),
     Index("ix_jobs_due", "tracking", "next_poll_at"),
