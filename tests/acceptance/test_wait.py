@@ -204,3 +204,36 @@ def test_with_a_daemon_running_wait_only_watches(
     assert re.search(finished, daemon.log_text())
     assert daemon.stop() == 0
     assert live_instances(tmp_path / "backupjobd.db") == 0
+
+
+def test_wait_on_an_operation_waits_for_the_jobs_it_names(
+    emulator: Emulator, daemon: Daemon
+) -> None:
+    """`wait OP_ID` with the id `register` printed: no daemon runs, so wait polls the
+    operation until it names its job, then the job to its end."""
+    op = emulator.create_operation(
+        delay_seconds=1, job_count=1, jobs={"final_status": "Failed", "duration_seconds": 2}
+    )
+    [registered] = json.loads(
+        daemon.ok("register", "--operation-url", op["azure_async_operation"], "--json")
+    )
+    assert registered["kind"] == "operation" and registered["new"] is True
+    code, out, err = run_wait(daemon, registered["id"], "--timeout", "60")
+    assert code == EXIT_BY_STATUS["Failed"], (out, err)
+    [job_id] = op["job_ids"]
+    assert out.splitlines()[0] == f"job {job_id}: Failed"
+    assert job_by_id(daemon, job_id)["operation_id"] == registered["id"]
+
+
+def test_wait_on_a_rejected_trigger_fails_with_the_operation_s_error(
+    emulator: Emulator, daemon: Daemon
+) -> None:
+    op = emulator.create_operation(delay_seconds=1, result="Failed")
+    [registered] = json.loads(
+        daemon.ok("register", "--operation-url", op["azure_async_operation"], "--json")
+    )
+    code, out, err = run_wait(daemon, registered["id"], "--timeout", "60")
+    assert code == EXIT_BY_STATUS["Failed"], (out, err)
+    lines = out.splitlines()
+    assert lines[0] == f"operation {registered['id']}: Failed"
+    assert lines[1].startswith("  error: ")

@@ -216,16 +216,41 @@ def wait(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         vault = azure.vault_from_id(args.vault) if args.vault else None
         targets = []
+        timeout = args.timeout
         for ref in args.job_ids:
             if "/" in ref:
                 job_vault, job_id = azure.parse_job_arm_id(ref)
                 targets.append(waiter.Target(job_vault, job_id))
-            else:
+                continue
+            operation = await waiter.operation_of(store, ref)
+            if operation is None:
                 targets.append(waiter.Target(vault, azure.validate_job_id(ref)))
+                continue
+            try:
+                named, timeout = await waiter.jobs_of_operation(
+                    store,
+                    operation,
+                    timeout,
+                    own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
+                    now=bootstrap.utcnow,
+                    liveness_window=bootstrap.LIVENESS_WINDOW,
+                )
+            except waiter.OperationFailed as exc:
+                say(f"operation {operation.operation_id}: {exc.operation.status or 'failed'}")
+                say(f"  error: {exc}")
+                return waiter.EXIT_BY_STATUS["Failed"]
+            except TimeoutError:
+                print(
+                    f"backupjobd: timed out after {args.timeout:g} s waiting for operation"
+                    f" {operation.operation_id} to name its jobs",
+                    file=sys.stderr,
+                )
+                return waiter.EXIT_TIMEOUT
+            targets.extend(named)
         code, jobs = await waiter.wait(
             store,
             targets,
-            args.timeout,
+            timeout,
             own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
             now=bootstrap.utcnow,
             liveness_window=bootstrap.LIVENESS_WINDOW,

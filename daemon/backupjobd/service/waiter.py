@@ -16,9 +16,9 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from backupjobd.core.azure import VaultRef
+from backupjobd.core.azure import VaultRef, vault_from_id
 from backupjobd.core.decisions import Tracking
-from backupjobd.core.model import JobRecord
+from backupjobd.core.model import JobRecord, OperationRecord
 from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import InvalidInput
 from backupjobd.service.tracker import Tracker
@@ -37,6 +37,71 @@ _SEVERITY = [0, 3, 5, 4, EXIT_LOST, EXIT_TIMEOUT]
 class Target:
     vault: VaultRef | None
     job_id: str
+
+
+class OperationFailed(Exception):
+    """Azure rejected the trigger: the operation ended without starting a job."""
+
+    def __init__(self, operation: OperationRecord) -> None:
+        super().__init__(operation.last_error or operation.status or "failed")
+        self.operation = operation
+
+
+async def operation_of(store: Store, ref: str) -> OperationRecord | None:
+    """The tracked operation a bare id names when no tracked job has that id (`wait OP_ID`
+    with what `register` printed)."""
+    if await store.find_jobs(ref.lower()):
+        return None
+    found = [op for op in await store.list_operations() if op.operation_id.lower() == ref.lower()]
+    if len(found) > 1:
+        raise InvalidInput(f"operation {ref} is tracked in {len(found)} vaults")
+    return found[0] if found else None
+
+
+async def jobs_of_operation(
+    store: Store,
+    operation: OperationRecord,
+    give_up_after: float | None,
+    *,
+    own_tracker: Callable[[], AbstractAsyncContextManager[Tracker]],
+    now: Callable[[], datetime],
+    liveness_window: timedelta,
+    check_every: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[list[Target], float | None]:
+    """Wait until the operation names its jobs; returns them as targets and what is left of
+    the timeout. Raises OperationFailed when Azure rejected the trigger, TimeoutError when
+    the time ran out first. With no daemon alive, the operation is polled here."""
+    deadline = None if give_up_after is None else clock() + give_up_after
+    vault = vault_from_id(operation.vault_id)
+    async with AsyncExitStack() as stack:
+        tracker: Tracker | None = None
+        while True:
+            if operation.job_ids:
+                left = None if deadline is None else max(0.0, deadline - clock())
+                return [Target(vault, job_id) for job_id in operation.job_ids], left
+            if operation.tracking is not Tracking.ACTIVE:
+                raise OperationFailed(operation)
+            if deadline is not None and clock() >= deadline:
+                raise TimeoutError
+            if not await store.live_instances(now() - liveness_window):
+                if tracker is None:
+                    logger.info("no daemon is running: polling the operation myself")
+                    tracker = await stack.enter_async_context(own_tracker())
+                moment = now()
+                if operation.next_poll_at is None or operation.next_poll_at <= moment:
+                    try:
+                        await tracker.poll_operation(operation)
+                    except Exception as exc:
+                        logger.warning(
+                            "polling operation %s failed: %s", operation.operation_id, exc
+                        )
+            pause = (
+                check_every if deadline is None else max(0.0, min(check_every, deadline - clock()))
+            )
+            await asyncio.sleep(pause)
+            current = [op for op in await store.list_operations() if op.pk == operation.pk]
+            operation = current[0] if current else operation
 
 
 def outcome_code(job: JobRecord) -> int | None:
