@@ -870,3 +870,19 @@ async def test_wait_refuses_a_bad_timeout(h: Harness, seconds: str) -> None:
         "parameter timeout must be a number of seconds from 0 to 3600"
     )
     await error_of(await h.client.get(f"/v1/jobs/{G2}/wait"), 404)
+
+
+async def test_operations_are_listed_and_shown_with_their_jobs(h: Harness) -> None:
+    op = h.emulator.add_operation(delay_seconds=0.0, job_count=1)
+    resp = await h.post_json(h.op_url(op.operation_id))
+    [result] = (await resp.json())["results"]
+    assert result["kind"] == "operation" and result["new"] is True
+    listed = await (await h.client.get("/v1/operations")).json()
+    assert [o["operation_id"] for o in listed["operations"]] == [result["id"]]
+    shown = await h.client.get(f"/v1/operations/{result['id'].upper()}")
+    assert shown.status == 200
+    body = await shown.json()
+    assert body["operation_id"] == result["id"] and body["tracking"] == "active"
+    assert body["job_ids"] == []
+    await error_of(await h.client.get(f"/v1/operations/{G2}"), 404)
+    await error_of(await h.client.get("/v1/operations/not%20an%20id"), 400)

@@ -17,7 +17,13 @@ from backupjobd.core.decisions import (
     Snapshot,
     Tracking,
 )
-from backupjobd.core.views import JOB_VIEW, SNAPSHOT_VIEW, TRANSITION_VIEW, render
+from backupjobd.core.views import (
+    JOB_VIEW,
+    OPERATION_VIEW,
+    SNAPSHOT_VIEW,
+    TRANSITION_VIEW,
+    render,
+)
 from backupjobd.core.views import iso as iso
 
 
@@ -203,17 +209,8 @@ class OperationRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "operation_id": self.operation_id,
-            "vault_id": self.vault_id,
-            "status": self.status,
-            "tracking": self.tracking.value,
-            "registered_at": iso(self.registered_at),
-            "last_polled_at": iso(self.last_polled_at),
-            "poll_count": self.poll_count,
-            "job_ids": list(self.job_ids),
-            "last_error": self.last_error,
-        }
+        """As `operations list --json` and the API print it (`views.OPERATION_VIEW`)."""
+        return render(OPERATION_VIEW, self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "JOB_VIEW",
+    "OPERATION_VIEW",
     "REPLICA_VIEW",
     "SNAPSHOT_VIEW",
     "TRANSITION_VIEW",
@@ -130,6 +131,25 @@ SNAPSHOT_VIEW: tuple[ViewField, ...] = (
     _field("observed_at", _TIME),
     _field("status", _STRING),
     _field("properties", {"type": "object"}),
+)
+
+OPERATION_VIEW: tuple[ViewField, ...] = (
+    _field("operation_id", _STRING),
+    _field("vault_id", _STRING),
+    _field("status", {**_NULLABLE_STRING, "description": "Azure's operation status"}),
+    ViewField("tracking", {"type": "string", "enum": list(_TRACKING)}, lambda r: r.tracking.value),
+    _field("registered_at", _TIME),
+    _field("last_polled_at", _NULLABLE_TIME),
+    _field("poll_count", _COUNT),
+    ViewField(
+        "job_ids",
+        {"type": "array", "items": _STRING, "description": "The jobs it started"},
+        lambda r: list(r.job_ids),
+    ),
+    _field(
+        "last_error",
+        {**_NULLABLE_STRING, "description": "Why Azure rejected the trigger, or a read error"},
+    ),
 )
 
 _BUDGET: Mapping[str, Any] = {

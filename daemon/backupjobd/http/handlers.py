@@ -33,6 +33,7 @@ from backupjobd.http import guard as apiguard
 from backupjobd.http import keys
 from backupjobd.http.params import (
     ApiError,
+    bad_param,
     bool_param,
     cursor_param,
     datetime_param,
@@ -62,6 +63,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/jobs/{job_id}/history", _job_history, allow_head=False)
     router.add_get("/v1/jobs/{job_id}/wait", _wait_job, allow_head=False)
     router.add_post("/v1/jobs/{job_id}/cancel", _cancel_job)
+    router.add_get("/v1/operations", _list_operations, allow_head=False)
+    router.add_get("/v1/operations/{operation_id}", _show_operation, allow_head=False)
     router.add_get("/v1/replicas", _replicas, allow_head=False)
     router.add_get("/healthz", _healthz, allow_head=False)
     router.add_get("/readyz", _readyz, allow_head=False)
@@ -229,6 +232,31 @@ async def _one_job(request: web.Request) -> JobRecord:
 
 
 # ---- probes and documents --------------------------------------------------------------
+
+
+async def _list_operations(request: web.Request) -> web.StreamResponse:
+    """Registered operations (triggers), as `operations list --json`, under a key."""
+    ops = await request.app[keys.STORE].list_operations()
+    return web.json_response({"operations": [op.to_json() for op in ops]})
+
+
+async def _show_operation(request: web.Request) -> web.StreamResponse:
+    """One operation: its status, the jobs it started, or why Azure rejected it. A sidecar
+    that registered a 202 finds its job here."""
+    try:
+        wanted = azure.validate_operation_id(request.match_info["operation_id"])
+    except InvalidInput:
+        raise bad_param("operation_id", "is not an operation id") from None
+    found = [
+        op
+        for op in await request.app[keys.STORE].list_operations()
+        if op.operation_id.lower() == wanted.lower()
+    ]
+    if not found:
+        raise ApiError(404, "not_found", f"operation {one_line(wanted[:80])} is not tracked")
+    if len(found) > 1:
+        raise ApiError(409, "ambiguous", f"operation {wanted} is tracked in {len(found)} vaults")
+    return web.json_response(found[0].to_json())
 
 
 async def _replicas(request: web.Request) -> web.StreamResponse:

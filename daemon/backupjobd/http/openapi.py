@@ -18,6 +18,7 @@ from backupjobd.http.params import (
     MAX_LIMIT,
     MAX_STATUS_LENGTH,
     MAX_WAIT_SECONDS,
+    OPERATION_ID_PATTERN,
     VAULT_ID_PATTERN,
 )
 from backupjobd.http.schemas import component_schemas, json_content, ref
@@ -270,6 +271,45 @@ def openapi_document(
                             "description": "Azure gave an answer the daemon cannot use",
                             "content": json_content(ref("Error")),
                         },
+                    },
+                },
+                "400",
+                "404",
+                "409",
+            )
+        },
+        "/v1/operations": {
+            "get": v1(
+                {
+                    "operationId": "listOperations",
+                    "summary": "Registered operations (triggers) and the jobs they started",
+                    "responses": {
+                        "200": {
+                            "description": "The operations",
+                            "content": json_content(ref("Operations")),
+                        }
+                    },
+                },
+            )
+        },
+        "/v1/operations/{operation_id}": {
+            "get": v1(
+                {
+                    "operationId": "showOperation",
+                    "summary": "One operation: status, the jobs it started, or Azure's error",
+                    "parameters": [
+                        {
+                            "name": "operation_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": OPERATION_ID_PATTERN},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The operation",
+                            "content": json_content(ref("Operation")),
+                        }
                     },
                 },
                 "400",

@@ -22,6 +22,7 @@ __all__ = [
     "JOB_ARM_ID_PATTERN",
     "MAX_LIMIT",
     "MAX_STATUS_LENGTH",
+    "OPERATION_ID_PATTERN",
     "VAULT_CHILD_ID_PATTERN",
     "VAULT_ID_PATTERN",
     "ApiError",
@@ -63,6 +64,7 @@ VAULT_CHILD_ID_PATTERN = f"^{_VAULT}(/[\\s\\S]*)?$"
 CURSOR_PATTERN = "^[0-9]{1,18}$"
 _SEGMENT = "[A-Za-z0-9;_-][A-Za-z0-9;_.-]{0,63}"
 _OPERATION_ID = "[A-Za-z0-9][A-Za-z0-9_=-]{0,199}"
+OPERATION_ID_PATTERN = f"^{_OPERATION_ID}$"
 _OPERATION_PATH = (
     f"{_VAULT}(?:/backupFabrics/{_SEGMENT}/protectionContainers/{_SEGMENT}"
     f"/protectedItems/{_SEGMENT}/(?:operationsStatus|operationResults)"

@@ -11,6 +11,7 @@ from backupjobd.core import azure, registration
 from backupjobd.core.registration import Endpoint
 from backupjobd.core.views import (
     JOB_VIEW,
+    OPERATION_VIEW,
     REPLICA_VIEW,
     SNAPSHOT_VIEW,
     TRANSITION_VIEW,
@@ -65,6 +66,13 @@ def view_schemas() -> dict[str, Any]:
             },
         },
         "Job": object_schema(JOB_VIEW),
+        "Operation": object_schema(OPERATION_VIEW),
+        "Operations": {
+            "type": "object",
+            "required": ["operations"],
+            "additionalProperties": False,
+            "properties": {"operations": {"type": "array", "items": ref("Operation")}},
+        },
         "Replicas": {
             "type": "object",
             "required": ["replicas"],
