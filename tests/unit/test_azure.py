@@ -36,3 +36,17 @@ def test_error_details_are_read_from_every_job_type_s_shape(
 def test_a_recommendation_alone_says_so() -> None:
     [detail] = azure.parse_error_details({"errorDetails": [{"recommendations": ["Retry"]}]})
     assert detail == azure.ErrorDetail(None, "see the recommendations", ("Retry",))
+
+
+@pytest.mark.parametrize("blank", ["\xa0", "\u2003", "\u3000"])
+def test_a_unicode_blank_around_an_id_is_a_look_alike_not_forgiven(blank: str) -> None:
+    """str.strip() would remove it and name another vault (hypothesis found it)."""
+    vault = (
+        "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg"
+        "/providers/Microsoft.RecoveryServices/vaults/v1"
+    )
+    assert azure.vault_from_id(f" {vault}\n").id == vault  # ASCII blanks are fine
+    with pytest.raises(azure.InvalidInput):
+        azure.vault_from_id(vault + blank)
+    with pytest.raises(azure.InvalidInput):
+        azure.validate_job_id("0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e" + blank)

@@ -28,6 +28,9 @@ OPERATION_FAILED_STATUSES = frozenset({"Failed", "Canceled", "Cancelled", "Inval
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 GUID_RE = re.compile(rf"^{_GUID}\Z", re.ASCII)
+# Ids are ASCII: only ASCII blanks around one are forgiven (a no-break space is a look-alike
+# that `str.strip()` would silently remove, turning "vault-x\xa0" into another name).
+ASCII_SPACE = " \t\r\n"
 # Azure allows Unicode letters in resource group names; everything else is ASCII (re.ASCII
 # also keeps IGNORECASE from matching look-alikes such as the Kelvin sign for "k").
 _RG = r"(?u:[-\w.()]){1,90}"
@@ -162,7 +165,7 @@ class BodyError(ValueError):
 
 def vault_from_id(value: str) -> VaultRef:
     """Parse a vault ARM id; raises InvalidInput with a one-line reason."""
-    match = VAULT_ID_RE.match(value.strip()) if isinstance(value, str) else None
+    match = VAULT_ID_RE.match(value.strip(ASCII_SPACE)) if isinstance(value, str) else None
     if match is None:
         raise InvalidInput(f"not a Recovery Services vault id: {_clip(value)}")
     return _vault_from_match(match)
@@ -176,22 +179,22 @@ def vault_prefix(value: str) -> VaultRef | None:
 
 def parse_job_arm_id(value: str) -> tuple[VaultRef, str]:
     """Split `/subscriptions/…/vaults/{v}/backupJobs/{guid}` into vault and job id."""
-    match = JOB_ID_RE.match(value.strip())
+    match = JOB_ID_RE.match(value.strip(ASCII_SPACE))
     if match is None:
         raise InvalidInput(f"not a backup job ARM id: {_clip(value)}")
     return _vault_from_match(match), match.group("job").lower()
 
 
 def validate_job_id(value: object) -> str:
-    if not isinstance(value, str) or not GUID_RE.match(value.strip()):
+    if not isinstance(value, str) or not GUID_RE.match(value.strip(ASCII_SPACE)):
         raise InvalidInput(f"job id must be a GUID: {_clip(value)}")
-    return value.strip().lower()
+    return value.strip(ASCII_SPACE).lower()
 
 
 def validate_subscription_id(value: object) -> str:
-    if not isinstance(value, str) or not GUID_RE.match(value.strip()):
+    if not isinstance(value, str) or not GUID_RE.match(value.strip(ASCII_SPACE)):
         raise InvalidInput(f"subscription id must be a GUID: {_clip(value)}")
-    return value.strip().lower()
+    return value.strip(ASCII_SPACE).lower()
 
 
 def validate_operation_id(value: str) -> str:
