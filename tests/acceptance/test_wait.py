@@ -237,3 +237,20 @@ def test_wait_on_a_rejected_trigger_fails_with_the_operation_s_error(
     lines = out.splitlines()
     assert lines[0] == f"operation {registered['id']}: Failed"
     assert lines[1].startswith("  error: ")
+
+
+def test_register_wait_registers_and_waits_in_one_call(emulator: Emulator, daemon: Daemon) -> None:
+    """For scripts: the 202's operation URL in, the job's exit code out."""
+    op = emulator.create_operation(
+        delay_seconds=1, job_count=1, jobs={"final_status": "Cancelled", "duration_seconds": 2}
+    )
+    out = daemon.cli(
+        "register", "--operation-url", op["azure_async_operation"], "--wait", "--timeout", "60"
+    )
+    assert out.returncode == EXIT_BY_STATUS["Cancelled"], out
+    [job_id] = op["job_ids"]
+    assert out.stdout.splitlines()[0] == f"job {job_id}: Cancelled"
+    [job] = emulator.create_jobs([{"final_status": "Completed", "duration_seconds": 1}])
+    out = daemon.cli("register", "--job", job["id"], "--wait", "--json")
+    assert out.returncode == 0, out
+    assert [j["status"] for j in json.loads(out.stdout)] == ["Completed"]

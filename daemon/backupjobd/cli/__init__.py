@@ -96,6 +96,7 @@ def configure_register_parser(sub: _Subparsers) -> None:
             "az backup protection backup-now … | backupjobd register -",
             "backupjobd register --job /subscriptions/…/vaults/v1/backupJobs/0b5b2c1e-…",
             "backupjobd register --job-id 0b5b2c1e-… --vault /subscriptions/…/vaults/v1",
+            'backupjobd register --operation-url "$ASYNC_OP_URL" --wait --timeout 7200',
             'echo \'{"headers": {"Azure-AsyncOperation": "https://…"}}\' | backupjobd register -',
         ),
     )
@@ -105,6 +106,14 @@ def configure_register_parser(sub: _Subparsers) -> None:
     reg.add_argument("--operation-url", action="append", default=[], metavar="URL")
     reg.add_argument("--job", action="append", default=[], metavar="ARM_ID", help="job ARM id")
     reg.add_argument("--json", action="store_true", help="print results as JSON")
+    reg.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait for what was registered, as `wait` does (its exit codes)",
+    )
+    reg.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds"
+    )
     reg.set_defaults(func=commands.register)
 
 

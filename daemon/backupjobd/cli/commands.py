@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import BinaryIO, TextIO
 
 from backupjobd import bootstrap, config
@@ -80,6 +80,12 @@ def register(args: argparse.Namespace, env: Env) -> int:
             "registering",
             REGISTER_RETRY_SECONDS,
         )
+        if args.wait:
+            refs = [
+                f"{r.vault_id}/backupJobs/{r.ident}" if r.kind == "job" else r.ident
+                for r in results
+            ]
+            return await _wait_for(store, cfg, env, refs, None, args.timeout, args.json)
         if args.json:
             render.print_json([r.to_json() for r in results])
             return EXIT_OK
@@ -209,74 +215,88 @@ async def _one_job(store: Store, job_ref: str, vault_arg: str | None) -> JobReco
 
 
 def wait(args: argparse.Namespace, env: Env) -> int:
-    from backupjobd.service import waiter  # brings the tracker, and with it aiohttp
-
     cfg = _configured(args, env)
 
     async def work(store: Store) -> int:
         vault = azure.vault_from_id(args.vault) if args.vault else None
-        targets = []
-        timeout = args.timeout
-        for ref in args.job_ids:
-            if "/" in ref:
-                job_vault, job_id = azure.parse_job_arm_id(ref)
-                targets.append(waiter.Target(job_vault, job_id))
-                continue
-            operation = await waiter.operation_of(store, ref)
-            if operation is None:
-                targets.append(waiter.Target(vault, azure.validate_job_id(ref)))
-                continue
-            try:
-                named, timeout = await waiter.jobs_of_operation(
-                    store,
-                    operation,
-                    timeout,
-                    own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
-                    now=bootstrap.utcnow,
-                    liveness_window=bootstrap.LIVENESS_WINDOW,
-                )
-            except waiter.OperationFailed as exc:
-                say(f"operation {operation.operation_id}: {exc.operation.status or 'failed'}")
-                say(f"  error: {exc}")
-                return waiter.EXIT_BY_STATUS["Failed"]
-            except TimeoutError:
-                print(
-                    f"backupjobd: timed out after {args.timeout:g} s waiting for operation"
-                    f" {operation.operation_id} to name its jobs",
-                    file=sys.stderr,
-                )
-                return waiter.EXIT_TIMEOUT
-            targets.extend(named)
-        code, jobs = await waiter.wait(
-            store,
-            targets,
-            timeout,
-            own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
-            now=bootstrap.utcnow,
-            liveness_window=bootstrap.LIVENESS_WINDOW,
-        )
-        if args.json:
-            render.print_json([job.to_json() for job in jobs])
-        else:
-            for job in jobs:
-                outcome = waiter.outcome_code(job)
-                lost = job.tracking.value == "lost"
-                state = job.tracking.value if lost else job.status or "unseen"
-                suffix = "" if outcome is not None else " (still running: timed out waiting)"
-                say(f"job {job.job_id}: {state}{suffix}")
-                errors = render.error_lines(job, aligned=False)
-                if errors and job.status != "Completed":
-                    say(*(f"  {line}" for line in errors))
-        if code == waiter.EXIT_TIMEOUT:
-            render.flush_stdout()  # the jobs first, then why they are incomplete
-            print(
-                f"backupjobd: timed out after {args.timeout:g} s waiting for "
-                f"{sum(1 for j in jobs if waiter.outcome_code(j) is None)} job(s)",
-                file=sys.stderr,
-            )
-        return code
+        return await _wait_for(store, cfg, env, args.job_ids, vault, args.timeout, args.json)
 
     return _on_store(cfg, work, read_only=False)
+
+
+async def _wait_for(
+    store: Store,
+    cfg: config.Config,
+    env: Env,
+    refs: Sequence[str],
+    vault: azure.VaultRef | None,
+    give_up_after: float | None,
+    as_json: bool,
+) -> int:
+    """`wait` (and `register --wait`): job GUIDs, job ARM ids and operation ids to the end;
+    prints the jobs and returns the exit code."""
+    from backupjobd.service import waiter  # brings the tracker, and with it aiohttp
+
+    targets = []
+    left = give_up_after
+    for ref in refs:
+        if "/" in ref:
+            job_vault, job_id = azure.parse_job_arm_id(ref)
+            targets.append(waiter.Target(job_vault, job_id))
+            continue
+        operation = await waiter.operation_of(store, ref)
+        if operation is None:
+            targets.append(waiter.Target(vault, azure.validate_job_id(ref)))
+            continue
+        try:
+            named, left = await waiter.jobs_of_operation(
+                store,
+                operation,
+                left,
+                own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
+                now=bootstrap.utcnow,
+                liveness_window=bootstrap.LIVENESS_WINDOW,
+            )
+        except waiter.OperationFailed as exc:
+            say(f"operation {operation.operation_id}: {exc.operation.status or 'failed'}")
+            say(f"  error: {exc}")
+            return waiter.EXIT_BY_STATUS["Failed"]
+        except TimeoutError:
+            print(
+                f"backupjobd: timed out after {give_up_after:g} s waiting for operation"
+                f" {operation.operation_id} to name its jobs",
+                file=sys.stderr,
+            )
+            return waiter.EXIT_TIMEOUT
+        targets.extend(named)
+    code, jobs = await waiter.wait(
+        store,
+        targets,
+        left,
+        own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
+        now=bootstrap.utcnow,
+        liveness_window=bootstrap.LIVENESS_WINDOW,
+    )
+    if as_json:
+        render.print_json([job.to_json() for job in jobs])
+    else:
+        for job in jobs:
+            outcome = waiter.outcome_code(job)
+            lost = job.tracking.value == "lost"
+            state = job.tracking.value if lost else job.status or "unseen"
+            suffix = "" if outcome is not None else " (still running: timed out waiting)"
+            say(f"job {job.job_id}: {state}{suffix}")
+            errors = render.error_lines(job, aligned=False)
+            if errors and job.status != "Completed":
+                say(*(f"  {line}" for line in errors))
+    if code == waiter.EXIT_TIMEOUT:
+        render.flush_stdout()  # the jobs first, then why they are incomplete
+        print(
+            f"backupjobd: timed out after {give_up_after or 0:g} s waiting for "
+            f"{sum(1 for j in jobs if waiter.outcome_code(j) is None)} job(s)",
+            file=sys.stderr,
+        )
+    return code
 
 
 def cancel(args: argparse.Namespace, env: Env) -> int:
