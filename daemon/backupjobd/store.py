@@ -129,9 +129,11 @@ class Store(abc.ABC):
         decision: OperationDecision,
         now: datetime,
         fence: Fence | None = None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> list[RegisterResult] | None:
-        """Persist an operation decision and register the jobs it yielded, in one transaction.
-        None means a concurrent change won and nothing was written."""
+        """Persist an operation decision, register the jobs it yielded and add its webhook
+        `outbox` rows (a rejected trigger), in one transaction. None means a concurrent
+        change won and nothing was written."""
 
     @abc.abstractmethod
     async def list_jobs(

@@ -584,3 +584,38 @@ async def test_the_outbox_survives_closing_and_reopening_the_store(env: Env) -> 
         )
     finally:
         await reopened.close()
+
+
+async def test_a_rejected_trigger_is_an_event_for_all_and_failures(env: Env) -> None:
+    """The operation ended Failed without a job: one operation.failed event, delivered."""
+    from backupjobd.core.registration import Endpoint, operation_from_url
+
+    op = env.state.add_operation(delay_seconds=0.0, result="Failed")
+    url = (
+        f"{env.endpoint}{DEFAULT_VAULT_ID}/backupOperations/{op.operation_id}"
+        "?api-version=2025-08-01"
+    )
+    [result] = await env.store.register(
+        [operation_from_url(url, Endpoint.from_url(env.endpoint), "operation-url")],
+        env.clock.now(),
+    )
+    assert result.created
+    for _ in range(5):
+        await env.run()
+        if await env.outbox("pending"):
+            break
+        env.clock.advance(1)
+    pending = await env.outbox("pending")
+    assert {p.webhook for p in pending} == {"everything", "pager"}
+    assert {p.event_type for p in pending} == {"com.backupjobd.operation.failed"}
+    body = json.loads(pending[0].payload)
+    assert body["data"]["operation"]["operation_id"] == op.operation_id
+    assert body["data"]["operation"]["last_error"]
+    notifier = env.notifier()
+
+    async def delivered() -> bool:
+        return len(env.receiver.accepted("pager")) == 1
+
+    await env.deliver_until(notifier, delivered)
+    [received] = env.receiver.accepted("pager")
+    assert json.loads(received.body)["type"] == "com.backupjobd.operation.failed"

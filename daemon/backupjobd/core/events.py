@@ -7,14 +7,15 @@ describe, so an event exists if and only if its transition was committed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from backupjobd.core import azure
-from backupjobd.core.decisions import JobDecision, Tracking
-from backupjobd.core.model import Commit, JobRecord, OutboxEntry, iso
+from backupjobd.core.decisions import JobDecision, OperationDecision, Tracking
+from backupjobd.core.model import Commit, JobRecord, OperationRecord, OutboxEntry, iso
 
 
 class Subscription(Protocol):
@@ -30,7 +31,8 @@ class Subscription(Protocol):
 EVENT_TYPE_PREFIX = "com.backupjobd.job."
 EVENT_SOURCE = "backupjobd"
 _TERMINAL = {s.lower() for s in azure.TERMINAL_STATUSES} | {"lost"}
-_FAILURES = {"failed", "completedwithwarnings", "lost"}
+_FAILURES = {"failed", "completedwithwarnings", "lost", "operation_failed"}
+OPERATION_FAILED_TYPE = "com.backupjobd.operation.failed"
 
 
 def event_kinds(decision: JobDecision) -> list[str]:
@@ -105,6 +107,41 @@ def outbox_entries(
             OutboxEntry(event_id, hook.name, EVENT_TYPE_PREFIX + kind, body) for hook in targets
         )
     return entries
+
+
+def operation_outbox_entries(
+    record: OperationRecord,
+    decision: OperationDecision,
+    now: datetime,
+    webhooks: Sequence[Subscription],
+    new_id: Callable[[], str],
+) -> list[OutboxEntry]:
+    """A trigger Azure rejected (the operation ended without a job) is an event, delivered to
+    the webhooks that take `all` or `failures`."""
+    failed = decision.tracking is not Tracking.ACTIVE and not decision.job_ids and decision.error
+    targets = [hook for hook in webhooks if wanted(hook.events, "operation_failed")]
+    if not failed or not targets:
+        return []
+    after = dataclasses.replace(
+        record,
+        status=decision.status,
+        tracking=decision.tracking,
+        last_error=decision.error,
+        last_polled_at=now,
+    )
+    event_id = new_id()
+    body = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": EVENT_SOURCE,
+        "type": OPERATION_FAILED_TYPE,
+        "subject": f"{record.vault_id}/backupOperations/{record.operation_id}",
+        "time": iso(now),
+        "datacontenttype": "application/json",
+        "data": {"operation": after.to_json()},
+    }
+    payload = json.dumps(body, sort_keys=True)
+    return [OutboxEntry(event_id, hook.name, OPERATION_FAILED_TYPE, payload) for hook in targets]
 
 
 def commit(

@@ -178,8 +178,13 @@ class Pollers:
         self.polls += 1
         now = self._clock()
         decision = decide_operation(record.state(), outcome, now, self._policy, self._rng.random())
+        outbox = events.operation_outbox_entries(
+            record, decision, now, self._webhooks, new_event_id
+        )
         registered = await self._committer.persist(
-            lambda: self._store.apply_operation(record, decision, now, self._committer.fence()),
+            lambda: self._store.apply_operation(
+                record, decision, now, self._committer.fence(), outbox
+            ),
             log_fields(record),
         )
         self._journal.operation(record, outcome, decision, registered)

@@ -43,6 +43,7 @@ from backupjobd.testing.tables import (
     JobRow,
     Tables,
     active_due,
+    add_outbox,
     apply_write,
     at_utc,
     by_pk,
@@ -275,6 +276,7 @@ class MemoryStore(Store):
         decision: OperationDecision,
         now: datetime,
         fence: Fence | None = None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> list[RegisterResult] | None:
         def work(t: Tables) -> list[RegisterResult] | None:
             at = at_utc(now)
@@ -299,6 +301,7 @@ class MemoryStore(Store):
                 job_ids=tuple(decision.job_ids) if decision.job_ids else old.job_ids,
             )
             t.operations[record.pk] = dataclasses.replace(current, record=updated)
+            add_outbox(t, outbox, at, None)
             vault = vault_from_id(record.vault_id)
             return [
                 register_one(t, JobRegistration(vault, job_id, "operation"), now, record.pk)

@@ -20,6 +20,7 @@ from backupjobd.core.model import (
     JobRecord,
     JobWrite,
     OperationRecord,
+    OutboxEntry,
     OutboxRecord,
     RegisterResult,
 )
@@ -286,7 +287,15 @@ def apply_write(t: Tables, write: JobWrite) -> bool:
             decision.status,
             json.dumps(snapshot.properties, sort_keys=True, separators=(",", ":")),
         )
-    for entry in write.outbox:
+    add_outbox(t, write.outbox, at, pk)
+    return True
+
+
+def add_outbox(
+    t: Tables, entries: Iterable[OutboxEntry], at: datetime, job_pk: int | None
+) -> None:
+    """Outbox rows, due at once; `job_pk` None for an operation's event."""
+    for entry in entries:
         key = (entry.event_id, entry.webhook)
         if key in t.outbox_keys:
             raise Constraint("UNIQUE constraint failed: outbox.event_id, outbox.webhook")
@@ -305,6 +314,5 @@ def apply_write(t: Tables, write: JobWrite) -> bool:
             delivered_at=None,
             last_error=None,
         )
-        t.outbox[outbox_pk] = OutboxRow(record, pk)
+        t.outbox[outbox_pk] = OutboxRow(record, job_pk)
         t.outbox_keys.add(key)
-    return True

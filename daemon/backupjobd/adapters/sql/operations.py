@@ -4,18 +4,19 @@ write of a decision that registers the jobs the operation named, in one transact
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, select, true, update
+from sqlalchemy import Connection, Row, and_, insert, select, true, update
 
 from backupjobd.adapters.sql import schema
 from backupjobd.adapters.sql.jobs import register_one
 from backupjobd.adapters.sql.leases import in_subscriptions
+from backupjobd.adapters.sql.outbox import operation_outbox_rows
 from backupjobd.core.azure import vault_from_id
 from backupjobd.core.decisions import OperationDecision, Tracking
-from backupjobd.core.model import OperationRecord, RegisterResult
+from backupjobd.core.model import OperationRecord, OutboxEntry, RegisterResult
 from backupjobd.core.registration import JobRegistration
 
 
@@ -59,7 +60,11 @@ def due(
 
 
 def apply(
-    conn: Connection, record: OperationRecord, decision: OperationDecision, now: datetime
+    conn: Connection,
+    record: OperationRecord,
+    decision: OperationDecision,
+    now: datetime,
+    outbox: Sequence[OutboxEntry] = (),
 ) -> list[RegisterResult] | None:
     """None when the operation is no longer at `record.version` (nothing written)."""
     o = schema.operations
@@ -83,6 +88,8 @@ def apply(
     )
     if result.rowcount != 1:
         return None
+    if outbox:
+        conn.execute(insert(schema.outbox), operation_outbox_rows(outbox, now))
     return [
         register_one(
             conn,

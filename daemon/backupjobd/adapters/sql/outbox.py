@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, select, update
 
 from backupjobd.adapters.sql import schema
-from backupjobd.core.model import JobWrite, OutboxRecord
+from backupjobd.core.model import JobWrite, OutboxEntry, OutboxRecord
 
 OUTBOX_PENDING, OUTBOX_DELIVERED, OUTBOX_DEAD = "pending", "delivered", "dead"
 
@@ -47,6 +47,24 @@ def outbox_rows(writes: Sequence[JobWrite]) -> list[dict[str, Any]]:
         }
         for w in writes
         for entry in w.outbox
+    ]
+
+
+def operation_outbox_rows(entries: Sequence[OutboxEntry], now: datetime) -> list[dict[str, Any]]:
+    """An operation's event rows: no job (job_pk NULL), due at once."""
+    return [
+        {
+            "event_id": entry.event_id,
+            "webhook": entry.webhook,
+            "event_type": entry.event_type,
+            "job_pk": None,
+            "payload": entry.payload,
+            "state": OUTBOX_PENDING,
+            "created_at": now,
+            "next_attempt_at": now,
+            "attempts": 0,
+        }
+        for entry in entries
     ]
 
 

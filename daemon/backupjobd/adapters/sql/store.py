@@ -276,9 +276,10 @@ class SqlStore(Store):
         decision: OperationDecision,
         now: datetime,
         fence: Fence | None = None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> list[RegisterResult] | None:
         work: Callable[[Connection], list[RegisterResult] | None] = functools.partial(
-            operations.apply, record=record, decision=decision, now=now
+            operations.apply, record=record, decision=decision, now=now, outbox=outbox
         )
         if fence is not None:
             work = leases.fenced(work, fence, [subscription_of(record.vault_id)])
