@@ -96,7 +96,7 @@ async def test_scheduled_jobs_are_registered_once(
     assert set(tracked) == set(running)
     assert all(r.source == "discovery" and r.vault_id == VAULT_A for r in tracked.values())
     lines = [r for r in caplog.records if getattr(r, "action", None) == "discovery"]
-    assert len(lines) == 1 and getattr(lines[0], "vault", None) == VAULT_A
+    assert len(lines) == 1 and getattr(lines[0], "vault_id", None) == VAULT_A
     assert "3 newly registered" in lines[0].getMessage()
 
     # Nothing new: nothing registered, nothing changed.
@@ -238,7 +238,7 @@ async def test_a_failing_vault_does_not_stop_the_others_and_is_retried(
     assert await discoverer.tick() == 0  # the same error again
     warnings = [r for r in caplog.records if getattr(r, "action", None) == "discovery_error"]
     assert [r.levelno for r in warnings] == [logging.WARNING, logging.DEBUG]
-    assert getattr(warnings[0], "vault", None) == VAULT_B
+    assert getattr(warnings[0], "vault_id", None) == VAULT_B
     assert "HTTP 500" in warnings[0].getMessage()
 
     # The fault is gone: the vault, never listed, gets its look-back window.

@@ -47,7 +47,7 @@ def test_show_prints_the_errors_escaped(capsys: pytest.CaptureFixture[str]) -> N
 @pytest.mark.parametrize(
     ("changes", "shown"),
     [
-        ({}, "not read yet"),
+        ({}, "unseen"),
         (
             {"not_found_since": WHEN, "poll_count": 4},
             "not visible yet, 4 reads since 2026-03-01 12:00:00",

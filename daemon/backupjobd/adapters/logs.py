@@ -21,7 +21,7 @@ from backupjobd.core.text import json_safe, printable
 
 STRUCTURED_FIELDS = (
     "job_id",
-    "vault",
+    "vault_id",
     "action",
     "operation_id",
     "from_status",

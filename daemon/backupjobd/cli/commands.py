@@ -283,7 +283,7 @@ async def _wait_for(
         for job in jobs:
             outcome = waiter.outcome_code(job)
             lost = job.tracking.value == "lost"
-            state = job.tracking.value if lost else job.status or "unseen"
+            state = job.tracking.value if lost else job.status or render.UNSEEN
             suffix = "" if outcome is not None else " (still running: timed out waiting)"
             say(f"job {job.job_id}: {state}{suffix}")
             errors = render.error_lines(job, aligned=False)

@@ -23,6 +23,8 @@ from backupjobd.core.model import (
 from backupjobd.core.text import json_safe, printable
 from backupjobd.errors import BackupJobdError
 
+#: The one word for a job Azure has not shown yet (tables, wait, metrics labels).
+UNSEEN = "unseen"
 MAX_ERROR_CHARS = 2000  # an error line echoes input; a huge argument must not become a huge line
 
 
@@ -112,7 +114,7 @@ def jobs_table(jobs: list[JobRecord]) -> None:
     rows = [
         [
             job.job_id,
-            job.status or ("not visible yet" if job.not_found_since else "-"),
+            job.status or ("not visible yet" if job.not_found_since else UNSEEN),
             job.tracking.value,
             job.operation or "-",
             job.entity_friendly_name or "-",
@@ -150,7 +152,7 @@ def seen_state(job: JobRecord) -> str:
         return job.status
     if job.not_found_since is not None:
         return f"not visible yet, {job.poll_count} reads since {short(iso(job.not_found_since))}"
-    return "not read yet"
+    return UNSEEN
 
 
 def error_lines(job: JobRecord, aligned: bool = True) -> list[str]:

@@ -177,7 +177,7 @@ async def _stop_job(request: web.Request) -> web.StreamResponse:
     logger.info(
         "API stopped tracking job %s",
         job.job_id,
-        extra={"action": "api_stop", "job_id": job.job_id, "vault": job.vault_id},
+        extra={"action": "api_stop", "job_id": job.job_id, "vault_id": job.vault_id},
     )
     current = [j for j in await store.find_jobs(job.job_id) if j.pk == job.pk]
     return web.json_response((current[0] if current else job).to_json())
@@ -211,7 +211,7 @@ async def _cancel_job(request: web.Request) -> web.StreamResponse:
         "API asked Azure to cancel job %s: %s",
         job.job_id,
         outcome,
-        extra={"action": "api_cancel", "job_id": job.job_id, "vault": job.vault_id},
+        extra={"action": "api_cancel", "job_id": job.job_id, "vault_id": job.vault_id},
     )
     return web.json_response({"job_id": job.job_id, "cancel": outcome}, status=202)
 

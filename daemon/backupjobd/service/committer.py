@@ -136,7 +136,7 @@ class Committer:
             commits = [commit for commit, _ in batch]
             try:
                 results = await self.commit_many(
-                    commits, {"action": "commit_batch", "job_id": None, "vault": None}
+                    commits, {"action": "commit_batch", "job_id": None, "vault_id": None}
                 )
             except asyncio.CancelledError:
                 for _, future in batch:

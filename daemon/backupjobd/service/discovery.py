@@ -216,7 +216,7 @@ class Discoverer:
             until.isoformat(),
             matched,
             registered,
-            extra={"action": "discovery", "vault": vault.id},
+            extra={"action": "discovery", "vault_id": vault.id},
         )
         return VaultRun(vault, since, until, listed, matched, registered)
 
@@ -232,7 +232,7 @@ class Discoverer:
             "discovery could not read %s, will retry: %s",
             what,
             message,
-            extra={"action": "discovery_error", "vault": vault_id},
+            extra={"action": "discovery_error", "vault_id": vault_id},
         )
 
     def _recovered(self, key: str, what: str, vault_id: str | None = None) -> None:
@@ -240,7 +240,7 @@ class Discoverer:
             logger.info(
                 "discovery reads %s again",
                 what,
-                extra={"action": "discovery", "vault": vault_id},
+                extra={"action": "discovery", "vault_id": vault_id},
             )
 
 

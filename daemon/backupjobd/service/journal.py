@@ -60,7 +60,7 @@ class Journal:
 
     def discarded(self, record: JobRecord, *, swept: bool = False) -> None:
         if swept:
-            fields = {"vault": record.vault_id, "action": "sweep", "job_id": None}
+            fields = {"vault_id": record.vault_id, "action": "sweep", "job_id": None}
             logger.info("job changed concurrently; sweep result discarded", extra=fields)
         else:
             logger.info("job changed concurrently; poll discarded", extra=log_fields(record))
@@ -87,7 +87,7 @@ class Journal:
             unchanged,
             recorded,
             handed_on,
-            extra={"vault": vault_id, "action": "sweep", "job_id": None},
+            extra={"vault_id": vault_id, "action": "sweep", "job_id": None},
         )
 
     def _lines(self, commit: Commit, outcome: Outcome) -> None:
@@ -161,7 +161,7 @@ class Journal:
         registered: list[RegisterResult] | None,
     ) -> None:
         """An operation poll: counted, and what it resolved (or why not)."""
-        fields = {"job_id": None, "vault": record.vault_id, "operation_id": record.operation_id}
+        fields = {"job_id": None, "vault_id": record.vault_id, "operation_id": record.operation_id}
         if self._metrics is not None:
             self._metrics.poll("operation", outcome_label(outcome))
         if registered is None:

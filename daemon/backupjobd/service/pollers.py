@@ -221,7 +221,7 @@ class Pollers:
                 "sweep of vault %s failed (%s); polling its jobs one by one",
                 item.vault_id,
                 exc,
-                extra={"vault": item.vault_id, "action": "sweep_failed"},
+                extra={"vault_id": item.vault_id, "action": "sweep_failed"},
             )
             self._hand_on(self._roster.leave(item.vault_id, item.records))
             return
@@ -241,7 +241,7 @@ class Pollers:
         self._hand_on(settled.background, BACKGROUND)
         if settled.next_sweep is None:
             return
-        fields: dict[str, object] = {"vault": item.vault_id, "action": "sweep", "job_id": None}
+        fields: dict[str, object] = {"vault_id": item.vault_id, "action": "sweep", "job_id": None}
         if settled.changed:
             await self._commit_swept(item.vault_id, settled, now, fields)
         if settled.unchanged and settled.renew:

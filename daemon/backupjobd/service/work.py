@@ -96,10 +96,10 @@ class WorkQueue:
 def log_fields(item: WorkItem) -> dict[str, object]:
     """The structured log fields naming a piece of work."""
     if isinstance(item, JobRecord):
-        return {"job_id": item.job_id, "vault": item.vault_id, "action": "poll_job"}
+        return {"job_id": item.job_id, "vault_id": item.vault_id, "action": "poll_job"}
     if isinstance(item, Sweep):
-        return {"job_id": None, "vault": item.vault_id, "action": "sweep"}
-    return {"job_id": None, "vault": item.vault_id, "action": "poll_operation"}
+        return {"job_id": None, "vault_id": item.vault_id, "action": "sweep"}
+    return {"job_id": None, "vault_id": item.vault_id, "action": "poll_operation"}
 
 
 def detail_room(budget: ReadBudget | None, work: WorkQueue, vault_id: str) -> int | None:
