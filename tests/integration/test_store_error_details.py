@@ -75,3 +75,21 @@ async def test_a_list_item_without_errors_keeps_them_a_full_read_replaces_them(
     decision = decide_job(record.state(), full, later, POLICY, 0.5)
     assert await store.apply_job(record, decision, later)
     assert (await reload(store, jid(4))).error_details == ()
+
+
+async def test_progress_is_kept_as_last_read(store: Store) -> None:
+    record = await register_job(store, jid(9), T0)
+    body = job_body(VAULT, jid(9), "InProgress")
+    body["properties"]["extendedInfo"]["progressPercentage"] = 37.0
+    decision = decide_job(record.state(), Seen(parse_job_resource(body)), T0, POLICY, 0.5)
+    assert await store.apply_job(record, decision, T0)
+    record = await reload(store, jid(9))
+    assert record.progress_percent == 37.0
+    assert record.to_json()["progress_percent"] == 37.0
+    later = T0 + timedelta(seconds=30)
+    body["properties"]["extendedInfo"]["progressPercentage"] = 64.0
+    listed = Seen(parse_job_resource(body), full=False)
+    decision = decide_job(record.state(), listed, later, POLICY, 0.5)
+    assert not record.schedule_only(decision, later)  # new progress is written
+    assert await store.apply_jobs([JobWrite(record, decision, later)]) == [True]
+    assert (await reload(store, jid(9))).progress_percent == 64.0

@@ -50,3 +50,24 @@ def test_a_unicode_blank_around_an_id_is_a_look_alike_not_forgiven(blank: str) -
         azure.vault_from_id(vault + blank)
     with pytest.raises(azure.InvalidInput):
         azure.validate_job_id("0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e" + blank)
+
+
+@pytest.mark.parametrize(
+    ("ext", "expected"),
+    [
+        (None, None),
+        ({}, None),
+        ({"progressPercentage": 42.5}, 42.5),
+        ({"progressPercentage": 0}, 0.0),
+        ({"progressPercentage": 250}, None),
+        ({"progressPercentage": True, "tasksList": []}, None),
+        (
+            {"tasksList": [{"status": "Completed"}, {"status": "InProgress"}, "junk"]},
+            50.0,
+        ),
+        ({"progressPercentage": None, "tasksList": [{"status": "NotStarted"}]}, 0.0),
+    ],
+)
+def test_progress_from_azure_or_the_task_list(ext: object, expected: float | None) -> None:
+    props = {} if ext is None else {"extendedInfo": ext}
+    assert azure.parse_progress(props) == expected

@@ -203,6 +203,7 @@ def check_job_bodies(bodies: list[tuple[str, dict[str, Any]]]) -> list[azure.Job
         if obs.start_time is not None and obs.end_time is not None:
             assert obs.end_time >= obs.start_time
         azure.actions_info(obs.properties)
+        assert obs.progress is None or 0 <= obs.progress <= 100, (kind, obs.progress)
         assert len(azure.snapshot_hash(obs.properties)) == 64
         observed.append(obs)
     return observed

@@ -127,6 +127,25 @@ def parse_error_details(props: dict[str, Any]) -> tuple[ErrorDetail, ...]:
     return tuple(out)
 
 
+def parse_progress(props: dict[str, Any]) -> float | None:
+    """How far a job is, 0 to 100: `extendedInfo.progressPercentage` when Azure gives it,
+    else the share of its task list that is done; None when neither says."""
+    ext = props.get("extendedInfo")
+    if not isinstance(ext, dict):
+        return None
+    value = ext.get("progressPercentage")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        return float(value)
+    tasks = [t for t in ext.get("tasksList") or [] if isinstance(t, dict)]
+    if not tasks:
+        return None
+    done = sum(1 for t in tasks if str(t.get("status", "")).lower() in _TASK_DONE)
+    return round(100.0 * done / len(tasks), 1)
+
+
+_TASK_DONE = {"completed", "completedwithwarnings", "succeeded"}
+
+
 @dataclass(frozen=True, slots=True)
 class JobObservation:
     """One job as Azure reported it, normalised."""
@@ -143,6 +162,7 @@ class JobObservation:
     duration: timedelta | None
     properties: dict[str, Any]
     error_details: tuple[ErrorDetail, ...] = ()
+    progress: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -306,6 +326,7 @@ def parse_job_resource(body: object) -> JobObservation:
         duration=parse_duration(props.get("duration")),
         properties=props,
         error_details=parse_error_details(props),
+        progress=parse_progress(props),
     )
 
 

@@ -59,6 +59,8 @@ class JobRecord:
     error_details: tuple[ErrorDetail, ...] = ()
     #: The operation whose status named this job (registered from a trigger's 202), if any.
     operation_id: str | None = None
+    #: How far the job is (0 to 100) as last read, from Azure's progress or its task list.
+    progress_percent: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -94,6 +96,8 @@ class JobRecord:
                 changes["last_detail_at"] = now
             if decision.full_read or obs.error_details:
                 changes["error_details"] = obs.error_details
+            if obs.progress is not None:
+                changes["progress_percent"] = obs.progress
         if decision.error is not None:
             changes.update(
                 last_error=decision.error, last_error_at=now, error_count=self.error_count + 1
@@ -123,6 +127,11 @@ class JobRecord:
                 decision.observation is not None
                 and decision.observation.error_details
                 and decision.observation.error_details != self.error_details
+            )
+            or (
+                decision.observation is not None
+                and decision.observation.progress is not None
+                and decision.observation.progress != self.progress_percent
             )
         ):
             return False

@@ -116,6 +116,15 @@ JOB_VIEW: tuple[ViewField, ...] = (
     ),
     _field("not_found_since", _NULLABLE_TIME),
     _field(
+        "progress_percent",
+        {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 100,
+            "description": "How far the job is, from Azure's progress or its task list",
+        },
+    ),
+    _field(
         "operation_id",
         {**_NULLABLE_STRING, "description": "The operation (trigger) the job came from"},
     ),

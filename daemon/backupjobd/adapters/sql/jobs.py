@@ -58,6 +58,7 @@ JOB_COLUMNS = (
     "error_count",
     "last_snapshot_hash",
     "error_details",
+    "progress_percent",
 )
 _JOB_UPDATE = (
     update(schema.jobs)
@@ -103,6 +104,7 @@ def job_from_row(row: Row[Any]) -> JobRecord:
         last_detail_at=row.last_detail_at,
         error_details=row.error_details or (),
         operation_id=row.operation_id,
+        progress_percent=row.progress_percent,
     )
 
 
