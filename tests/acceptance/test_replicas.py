@@ -33,7 +33,7 @@ VAULTS = [
     for n, s in enumerate(SUBS)
 ]
 FINALS = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
-JOBS_PER_SUB = 40
+JOBS_PER_SUB = 20
 TAKEOVER_S = 15 + 3 + 10  # lease span + a heartbeat + slack for a loaded machine
 DEADLINE_S = 150.0
 
@@ -67,7 +67,7 @@ def test_three_replicas_on_postgresql_split_the_work_and_survive_kill_9(
         {
             "vault_id": VAULTS[i % len(VAULTS)],
             "final_status": FINALS[i % len(FINALS)],
-            "duration_seconds": round(rng.uniform(15.0, 45.0), 2),
+            "duration_seconds": round(rng.uniform(10.0, 30.0), 2),
         }
         for i in range(JOBS_PER_SUB * len(SUBS))
     ]

@@ -29,7 +29,7 @@ VAULTS = [
     for n in (1, 2)
 ]
 FINALS = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
-JOBS = 400
+JOBS = 250
 DEADLINE_S = 120.0
 
 
@@ -81,7 +81,7 @@ not_found_grace_seconds = 60
         {
             "vault_id": VAULTS[i % len(VAULTS)],
             "final_status": FINALS[i % len(FINALS)],
-            "duration_seconds": round(rng.uniform(5.0, 25.0), 2),
+            "duration_seconds": round(rng.uniform(5.0, 15.0), 2),
         }
         for i in range(JOBS)
     ]
