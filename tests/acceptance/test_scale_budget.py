@@ -56,6 +56,9 @@ not_found_grace_seconds = 60
 reads_burst = 60
 reads_per_second = 20
 reserve_reads = 2
+# The whole configured budget: this test is about keeping under the emulator's, not about
+# leaving room for other clients (test_shared_budget.py is).
+max_share = 1.0
 """
     )
 
