@@ -367,7 +367,7 @@ def _from_env(section: str, key: str, text: str) -> Any:
             return msgspec.convert(text, kind, strict=False)
         except msgspec.ValidationError:
             raise ConfigError(
-                f"config key {name} must be {_KINDS[kind]}, got {shown(text)}"
+                f"config key {name} must be {_EXPECTED[kind.__name__]}, got {shown(text)}"
             ) from None
     try:
         return json.loads(text)
@@ -376,12 +376,7 @@ def _from_env(section: str, key: str, text: str) -> Any:
         raise ConfigError(f"config key {name} must be {shape}") from None
 
 
-_KINDS: dict[Any, str] = {
-    int: "an integer",
-    float: "a finite number",
-    bool: "true or false",
-    str: "a string",
-}
+# How an error names a type: msgspec's names (int, array …) in the words of a config file.
 _EXPECTED = {
     "int": "an integer",
     "float": "a finite number",

@@ -166,7 +166,9 @@ class Store(abc.ABC):
     async def history(self, job_pk: int) -> tuple[list[TransitionRecord], list[SnapshotRecord]]: ...
 
     @abc.abstractmethod
-    async def list_operations(self) -> list[OperationRecord]: ...
+    async def list_operations(self, operation_id: str | None = None) -> list[OperationRecord]:
+        """Registered operations, oldest first (only those with this id, when given: one per
+        vault it was registered in)."""
 
     @abc.abstractmethod
     async def counts(self) -> dict[str, int]:
@@ -211,18 +213,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def job_status_counts(self) -> tuple[dict[tuple[str, str], int], int]:
         """Jobs by (Azure status or "unseen", tracking state), and how many are stuck."""
-
-    @abc.abstractmethod
-    async def heartbeat(
-        self,
-        instance_id: str,
-        hostname: str,
-        pid: int,
-        started_at: datetime,
-        now: datetime,
-        stopped: bool = False,
-    ) -> None:
-        """Record that a daemon instance is alive (or, with `stopped`, that it has stopped)."""
 
     @abc.abstractmethod
     async def live_instances(self, seen_since: datetime) -> int:

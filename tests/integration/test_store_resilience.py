@@ -33,6 +33,7 @@ from backupjobd.adapters.sql.engine import RetryPolicy, retryable
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core import azure
 from backupjobd.core.decisions import JobDecision, PollPolicy, Snapshot, Tracking
+from backupjobd.core.leases import LEASE_SPAN, ReplicaBeat
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import JobRegistration
 from backupjobd.emulator import (
@@ -411,7 +412,7 @@ async def test_the_store_waits_out_a_lock_held_briefly(locked_db: tuple[Db, Bloc
     assert (await db.history())[0] == [(None, "InProgress")]
     blocker.hold()
     asyncio.get_running_loop().call_later(0.3, blocker.release)
-    await db.store.heartbeat("inst", "host", 1, NOW, NOW)
+    await beat(db.store, "inst", "host", 1, NOW, NOW)
     assert await db.store.live_instances(NOW) == 1
 
 
@@ -491,7 +492,7 @@ async def test_an_unreachable_postgresql_is_a_transient_store_error() -> None:
     tracker = tracker_for(store, store_retry_seconds=0.25)
     try:
         with pytest.raises(StoreError) as raised:
-            await store.heartbeat("inst", "h", 1, NOW, NOW)
+            await beat(store, "inst", "h", 1, NOW, NOW)
         assert raised.value.transient is True
         with pytest.raises(StoreError) as raised:
             await store.live_instances(NOW)
@@ -532,7 +533,7 @@ async def test_a_dropped_postgresql_connection_is_retried_by_the_store(
         async with asyncio.timeout(STEP_TIMEOUT_S):
             assert await store.database.run(work, "testing a drop", write=True) == 2
         # And the store's own methods: every connection of the pool is killed under them.
-        await store.heartbeat("inst", "h", 1, NOW, NOW)
+        await beat(store, "inst", "h", 1, NOW, NOW)
         async with store.engine.connect() as conn:
             await conn.execute(
                 text(
@@ -540,7 +541,7 @@ async def test_a_dropped_postgresql_connection_is_retried_by_the_store(
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
-        await store.heartbeat("inst", "h", 1, NOW, NOW + timedelta(seconds=1))
+        await beat(store, "inst", "h", 1, NOW, NOW + timedelta(seconds=1))
         assert await store.live_instances(NOW + timedelta(seconds=1)) == 1
     finally:
         await store.close()
@@ -549,15 +550,30 @@ async def test_a_dropped_postgresql_connection_is_retried_by_the_store(
 # --------------------------------------------------------------------------- heartbeats
 
 
+async def beat(
+    store: Store,
+    instance: str,
+    hostname: str,
+    pid: int,
+    started: datetime,
+    now: datetime,
+    *,
+    stopped: bool = False,
+) -> None:
+    """A replica's heartbeat, as `serve` sends it every few seconds."""
+    replica = ReplicaBeat(instance, hostname, pid, started, LEASE_SPAN, LEASE_SPAN, stopped=stopped)
+    await store.replica_heartbeat(replica, now)
+
+
 async def instance_rows(store: Store) -> dict[str, Any]:
     return {r.instance_id: r for r in await table_rows(store, "instances")}
 
 
 async def test_heartbeat_inserts_then_updates_one_row(store: Store) -> None:
     started = NOW - timedelta(minutes=10)
-    await store.heartbeat("inst-a", "host-1", 4242, started, NOW)
+    await beat(store, "inst-a", "host-1", 4242, started, NOW)
     later = NOW + timedelta(seconds=5)
-    await store.heartbeat("inst-a", "host-1", 4242, started, later)
+    await beat(store, "inst-a", "host-1", 4242, started, later)
     rows = await instance_rows(store)
     assert list(rows) == ["inst-a"]
     row = rows["inst-a"]
@@ -568,23 +584,23 @@ async def test_heartbeat_inserts_then_updates_one_row(store: Store) -> None:
 
 
 async def test_a_long_hostname_is_clipped(store: Store) -> None:
-    await store.heartbeat("inst-h", "h" * 400, 1, NOW, NOW)
+    await beat(store, "inst-h", "h" * 400, 1, NOW, NOW)
     assert len((await instance_rows(store))["inst-h"].hostname) == 255
 
 
 async def test_live_instances_counts_recent_running_instances(store: Store) -> None:
     window = timedelta(seconds=15)
     assert await store.live_instances(NOW - window) == 0
-    await store.heartbeat("fresh", "h", 1, NOW, NOW)
-    await store.heartbeat("edge", "h", 2, NOW, NOW - window)  # exactly at the window's start
-    await store.heartbeat("silent", "h", 3, NOW, NOW - window - timedelta(seconds=1))
-    await store.heartbeat("stopping", "h", 4, NOW, NOW - timedelta(seconds=1))
-    await store.heartbeat("stopping", "h", 4, NOW, NOW, stopped=True)
+    await beat(store, "fresh", "h", 1, NOW, NOW)
+    await beat(store, "edge", "h", 2, NOW, NOW - window)  # exactly at the window's start
+    await beat(store, "silent", "h", 3, NOW, NOW - window - timedelta(seconds=1))
+    await beat(store, "stopping", "h", 4, NOW, NOW - timedelta(seconds=1))
+    await beat(store, "stopping", "h", 4, NOW, NOW, stopped=True)
     assert await store.live_instances(NOW - window) == 2
     rows = await instance_rows(store)
     assert rows["stopping"].stopped_at == NOW
     # An instance that beats again after a stop (same id) counts again.
-    await store.heartbeat("stopping", "h", 4, NOW, NOW + timedelta(seconds=1))
+    await beat(store, "stopping", "h", 4, NOW, NOW + timedelta(seconds=1))
     assert (await instance_rows(store))["stopping"].stopped_at is None
     assert await store.live_instances(NOW - window) == 3
     # Later, with no more beats, nobody is live.

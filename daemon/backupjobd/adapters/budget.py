@@ -96,15 +96,6 @@ class ReadBudget:
             wait = max(wait, (1.0 - bucket.tokens) / bucket.pace.rate)
         return wait
 
-    def spare(self, subscription_id: str) -> float:
-        """The fraction of the bucket left (0 while paused by a 429)."""
-        bucket = self._bucket(subscription_id)
-        now = self._clock()
-        self._refill(bucket, now)
-        if bucket.paused_until > now:
-            return 0.0
-        return max(0.0, bucket.tokens) / bucket.pace.burst
-
     def fullness(self, subscription_id: str) -> float:
         """How full the part of the bucket we may use is, 0 to 1 (0 while paused)."""
         bucket = self._bucket(subscription_id)

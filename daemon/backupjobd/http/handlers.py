@@ -247,11 +247,7 @@ async def _show_operation(request: web.Request) -> web.StreamResponse:
         wanted = azure.validate_operation_id(request.match_info["operation_id"])
     except InvalidInput:
         raise bad_param("operation_id", "is not an operation id") from None
-    found = [
-        op
-        for op in await request.app[keys.STORE].list_operations()
-        if op.operation_id.lower() == wanted.lower()
-    ]
+    found = await request.app[keys.STORE].list_operations(wanted)
     if not found:
         raise ApiError(404, "not_found", f"operation {one_line(wanted[:80])} is not tracked")
     if len(found) > 1:

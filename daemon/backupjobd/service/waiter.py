@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from backupjobd.core.azure import VaultRef, vault_from_id
+from backupjobd.core.azure import VaultRef, validate_operation_id, vault_from_id
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import JobRecord, OperationRecord
 from backupjobd.core.registration import JobRegistration
@@ -52,7 +52,11 @@ async def operation_of(store: Store, ref: str) -> OperationRecord | None:
     with what `register` printed)."""
     if await store.find_jobs(ref.lower()):
         return None
-    found = [op for op in await store.list_operations() if op.operation_id.lower() == ref.lower()]
+    try:
+        operation_id = validate_operation_id(ref)  # as registration stored it
+    except InvalidInput:
+        return None  # not an operation id either: the job id check says why
+    found = await store.list_operations(operation_id)
     if len(found) > 1:
         raise InvalidInput(f"operation {ref} is tracked in {len(found)} vaults")
     return found[0] if found else None
@@ -100,7 +104,11 @@ async def jobs_of_operation(
                 check_every if deadline is None else max(0.0, min(check_every, deadline - clock()))
             )
             await asyncio.sleep(pause)
-            current = [op for op in await store.list_operations() if op.pk == operation.pk]
+            current = [
+                op
+                for op in await store.list_operations(operation.operation_id)
+                if op.pk == operation.pk
+            ]
             operation = current[0] if current else operation
 
 

@@ -39,7 +39,6 @@ from backupjobd.testing.tables import (
     PENDING,
     TRACKING_FILTERS,
     Constraint,
-    InstanceRow,
     JobRow,
     Tables,
     active_due,
@@ -49,7 +48,6 @@ from backupjobd.testing.tables import (
     by_pk,
     columns,
     due,
-    not_null,
     register_one,
     utc,
 )
@@ -395,9 +393,13 @@ class MemoryStore(Store):
 
         return await self._run(work, "reading job history", write=False)
 
-    async def list_operations(self) -> list[OperationRecord]:
+    async def list_operations(self, operation_id: str | None = None) -> list[OperationRecord]:
         def work(t: Tables) -> list[OperationRecord]:
-            records = [o.record for o in t.operations.values()]
+            records = [
+                o.record
+                for o in t.operations.values()
+                if operation_id is None or o.record.operation_id == operation_id
+            ]
             return sorted(records, key=lambda o: (o.registered_at, o.pk))
 
         return await self._run(work, "listing operations", write=False)
@@ -503,30 +505,6 @@ class MemoryStore(Store):
             return out, stuck
 
         return await self._run(work, "counting jobs by status", write=False)
-
-    async def heartbeat(
-        self,
-        instance_id: str,
-        hostname: str,
-        pid: int,
-        started_at: datetime,
-        now: datetime,
-        stopped: bool = False,
-    ) -> None:
-        def work(t: Tables) -> None:
-            at = at_utc(now)
-            stopped_at = at if stopped else None
-            found = t.instances.get(instance_id)
-            if found is not None:
-                beat = dataclasses.replace(found, last_seen_at=at, stopped_at=stopped_at)
-            else:
-                not_null("instances", hostname=hostname, pid=pid)
-                beat = InstanceRow(
-                    instance_id, hostname[:255], pid, at_utc(started_at), at, stopped_at
-                )
-            t.instances[instance_id] = beat
-
-        await self._run(work, "recording a heartbeat", write=True)
 
     async def live_instances(self, seen_since: datetime) -> int:
         def work(t: Tables) -> int:

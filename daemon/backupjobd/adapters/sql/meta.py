@@ -4,37 +4,12 @@ discovery has listed each vault."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from backupjobd.adapters.sql import schema
 from backupjobd.core.azure import VaultRef
 from backupjobd.core.model import DiscoveryState
-
-
-def heartbeat(
-    conn: Connection,
-    instance_id: str,
-    hostname: str,
-    pid: int,
-    started_at: datetime,
-    now: datetime,
-    stopped: bool,
-) -> None:
-    i = schema.instances
-    values: dict[str, Any] = {"last_seen_at": now, "stopped_at": now if stopped else None}
-    result = conn.execute(update(i).where(i.c.instance_id == instance_id).values(**values))
-    if result.rowcount == 0:
-        conn.execute(
-            insert(i).values(
-                instance_id=instance_id,
-                hostname=hostname[:255],
-                pid=pid,
-                started_at=started_at,
-                **values,
-            )
-        )
 
 
 def live_instances(conn: Connection, seen_since: datetime) -> int:

@@ -102,6 +102,7 @@ def apply(
     ]
 
 
-def list_query() -> Any:
+def list_query(operation_id: str | None = None) -> Any:
     o = schema.operations
-    return select(o).order_by(o.c.registered_at, o.c.pk)
+    query = select(o).order_by(o.c.registered_at, o.c.pk)
+    return query if operation_id is None else query.where(o.c.operation_id == operation_id)

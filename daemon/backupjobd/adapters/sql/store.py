@@ -329,8 +329,8 @@ class SqlStore(Store):
         work = functools.partial(jobs.history, job_pk=job_pk)
         return await self._db.run(work, "reading job history", write=False)
 
-    async def list_operations(self) -> list[OperationRecord]:
-        rows = await self._db.read(operations.list_query(), "listing operations")
+    async def list_operations(self, operation_id: str | None = None) -> list[OperationRecord]:
+        rows = await self._db.read(operations.list_query(operation_id), "listing operations")
         return [operations.operation_from_row(r) for r in rows]
 
     async def counts(self) -> dict[str, int]:
@@ -380,26 +380,6 @@ class SqlStore(Store):
 
     async def job_status_counts(self) -> tuple[dict[tuple[str, str], int], int]:
         return await self._db.run(jobs.status_counts, "counting jobs by status", write=False)
-
-    async def heartbeat(
-        self,
-        instance_id: str,
-        hostname: str,
-        pid: int,
-        started_at: datetime,
-        now: datetime,
-        stopped: bool = False,
-    ) -> None:
-        work = functools.partial(
-            meta.heartbeat,
-            instance_id=instance_id,
-            hostname=hostname,
-            pid=pid,
-            started_at=started_at,
-            now=now,
-            stopped=stopped,
-        )
-        await self._db.run(work, "recording a heartbeat", write=True)
 
     async def live_instances(self, seen_since: datetime) -> int:
         work = functools.partial(meta.live_instances, seen_since=seen_since)
