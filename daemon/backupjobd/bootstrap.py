@@ -446,6 +446,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                     api_token=token,
                     last_tick_age=rt.tracker.last_tick_age,
                     clock=utcnow,
+                    durations=rt.tracker.durations,
                 )
                 api_runner = await start_api(api_app, config.api)
                 accept_failures.on_exhausted = connection_guard(api_app).shed_idle

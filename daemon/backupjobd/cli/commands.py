@@ -16,6 +16,7 @@ from typing import BinaryIO, TextIO
 
 from backupjobd import bootstrap, config
 from backupjobd.adapters import logs
+from backupjobd.adapters.durations import with_expected_end
 from backupjobd.cli import output, render
 from backupjobd.cli.render import say
 from backupjobd.core import azure, registration, views
@@ -167,6 +168,7 @@ def jobs_list(args: argparse.Namespace, env: Env) -> int:
             operation=args.operation,
             newest_first=True,
         )
+        jobs = await with_expected_end(store, jobs)
         output.emit(args, [job.to_json() for job in jobs], lambda: render.jobs_table(jobs))
         return EXIT_OK
 
@@ -175,7 +177,7 @@ def jobs_list(args: argparse.Namespace, env: Env) -> int:
 
 def jobs_show(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
-        job = await _one_job(store, args.job_id, args.vault)
+        (job,) = await with_expected_end(store, [await _one_job(store, args.job_id, args.vault)])
         output.emit(args, job.to_json(), lambda: render.job_details(job))
         return EXIT_OK
 
@@ -184,7 +186,7 @@ def jobs_show(args: argparse.Namespace, env: Env) -> int:
 
 def jobs_history(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
-        job = await _one_job(store, args.job_id, args.vault)
+        (job,) = await with_expected_end(store, [await _one_job(store, args.job_id, args.vault)])
         transitions, snapshots = await store.history(job.pk)
         document = {
             "job": job.to_json(),

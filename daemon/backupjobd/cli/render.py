@@ -120,13 +120,17 @@ def jobs_table(jobs: list[JobRecord]) -> None:
             job.entity_friendly_name or "-",
             job.vault_id.rsplit("/", 1)[-1],
             str(job.poll_count),
+            percent(job.progress_percent),
             short(iso(job.start_time)),
-            short(iso(job.end_time)),
+            end_cell(job),
         ]
         for job in jobs
     ]
     table(
-        ["JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS", "START", "END"],
+        [
+            *("JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS"),
+            *("PROGRESS", "START", "END (~ EXPECTED)"),
+        ],
         rows,
     )
     say(f"{len(jobs)} job(s)")
@@ -238,6 +242,17 @@ def replicas_table(replicas: list[ReplicaRecord]) -> None:
 
 def _rate(value: object) -> str:
     return f"{value:.1f}/s" if isinstance(value, int | float) else "-"
+
+
+def end_cell(job: JobRecord) -> str:
+    """Azure's end time, else the expected one marked `~`."""
+    if job.end_time is None and job.expected_end_at is not None:
+        return "~" + short(iso(job.expected_end_at))
+    return short(iso(job.end_time))
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def short(value: str | None) -> str:

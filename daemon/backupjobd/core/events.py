@@ -150,10 +150,12 @@ def commit(
     now: datetime,
     webhooks: Sequence[Subscription],
     new_id: Callable[[], str],
+    expected: timedelta | None = None,
 ) -> Commit:
     """The poll's committed state with the events it raises: `after` is computed once and
-    both the row and the events report it."""
-    after = record.after(decision, now)
+    both the row and the events report it (with when the job should end, from `expected`,
+    the typical duration of similar jobs)."""
+    after = record.after(decision, now).expecting(expected)
     outbox = outbox_entries(record, decision, now, webhooks, new_id, after=after)
     return Commit(record, decision, now, tuple(outbox), after=after)
 

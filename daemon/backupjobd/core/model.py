@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from backupjobd.core.azure import ErrorDetail
@@ -61,10 +61,29 @@ class JobRecord:
     operation_id: str | None = None
     #: How far the job is (0 to 100) as last read, from Azure's progress or its task list.
     progress_percent: float | None = None
+    #: When the job should end, from how long similar jobs took (`expecting`); computed for
+    #: what is printed and announced, never stored.
+    expected_end_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
         return self.tracking is Tracking.FINISHED
+
+    def expecting(self, expected: timedelta | None) -> JobRecord:
+        """This job with `expected_end_at`: its start (Azure's, else its registration) plus
+        `expected`, the typical duration of similar finished jobs. None once the job is no
+        longer tracked (it has its end time, or it will not get one) or when nothing
+        similar has finished yet."""
+        end = None
+        if expected is not None and self.tracking is Tracking.ACTIVE:
+            end = (self.start_time or self.registered_at) + expected
+        return (
+            self if end == self.expected_end_at else dataclasses.replace(self, expected_end_at=end)
+        )
+
+    def overdue(self, now: datetime) -> bool:
+        """Still running after the time similar jobs took."""
+        return self.expected_end_at is not None and now > self.expected_end_at
 
     def after(self, decision: JobDecision, now: datetime) -> JobRecord:
         """The job as it reads once `decision` (observed at `now`) is committed: what the

@@ -128,6 +128,15 @@ JOB_VIEW: tuple[ViewField, ...] = (
         "operation_id",
         {**_NULLABLE_STRING, "description": "The operation (trigger) the job came from"},
     ),
+    _field(
+        "expected_end_at",
+        {
+            **_NULLABLE_TIME,
+            "description": "When the job should end, from how long similar finished jobs took"
+            " (median per operation, job type and entity); null when finished or when"
+            " nothing similar has finished yet",
+        },
+    ),
 )
 
 TRANSITION_VIEW: tuple[ViewField, ...] = (

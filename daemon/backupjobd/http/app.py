@@ -21,6 +21,7 @@ from aiohttp import web
 
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import TokenProvider
+from backupjobd.adapters.durations import Durations
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import ApiConfig, is_loopback
 from backupjobd.core import azure
@@ -64,8 +65,10 @@ def build_api_app(
     last_tick_age: Callable[[], float | None],
     clock: Callable[[], datetime],
     cancel_follow_seconds: float = DEFAULT_CANCEL_FOLLOW_SECONDS,
+    durations: Durations | None = None,
 ) -> web.Application:
-    """The aiohttp application; `api_token` (when not None) guards /v1 and /metrics."""
+    """The aiohttp application; `api_token` (when not None) guards /v1 and /metrics.
+    `durations`: the tracker's, so that expected ends match what polling expects."""
     document = openapi_document(endpoint, secured=api_token is not None, config=config)
     guard = ConnectionGuard(
         apiguard.connection_cap(
@@ -95,6 +98,7 @@ def build_api_app(
     app[keys.CLOCK] = clock
     app[keys.CANCEL_FOLLOW] = cancel_follow_seconds
     app[keys.GUARD] = guard
+    app[keys.DURATIONS] = durations if durations is not None else Durations()
     app[keys.DOCUMENT] = json.dumps(document, separators=(",", ":")).encode("utf-8")
     add_routes(app.router)
     return app

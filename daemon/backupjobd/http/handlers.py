@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -130,11 +131,22 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
     )
     page = jobs[:limit]
     next_cursor = str(page[-1].pk) if len(jobs) > limit else None
-    return web.json_response({"jobs": [j.to_json() for j in page], "next_cursor": next_cursor})
+    return web.json_response({"jobs": await _views(request, page), "next_cursor": next_cursor})
+
+
+async def _views(request: web.Request, jobs: Sequence[JobRecord]) -> list[dict[str, Any]]:
+    """The jobs as JSON, with when each should end (the tracker's learned durations)."""
+    durations = request.app[keys.DURATIONS]
+    await durations.refresh(request.app[keys.STORE])
+    return [job.to_json() for job in durations.annotate(jobs)]
+
+
+async def _view(request: web.Request, job: JobRecord) -> dict[str, Any]:
+    return (await _views(request, [job]))[0]
 
 
 async def _show_job(request: web.Request) -> web.StreamResponse:
-    return web.json_response((await _one_job(request)).to_json())
+    return web.json_response(await _view(request, await _one_job(request)))
 
 
 async def _job_history(request: web.Request) -> web.StreamResponse:
@@ -143,7 +155,7 @@ async def _job_history(request: web.Request) -> web.StreamResponse:
     transitions, snapshots = await request.app[keys.STORE].history(job.pk)
     return web.json_response(
         {
-            "job": job.to_json(),
+            "job": await _view(request, job),
             "transitions": [t.to_json() for t in transitions],
             "snapshots": [s.to_json() for s in snapshots],
         }
@@ -163,7 +175,7 @@ async def _wait_job(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
         job = next((j for j in await store.find_jobs(job.job_id) if j.pk == job.pk), job)
     done = job.tracking is not Tracking.ACTIVE
-    return web.json_response(job.to_json(), status=200 if done else 202)
+    return web.json_response(await _view(request, job), status=200 if done else 202)
 
 
 async def _stop_job(request: web.Request) -> web.StreamResponse:
@@ -180,7 +192,7 @@ async def _stop_job(request: web.Request) -> web.StreamResponse:
         extra={"action": "api_stop", "job_id": job.job_id, "vault_id": job.vault_id},
     )
     current = [j for j in await store.find_jobs(job.job_id) if j.pk == job.pk]
-    return web.json_response((current[0] if current else job).to_json())
+    return web.json_response(await _view(request, current[0] if current else job))
 
 
 async def _cancel_job(request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import TokenProvider
+from backupjobd.adapters.durations import Durations
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import ApiConfig
 from backupjobd.core.registration import Endpoint
@@ -27,3 +28,4 @@ CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 CANCEL_FOLLOW: web.AppKey[float] = web.AppKey("cancel_follow_seconds", float)
 GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard", ConnectionGuard)
+DURATIONS: web.AppKey[Durations] = web.AppKey("durations", Durations)

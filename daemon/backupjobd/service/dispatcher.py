@@ -9,10 +9,10 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from backupjobd.adapters.budget import ReadBudget
-from backupjobd.core.decisions import DurationModel
+from backupjobd.adapters.durations import Durations
 from backupjobd.core.model import JobRecord
 from backupjobd.core.sweeps import PlanKind, VaultRoster, subscription
 from backupjobd.errors import BackupJobdError
@@ -20,26 +20,6 @@ from backupjobd.service.work import SWEEP, WorkQueue, detail_room
 from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
-
-DURATIONS_REFRESH_SECONDS = 300.0
-
-
-class Durations:
-    """Typical job durations, learned from finished jobs every few minutes."""
-
-    def __init__(self) -> None:
-        self._model = DurationModel(())
-        self._at = -DURATIONS_REFRESH_SECONDS
-
-    async def refresh(self, store: Store) -> None:
-        now = time.monotonic()
-        if now - self._at < DURATIONS_REFRESH_SECONDS:
-            return
-        self._at = now
-        self._model = DurationModel(await store.finished_durations())
-
-    def expected(self, record: JobRecord) -> timedelta | None:
-        return self._model.expected(record.operation, record.job_type, record.entity_friendly_name)
 
 
 def round_robin(jobs: Sequence[JobRecord]) -> list[JobRecord]:

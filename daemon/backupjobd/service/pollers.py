@@ -158,10 +158,11 @@ class Pollers:
         outcome: Outcome = Seen(observed) if isinstance(observed, JobObservation) else observed
         self.polls += 1
         now = self._clock()
+        expected = self._expected(record)
         decision = decide_job(
-            record.state(), outcome, now, self._policy, self._rng.random(), self._expected(record)
+            record.state(), outcome, now, self._policy, self._rng.random(), expected
         )
-        commit = events.commit(record, decision, now, self._webhooks, new_event_id)
+        commit = events.commit(record, decision, now, self._webhooks, new_event_id, expected)
         if not await self._committer.commit(commit):
             self._journal.discarded(record)
             return decision
@@ -261,7 +262,9 @@ class Pollers:
         self, vault_id: str, settled: Settlement, now: datetime, fields: dict[str, object]
     ) -> None:
         commits = [
-            events.commit(record, decision, now, self._webhooks, new_event_id)
+            events.commit(
+                record, decision, now, self._webhooks, new_event_id, self._expected(record)
+            )
             for record, decision in settled.changed
         ]
         applied = await self._committer.commit_many(commits, fields)

@@ -21,13 +21,14 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from backupjobd.adapters.arm import ArmClient
+from backupjobd.adapters.durations import Durations
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import WebhookConfig
 from backupjobd.core.decisions import JobDecision, PollPolicy
 from backupjobd.core.model import JobRecord, OperationRecord
 from backupjobd.core.sweeps import Sweep, VaultRoster
 from backupjobd.service.committer import Committer
-from backupjobd.service.dispatcher import Dispatcher, Durations
+from backupjobd.service.dispatcher import Dispatcher
 from backupjobd.service.journal import Journal
 from backupjobd.service.ownership import Ownership
 from backupjobd.service.pollers import Pollers
@@ -54,9 +55,11 @@ class Tracker:
         sweep_min_jobs: int = 0,
         detail_interval_seconds: float = 300.0,
         ownership: Ownership | None = None,
+        durations: Durations | None = None,
     ) -> None:
         """`ownership`: with several replicas on one database, the leases this one holds;
-        it polls only those subscriptions and its writes carry their fence."""
+        it polls only those subscriptions and its writes carry their fence. `durations`:
+        the typical durations it polls by (shared with the API, which prints expected ends)."""
         self._work = WorkQueue()
         self._roster = VaultRoster(
             policy, timedelta(seconds=detail_interval_seconds), sweep_min_jobs
@@ -68,7 +71,8 @@ class Tracker:
             lambda: self._pollers.reads_running > 0,
             fence=(lambda: ownership.fence) if ownership is not None else (lambda: None),
         )
-        durations = Durations()
+        durations = durations if durations is not None else Durations()
+        self.durations = durations
         self._pollers = Pollers(
             store=store,
             arm=arm,
