@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_register_parser(sub)
     configure_jobs_parser(sub)
     configure_wait_parser(sub)
+    configure_top_parser(sub)
     configure_cancel_parser(sub)
     configure_notify_parser(sub)
     configure_operations_parser(sub)
@@ -114,7 +115,43 @@ def configure_register_parser(sub: _Subparsers) -> None:
     reg.add_argument(
         "--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds"
     )
+    add_quiet_option(reg)
     reg.set_defaults(func=commands.register)
+
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="while waiting, show nothing on stderr (by default: a live line per job on a"
+        " terminal, a line per status or progress change elsewhere)",
+    )
+
+
+def configure_top_parser(sub: _Subparsers) -> None:
+    top = sub.add_parser(
+        "top",
+        help="a live view of the jobs in flight (progress, elapsed, expected end, stuck and"
+        " overdue flags) and the failures of the last 24 hours",
+        description="Redraws from the database every --interval seconds until Ctrl-C. It"
+        " reads only: run it anywhere the database is reachable, with or without a daemon.",
+        epilog=_examples(
+            "backupjobd top",
+            "backupjobd top --vault /subscriptions/…/vaults/v1 --interval 5",
+            "backupjobd top --once > status.txt",
+        ),
+    )
+    top.add_argument("--vault", metavar="VAULT_ID", help="only this vault's jobs")
+    top.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="S",
+        help="seconds between refreshes (default 2)",
+    )
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.set_defaults(func=commands.top)
 
 
 def configure_jobs_parser(sub: _Subparsers) -> None:
@@ -193,6 +230,7 @@ def configure_wait_parser(sub: _Subparsers) -> None:
     wait.add_argument("--vault", metavar="VAULT_ID", help="vault of GUIDs (tracks them if new)")
     wait.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
     wait.add_argument("--json", action="store_true", help="print the final jobs as JSON")
+    add_quiet_option(wait)
     wait.set_defaults(func=commands.wait)
 
 
@@ -379,6 +417,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {_quote(text)}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {_quote(text)}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"must be at least 0.1 seconds: {_quote(text)}")
     return value
 
 

@@ -16,7 +16,7 @@ from typing import BinaryIO, TextIO
 
 from backupjobd import bootstrap, config
 from backupjobd.adapters import logs
-from backupjobd.adapters.durations import with_expected_end
+from backupjobd.adapters.durations import Durations, with_expected_end
 from backupjobd.cli import output, render
 from backupjobd.cli.render import say
 from backupjobd.core import azure, registration, views
@@ -86,7 +86,7 @@ def register(args: argparse.Namespace, env: Env) -> int:
                 f"{r.vault_id}/backupJobs/{r.ident}" if r.kind == "job" else r.ident
                 for r in results
             ]
-            return await _wait_for(store, cfg, env, refs, None, args.timeout, args.json)
+            return await _wait_for(store, cfg, env, refs, None, args)
         if args.json:
             render.print_json([r.to_json() for r in results])
             return EXIT_OK
@@ -184,6 +184,28 @@ def jobs_show(args: argparse.Namespace, env: Env) -> int:
     return _on_store(_configured(args, env), work, read_only=True)
 
 
+def top(args: argparse.Namespace, env: Env) -> int:
+    vault = azure.vault_from_id(args.vault).id if args.vault else None  # bad input: exit 2
+
+    async def work(store: Store) -> int:
+        from backupjobd.cli.live import run_top  # rich, for this command only
+
+        await run_top(
+            store,
+            now=bootstrap.utcnow,
+            vault_id=vault,
+            interval=args.interval,
+            once=args.once,
+            liveness_window=bootstrap.LIVENESS_WINDOW,
+        )
+        return EXIT_OK
+
+    try:
+        return _on_store(_configured(args, env), work, read_only=True)
+    except KeyboardInterrupt:  # how one leaves a live view
+        return EXIT_OK
+
+
 def jobs_history(args: argparse.Namespace, env: Env) -> int:
     async def work(store: Store) -> int:
         (job,) = await with_expected_end(store, [await _one_job(store, args.job_id, args.vault)])
@@ -221,7 +243,7 @@ def wait(args: argparse.Namespace, env: Env) -> int:
 
     async def work(store: Store) -> int:
         vault = azure.vault_from_id(args.vault) if args.vault else None
-        return await _wait_for(store, cfg, env, args.job_ids, vault, args.timeout, args.json)
+        return await _wait_for(store, cfg, env, args.job_ids, vault, args)
 
     return _on_store(cfg, work, read_only=False)
 
@@ -232,12 +254,15 @@ async def _wait_for(
     env: Env,
     refs: Sequence[str],
     vault: azure.VaultRef | None,
-    give_up_after: float | None,
-    as_json: bool,
+    args: argparse.Namespace,
 ) -> int:
     """`wait` (and `register --wait`): job GUIDs, job ARM ids and operation ids to the end;
-    prints the jobs and returns the exit code."""
+    prints the jobs and returns the exit code. While waiting, stderr shows where the jobs
+    stand (live lines on a terminal, a plain line per change elsewhere; not with -q)."""
     from backupjobd.service import waiter  # brings the tracker, and with it aiohttp
+
+    give_up_after: float | None = args.timeout
+    as_json: bool = args.json
 
     targets = []
     left = give_up_after
@@ -271,14 +296,31 @@ async def _wait_for(
             )
             return waiter.EXIT_TIMEOUT
         targets.extend(named)
-    code, jobs = await waiter.wait(
-        store,
-        targets,
-        left,
-        own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
-        now=bootstrap.utcnow,
-        liveness_window=bootstrap.LIVENESS_WINDOW,
-    )
+    progress = None
+    watch: Callable[[Sequence[JobRecord]], None] | None = None
+    if not args.quiet:
+        from backupjobd.cli.live import WaitProgress  # rich, for this command only
+
+        durations = Durations()
+        await durations.refresh(store)
+        shown = progress = WaitProgress(sys.stderr, sys.stderr.isatty(), bootstrap.utcnow)
+
+        def watch(seen: Sequence[JobRecord]) -> None:
+            shown.update(durations.annotate(seen))
+
+    try:
+        code, jobs = await waiter.wait(
+            store,
+            targets,
+            left,
+            own_tracker=lambda: bootstrap.tracker_for(cfg, env, store),
+            now=bootstrap.utcnow,
+            liveness_window=bootstrap.LIVENESS_WINDOW,
+            watch=watch,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     if as_json:
         render.print_json([job.to_json() for job in jobs])
     else:

@@ -171,15 +171,19 @@ async def wait(
     liveness_window: timedelta,
     check_every: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
+    watch: Callable[[Sequence[JobRecord]], None] | None = None,
 ) -> tuple[int, list[JobRecord]]:
     """Returns (exit code, the jobs as last read). `own_tracker` is entered only when no
-    daemon is alive (no heartbeat within `liveness_window`)."""
+    daemon is alive (no heartbeat within `liveness_window`). `watch` sees the jobs after
+    every read (the live lines)."""
     # A wall-clock-free deadline: works for any length, including over a day.
     deadline = None if give_up_after is None else clock() + give_up_after
     jobs = await resolve(store, targets, now())
     async with AsyncExitStack() as stack:
         tracker: Tracker | None = None
         while True:
+            if watch is not None:
+                watch(jobs)
             codes = [outcome_code(j) for j in jobs]
             if all(c is not None for c in codes):
                 return worst([c for c in codes if c is not None]), jobs
