@@ -30,7 +30,13 @@ from backupjobd.adapters.metrics import Metrics
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig
 from backupjobd.core import azure
-from backupjobd.core.decisions import PollPolicy, Seen, decide_job
+from backupjobd.core.decisions import (
+    OperationSeen,
+    PollPolicy,
+    Seen,
+    decide_job,
+    decide_operation,
+)
 from backupjobd.core.model import JobRecord
 from backupjobd.core.registration import Endpoint
 from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
@@ -886,3 +892,59 @@ async def test_operations_are_listed_and_shown_with_their_jobs(h: Harness) -> No
     assert body["job_ids"] == []
     await error_of(await h.client.get(f"/v1/operations/{G2}"), 404)
     await error_of(await h.client.get("/v1/operations/not%20an%20id"), 400)
+
+
+async def observe_operation(h: Harness, operation_id: str) -> None:
+    """One real poll of an operation (emulator → ArmClient → decide_operation → store)."""
+    [record] = await h.store.list_operations(operation_id)
+    obs = await h.arm.get_operation(azure.vault_from_id(VAULT), operation_id)
+    now = h.clock.now()
+    decision = decide_operation(record.state(), OperationSeen(obs), now, PollPolicy(), 0.5)
+    await h.store.apply_operation(record, decision, now)
+
+
+async def test_wait_on_an_operation_answers_once_its_jobs_end(h: Harness) -> None:
+    op = h.emulator.add_operation(
+        delay_seconds=0.0, job_count=1, job_spec=JobSpec(duration_seconds=60.0)
+    )
+    [result] = (await (await h.post_json(h.op_url(op.operation_id))).json())["results"]
+    url = f"/v1/operations/{result['id']}/wait"
+    # Not resolved yet: 202 at the timeout, no jobs.
+    resp = await h.client.get(url, params={"timeout": "0.2"})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["operation"]["tracking"] == "active" and body["jobs"] == []
+    # It names its job; the job runs: still 202, with the job.
+    h.clock.advance(1)
+    await observe_operation(h, result["id"])
+    [job_id] = op.job_ids
+    await h.observe(job_id)
+    resp = await h.client.get(url, params={"timeout": "0.2"})
+    assert resp.status == 202
+    body = await resp.json()
+    assert [j["job_id"] for j in body["jobs"]] == [job_id]
+    assert body["jobs"][0]["status"] == "InProgress"
+    # The job ends while a caller waits: 200 with the operation and the finished job.
+    waiting = asyncio.create_task(h.client.get(url, params={"timeout": "30"}))
+    h.clock.advance(120)
+    await h.observe(job_id)
+    async with asyncio.timeout(10):
+        resp = await waiting
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["operation"]["job_ids"] == [job_id]
+    assert body["jobs"][0]["finished"] is True and body["jobs"][0]["status"] == "Completed"
+    await error_of(await h.client.get(f"/v1/operations/{G2}/wait"), 404)
+    await error_of(await h.client.get(url, params={"timeout": "-1"}), 400)
+
+
+async def test_wait_on_a_rejected_trigger_answers_200_with_the_error(h: Harness) -> None:
+    op = h.emulator.add_operation(delay_seconds=0.0, result="Failed", job_count=0)
+    [result] = (await (await h.post_json(h.op_url(op.operation_id))).json())["results"]
+    h.clock.advance(1)
+    await observe_operation(h, result["id"])
+    resp = await h.client.get(f"/v1/operations/{result['id']}/wait", params={"timeout": "5"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["jobs"] == [] and body["operation"]["status"] == "Failed"
+    assert body["operation"]["last_error"]

@@ -21,7 +21,7 @@ from backupjobd.adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from backupjobd.core import azure, registration
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.leases import LEASE_SPAN as REPLICA_WINDOW
-from backupjobd.core.model import JobRecord
+from backupjobd.core.model import JobRecord, OperationRecord
 from backupjobd.core.views import REPLICA_VIEW, render
 from backupjobd.errors import (
     BackupJobdError,
@@ -45,6 +45,7 @@ from backupjobd.http.params import (
     timeout_param,
     vault_param,
 )
+from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/jobs/{job_id}/cancel", _cancel_job)
     router.add_get("/v1/operations", _list_operations, allow_head=False)
     router.add_get("/v1/operations/{operation_id}", _show_operation, allow_head=False)
+    router.add_get("/v1/operations/{operation_id}/wait", _wait_operation, allow_head=False)
     router.add_get("/v1/replicas", _replicas, allow_head=False)
     router.add_get("/healthz", _healthz, allow_head=False)
     router.add_get("/readyz", _readyz, allow_head=False)
@@ -255,6 +257,10 @@ async def _list_operations(request: web.Request) -> web.StreamResponse:
 async def _show_operation(request: web.Request) -> web.StreamResponse:
     """One operation: its status, the jobs it started, or why Azure rejected it. A sidecar
     that registered a 202 finds its job here."""
+    return web.json_response((await _one_operation(request)).to_json())
+
+
+async def _one_operation(request: web.Request) -> OperationRecord:
     try:
         wanted = azure.validate_operation_id(request.match_info["operation_id"])
     except InvalidInput:
@@ -264,7 +270,36 @@ async def _show_operation(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", f"operation {one_line(wanted[:80])} is not tracked")
     if len(found) > 1:
         raise ApiError(409, "ambiguous", f"operation {wanted} is tracked in {len(found)} vaults")
-    return web.json_response(found[0].to_json())
+    return found[0]
+
+
+async def _wait_operation(request: web.Request) -> web.StreamResponse:
+    """`wait OP_ID` over HTTP: hold the request until the operation has named its jobs and
+    none of them is tracked actively any more, or Azure rejected the trigger (200), or
+    `?timeout=` seconds pass (202, as things stand)."""
+    timeout = timeout_param(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    operation = await _one_operation(request)
+    store = request.app[keys.STORE]
+    while True:
+        jobs = await _jobs_of(store, operation)
+        done = operation.tracking is not Tracking.ACTIVE and all(
+            j.tracking is not Tracking.ACTIVE for j in jobs
+        )
+        if done or loop.time() >= deadline:
+            break
+        await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+        current = await store.list_operations(operation.operation_id)
+        operation = next((op for op in current if op.pk == operation.pk), operation)
+    body = {"operation": operation.to_json(), "jobs": await _views(request, jobs)}
+    return web.json_response(body, status=200 if done else 202)
+
+
+async def _jobs_of(store: Store, operation: OperationRecord) -> list[JobRecord]:
+    vault = operation.vault_id.lower()
+    found = [await store.find_jobs(job_id) for job_id in operation.job_ids]
+    return [j for jobs in found for j in jobs if j.vault_id.lower() == vault]
 
 
 async def _replicas(request: web.Request) -> web.StreamResponse:

@@ -69,6 +69,22 @@ def openapi_document(
         "schema": vault_id,
         "description": "The vault ARM id, when the GUID is tracked in several vaults",
     }
+    operation_param = {
+        "name": "operation_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": OPERATION_ID_PATTERN},
+    }
+    timeout_param = {
+        "name": "timeout",
+        "in": "query",
+        "schema": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_WAIT_SECONDS,
+            "default": DEFAULT_WAIT_SECONDS,
+        },
+    }
     security: list[dict[str, list[str]]] = [{"bearer": []}] if secured else []
 
     def v1(op: dict[str, Any], *codes: str) -> dict[str, Any]:
@@ -224,20 +240,7 @@ def openapi_document(
                     "summary": "Wait until the job is no longer tracked actively, or a timeout",
                     "description": "Answers 200 once the job is finished or lost, 202 with the"
                     " job as it stands when `timeout` seconds passed first.",
-                    "parameters": [
-                        job_param,
-                        vault_param,
-                        {
-                            "name": "timeout",
-                            "in": "query",
-                            "schema": {
-                                "type": "number",
-                                "minimum": 0,
-                                "maximum": MAX_WAIT_SECONDS,
-                                "default": DEFAULT_WAIT_SECONDS,
-                            },
-                        },
-                    ],
+                    "parameters": [job_param, vault_param, timeout_param],
                     "responses": {
                         "200": {
                             "description": "The job, no longer active",
@@ -297,19 +300,38 @@ def openapi_document(
                 {
                     "operationId": "showOperation",
                     "summary": "One operation: status, the jobs it started, or Azure's error",
-                    "parameters": [
-                        {
-                            "name": "operation_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "pattern": OPERATION_ID_PATTERN},
-                        }
-                    ],
+                    "parameters": [operation_param],
                     "responses": {
                         "200": {
                             "description": "The operation",
                             "content": json_content(ref("Operation")),
                         }
+                    },
+                },
+                "400",
+                "404",
+                "409",
+            )
+        },
+        "/v1/operations/{operation_id}/wait": {
+            "get": v1(
+                {
+                    "operationId": "waitOperation",
+                    "summary": "Wait until the operation's jobs are no longer tracked actively"
+                    " (or Azure rejected the trigger), or a timeout",
+                    "description": "Answers 200 once the operation ended and every job it named"
+                    " is finished or lost (no jobs: Azure rejected the trigger, see"
+                    " `last_error`), 202 as things stand when `timeout` seconds passed first.",
+                    "parameters": [operation_param, timeout_param],
+                    "responses": {
+                        "200": {
+                            "description": "The operation and its jobs, done",
+                            "content": json_content(ref("OperationWait")),
+                        },
+                        "202": {
+                            "description": "The timeout passed; the operation and its jobs",
+                            "content": json_content(ref("OperationWait")),
+                        },
                     },
                 },
                 "400",

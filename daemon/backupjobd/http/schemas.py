@@ -73,6 +73,15 @@ def view_schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {"operations": {"type": "array", "items": ref("Operation")}},
         },
+        "OperationWait": {
+            "type": "object",
+            "required": ["operation", "jobs"],
+            "additionalProperties": False,
+            "properties": {
+                "operation": ref("Operation"),
+                "jobs": {"type": "array", "items": ref("Job")},
+            },
+        },
         "Replicas": {
             "type": "object",
             "required": ["replicas"],
