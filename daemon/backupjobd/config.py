@@ -139,6 +139,8 @@ class ApiConfig(_Section, frozen=True):
     port: int = 8080
     unix_socket: str = ""
     token_env: str = "BACKUPJOBD_API_TOKEN"
+    # A second bearer token that reads (GET) only: dashboards, the web page, scrapers.
+    read_token_env: str = "BACKUPJOBD_API_READ_TOKEN"
     max_body_bytes: int = 1_048_576
     healthy_tick_age_seconds: float = 30.0
     # Host names a token-less API answers besides loopback ones (DNS rebinding guard).

@@ -13,6 +13,7 @@ from backupjobd.adapters.credentials import TokenProvider
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import ApiConfig
 from backupjobd.core.registration import Endpoint
+from backupjobd.http.auth import ApiTokens
 from backupjobd.http.guard import ConnectionGuard
 from backupjobd.store import Store
 
@@ -27,3 +28,4 @@ CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 CANCEL_FOLLOW: web.AppKey[float] = web.AppKey("cancel_follow_seconds", float)
 GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard", ConnectionGuard)
+API_TOKENS: web.AppKey[ApiTokens] = web.AppKey("api_tokens", ApiTokens)
