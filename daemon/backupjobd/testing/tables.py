@@ -291,7 +291,9 @@ def apply_write(t: Tables, write: JobWrite) -> bool:
     return True
 
 
-def add_outbox(t: Tables, entries: Iterable[OutboxEntry], at: datetime, job_pk: int | None) -> None:
+def add_outbox(
+    t: Tables, entries: Iterable[OutboxEntry], at: datetime, job_pk: int | None
+) -> None:
     """Outbox rows, due at once; `job_pk` None for an operation's event."""
     for entry in entries:
         key = (entry.event_id, entry.webhook)
