@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from backupjobd.core import dashboard
-from backupjobd.core.dashboard import Filters, Flight, TimelineBar, VaultStats
+from backupjobd.core import overview
+from backupjobd.core.overview import Filters, Flight, TimelineBar, VaultStats
 from backupjobd.http import keys
 from backupjobd.http.auth import SESSION_COOKIE, SESSION_LIFETIME
 from backupjobd.http.params import ApiError, bad_param, job_id_param
@@ -54,6 +54,7 @@ RECENT_LIMIT = 5000
 RECENT_SPAN = timedelta(days=7)
 TIMELINE_ROWS = 150
 FAILURES_SHOWN = 20
+FINISHED_SHOWN = 50
 MAX_FILTER_LENGTH = 400
 LOGIN_BODY_LIMIT = 4096
 REFRESH_SECONDS = 10
@@ -188,8 +189,8 @@ def _filters(request: web.Request) -> Filters:
     if unknown:
         raise bad_param(unknown[0][:40], "is not a parameter of this page")
     kind = _text_param(request, "kind")
-    if kind and kind not in dashboard.KINDS:
-        raise bad_param("kind", f"must be one of {', '.join(dashboard.KINDS)}")
+    if kind and kind not in overview.KINDS:
+        raise bad_param("kind", f"must be one of {', '.join(overview.KINDS)}")
     return Filters(_text_param(request, "vault"), _text_param(request, "status"), kind)
 
 
@@ -239,7 +240,7 @@ def _document(title: str, content: str, *, logged_in: bool = False) -> str:
 
 
 def _time(value: datetime | str | None) -> str:
-    when = dashboard.parse_time(value) if isinstance(value, str) else value
+    when = overview.parse_time(value) if isinstance(value, str) else value
     if when is None:
         return "—"
     return when.strftime("%Y-%m-%d %H:%M:%S") + "Z"
@@ -277,16 +278,18 @@ def _render_index(
     jobs: Sequence[Mapping[str, Any]], filters: Filters, now: datetime, *, logged_in: bool
 ) -> str:
     shown = filters.apply(jobs)
-    flights = dashboard.in_flight(shown, now)
-    failures = dashboard.recent_failures(shown, FAILURES_SHOWN)
-    vaults = dashboard.vault_stats(shown, now)
-    bars = dashboard.timeline(shown, now)[-TIMELINE_ROWS:]
+    flights = overview.in_flight(shown, now)
+    failures = overview.recent_failures(shown, FAILURES_SHOWN)
+    finished = overview.recently_finished(shown, FINISHED_SHOWN)
+    vaults = overview.vault_stats(shown, now)
+    bars = overview.timeline(shown, now)[-TIMELINE_ROWS:]
     content = (
         '<header><h1>backupjobd</h1><p class="updated">updated <time id="updated">'
         f"{_time(now)}</time> · {len(shown)} jobs (in flight, or registered in the last 7 days)"
         f"</p>{_filter_form(jobs, filters)}</header>"
         f'<main id="content">{_flights_section(flights)}{_failures_section(failures)}'
-        f"{_vaults_section(vaults)}{_timeline_section(bars, now)}</main>"
+        f"{_finished_section(finished)}{_vaults_section(vaults)}"
+        f"{_timeline_section(bars, now)}</main>"
     )
     return _document("backupjobd", content, logged_in=logged_in)
 
@@ -302,14 +305,14 @@ def _options(name: str, label: str, values: Iterable[tuple[str, str]], chosen: s
 
 def _filter_form(jobs: Sequence[Mapping[str, Any]], filters: Filters) -> str:
     vaults = sorted(
-        {str(j["vault_id"]) for j in jobs}, key=lambda v: dashboard.vault_name(v).lower()
+        {str(j["vault_id"]) for j in jobs}, key=lambda v: overview.vault_name(v).lower()
     )
     statuses = sorted({str(j.get("status") or "unseen") for j in jobs})
     return (
         '<form class="filters" method="get" action="/">'
-        + _options("vault", "vaults", ((v, dashboard.vault_name(v)) for v in vaults), filters.vault)
+        + _options("vault", "vaults", ((v, overview.vault_name(v)) for v in vaults), filters.vault)
         + _options("status", "statuses", ((s, s) for s in statuses), filters.status)
-        + _options("kind", "kinds", ((k, k) for k in dashboard.KINDS), filters.kind)
+        + _options("kind", "kinds", ((k, k) for k in overview.KINDS), filters.kind)
         + '<button type="submit">Filter</button></form>'
     )
 
@@ -330,7 +333,7 @@ def _flights_section(flights: Sequence[Flight]) -> str:
             f'<tr class="{classes}"><td><a href="{_job_href(job)}">{_e(_name(job))}</a> '
             f"{''.join(marks)}</td>"
             f"<td>{_e(job.get('operation') or '—')}</td>"
-            f"<td>{_e(dashboard.vault_name(str(job['vault_id'])))}</td>"
+            f"<td>{_e(overview.vault_name(str(job['vault_id'])))}</td>"
             f"<td>{_e(job.get('status') or 'unseen')}</td>"
             f"<td>{_progress(flight.progress)}</td>"
             f"<td>{_duration(flight.elapsed_seconds)}</td>"
@@ -363,7 +366,7 @@ def _failures_section(failures: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         f'<tr><td><a href="{_job_href(job)}">{_e(_name(job))}</a></td>'
         f"<td>{_e(job.get('operation') or '—')}</td>"
-        f"<td>{_e(dashboard.vault_name(str(job['vault_id'])))}</td>"
+        f"<td>{_e(overview.vault_name(str(job['vault_id'])))}</td>"
         f"<td>{_time(job.get('end_time') or job.get('finished_at'))}</td>"
         f"<td>{_error_list(job.get('error_details'))}</td></tr>"
         for job in failures
@@ -373,6 +376,24 @@ def _failures_section(failures: Sequence[Mapping[str, Any]]) -> str:
         f'<section id="failures"><h2>Recent failures ({len(failures)})</h2><table>'
         "<thead><tr><th>Entity</th><th>Operation</th><th>Vault</th><th>Ended</th>"
         f"<th>Azure's error</th></tr></thead><tbody>{body}</tbody></table></section>"
+    )
+
+
+def _finished_section(jobs: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        f'<tr class="{overview.outcome(job)}"><td><a href="{_job_href(job)}">{_e(_name(job))}</a>'
+        f"</td><td>{_e(job.get('operation') or '—')}</td>"
+        f"<td>{_e(overview.vault_name(str(job['vault_id'])))}</td>"
+        f"<td>{_e(job.get('status') or job.get('tracking'))}</td>"
+        f"<td>{_time(job.get('start_time'))}</td>"
+        f"<td>{_time(job.get('end_time') or job.get('finished_at'))}</td></tr>"
+        for job in jobs
+    ]
+    body = "".join(rows) or '<tr><td colspan="6" class="muted">No finished job.</td></tr>'
+    return (
+        f'<section id="finished"><h2>Recently finished ({len(jobs)})</h2><table>'
+        "<thead><tr><th>Entity</th><th>Operation</th><th>Vault</th><th>Status</th>"
+        f"<th>Started</th><th>Ended</th></tr></thead><tbody>{body}</tbody></table></section>"
     )
 
 
@@ -388,7 +409,7 @@ def _vaults_section(vaults: Sequence[VaultStats]) -> str:
             for status, count in sorted(stats.counts.items())
         )
         rows.append(
-            f'<tr><td title="{_e(stats.vault_id)}">{_e(dashboard.vault_name(stats.vault_id))}</td>'
+            f'<tr><td title="{_e(stats.vault_id)}">{_e(overview.vault_name(stats.vault_id))}</td>'
             f"<td>{_e(stats.kind)}</td><td>{counts}</td>"
             f"<td>{_rate(stats.success_rates.get('1d'))}</td>"
             f"<td>{_rate(stats.success_rates.get('7d'))}</td></tr>"
@@ -408,7 +429,7 @@ AXIS_HEIGHT = 22
 
 def _timeline_section(bars: Sequence[TimelineBar], now: datetime) -> str:
     height = AXIS_HEIGHT + ROW_HEIGHT * max(1, len(bars)) + 4
-    origin = now - dashboard.TIMELINE_SPAN
+    origin = now - overview.TIMELINE_SPAN
     parts = []
     for hour in range(0, 25, 3):
         x = CHART_WIDTH * hour / 24
@@ -451,7 +472,7 @@ def _render_job(
     fields = [
         ("Job id", job.get("job_id")),
         ("Vault", job.get("vault_id")),
-        ("Kind", dashboard.job_kind(job)),
+        ("Kind", overview.job_kind(job)),
         ("Region", job.get("region") or "—"),
         ("Status", job.get("status") or "unseen"),
         ("Operation", job.get("operation")),
@@ -478,8 +499,8 @@ def _render_job(
         f'<main id="content"><section id="job"><dl class="facts">{facts}</dl>'
         f"<p>Progress: {_progress(float(progress) if isinstance(progress, int | float) else None)}"
         f"</p><h2>Azure's error</h2>{_error_list(job.get('error_details'))}</section>"
-        f"{_progress_chart(dashboard.progress_series(snapshots), now)}"
-        f"{_tasks_section(dashboard.snapshot_tasks(latest))}"
+        f"{_progress_chart(overview.progress_series(snapshots), now)}"
+        f"{_tasks_section(overview.snapshot_tasks(latest))}"
         f"{_transitions_section(transitions)}{_snapshots_section(snapshots)}</main>"
     )
     return _document(f"backupjobd — {_name(job)}", content, logged_in=logged_in)
@@ -549,9 +570,9 @@ def _snapshots_section(snapshots: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for snapshot in snapshots:
         props = snapshot.get("properties")
-        tasks = dashboard.snapshot_tasks(props)
-        done = sum(1 for t in tasks if str(t.get("status", "")).lower() in dashboard.SUCCESS)
-        pct = dashboard.snapshot_progress(props)
+        tasks = overview.snapshot_tasks(props)
+        done = sum(1 for t in tasks if str(t.get("status", "")).lower() in overview.SUCCESS)
+        pct = overview.snapshot_progress(props)
         rows.append(
             f"<tr><td>{_time(snapshot.get('observed_at'))}</td>"
             f"<td>{_e(snapshot.get('status'))}</td>"

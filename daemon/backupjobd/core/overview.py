@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupjobd.core.azure import parse_progress
@@ -27,6 +27,7 @@ __all__ = [
     "outcome",
     "parse_time",
     "recent_failures",
+    "recently_finished",
     "timeline",
     "vault_name",
     "vault_stats",
@@ -150,9 +151,20 @@ def in_flight(jobs: Iterable[Mapping[str, Any]], now: datetime) -> list[Flight]:
 
 def recent_failures(jobs: Iterable[Mapping[str, Any]], limit: int = 20) -> list[Mapping[str, Any]]:
     """Failed jobs, the most recent end first."""
-    failed = [job for job in jobs if outcome(job) == "failed"]
-    failed.sort(key=lambda job: _ended(job) or _started(job) or datetime.min, reverse=True)
-    return failed[:limit]
+    return recently_finished((job for job in jobs if outcome(job) == "failed"), limit)
+
+
+def recently_finished(
+    jobs: Iterable[Mapping[str, Any]], limit: int = 50
+) -> list[Mapping[str, Any]]:
+    """Finished jobs (whatever the outcome), the most recent end first."""
+    done = [job for job in jobs if job.get("finished")]
+    done.sort(key=_end_key, reverse=True)
+    return done[:limit]
+
+
+def _end_key(job: Mapping[str, Any]) -> datetime:
+    return _ended(job) or _started(job) or datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
