@@ -150,6 +150,8 @@ class ApiConfig(_Section, frozen=True):
     body_timeout_seconds: float = 30.0
     # Open client connections at most (and at most half of the descriptor limit).
     max_connections: int = 256
+    # How often the web page (GET /) reloads its content.
+    page_refresh_seconds: float = 10.0
 
 
 WEBHOOK_EVENTS = ("all", "terminal", "failures", "stuck")

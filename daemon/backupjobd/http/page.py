@@ -57,7 +57,6 @@ FAILURES_SHOWN = 20
 FINISHED_SHOWN = 50
 MAX_FILTER_LENGTH = 400
 LOGIN_BODY_LIMIT = 4096
-REFRESH_SECONDS = 10
 
 
 def add_page_routes(router: web.UrlDispatcher) -> None:
@@ -87,7 +86,13 @@ async def _index(request: web.Request) -> web.StreamResponse:
         view = record.to_json()
         seen[(view["vault_id"], view["job_id"])] = view
     jobs = list(seen.values())
-    body = _render_index(jobs, filters, now, logged_in=_has_session(request))
+    body = _render_index(
+        jobs,
+        filters,
+        now,
+        logged_in=_has_session(request),
+        refresh_seconds=request.app[keys.CONFIG].page_refresh_seconds,
+    )
     return _html(body)
 
 
@@ -111,6 +116,7 @@ async def _job_page(request: web.Request) -> web.StreamResponse:
         [s.to_json() for s in snapshots],
         request.app[keys.CLOCK](),
         logged_in=_has_session(request),
+        refresh_seconds=request.app[keys.CONFIG].page_refresh_seconds,
     )
     return _html(body)
 
@@ -224,7 +230,9 @@ def _html(body: str, status: int = 200) -> web.Response:
     )
 
 
-def _document(title: str, content: str, *, logged_in: bool = False) -> str:
+def _document(
+    title: str, content: str, *, logged_in: bool = False, refresh_seconds: float = 0
+) -> str:
     logout = (
         '<button id="logout" type="button" class="logout">Sign out</button>' if logged_in else ""
     )
@@ -235,7 +243,7 @@ def _document(title: str, content: str, *, logged_in: bool = False) -> str:
         '<link rel="icon" href="/ui/static/icon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/ui/static/page.css">'
         '<script src="/ui/static/page.js" defer></script></head>'
-        f'<body data-refresh="{REFRESH_SECONDS}">{logout}{content}</body></html>'
+        f'<body data-refresh="{refresh_seconds:g}">{logout}{content}</body></html>'
     )
 
 
@@ -275,7 +283,12 @@ def _progress(value: float | None) -> str:
 
 
 def _render_index(
-    jobs: Sequence[Mapping[str, Any]], filters: Filters, now: datetime, *, logged_in: bool
+    jobs: Sequence[Mapping[str, Any]],
+    filters: Filters,
+    now: datetime,
+    *,
+    logged_in: bool,
+    refresh_seconds: float,
 ) -> str:
     shown = filters.apply(jobs)
     flights = overview.in_flight(shown, now)
@@ -291,7 +304,7 @@ def _render_index(
         f"{_finished_section(finished)}{_vaults_section(vaults)}"
         f"{_timeline_section(bars, now)}</main>"
     )
-    return _document("backupjobd", content, logged_in=logged_in)
+    return _document("backupjobd", content, logged_in=logged_in, refresh_seconds=refresh_seconds)
 
 
 def _options(name: str, label: str, values: Iterable[tuple[str, str]], chosen: str | None) -> str:
@@ -468,6 +481,7 @@ def _render_job(
     now: datetime,
     *,
     logged_in: bool,
+    refresh_seconds: float,
 ) -> str:
     fields = [
         ("Job id", job.get("job_id")),
@@ -503,7 +517,8 @@ def _render_job(
         f"{_tasks_section(overview.snapshot_tasks(latest))}"
         f"{_transitions_section(transitions)}{_snapshots_section(snapshots)}</main>"
     )
-    return _document(f"backupjobd — {_name(job)}", content, logged_in=logged_in)
+    title = f"backupjobd — {_name(job)}"
+    return _document(title, content, logged_in=logged_in, refresh_seconds=refresh_seconds)
 
 
 def _progress_chart(series: Sequence[tuple[datetime, float]], now: datetime) -> str:
