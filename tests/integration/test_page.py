@@ -38,7 +38,7 @@ from backupjobd.testing import FakeClock
 FULL = "page-full-token-0123456789"
 READ = "page-read-token-0123456789"
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="pwned=2">'
-JSON_TYPE = {"Content-Type": "application/json"}
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
 @dataclass
@@ -261,11 +261,15 @@ async def test_a_browser_signs_in_and_gets_a_read_only_session(make_page: PageFa
     p = await make_page(api_token=FULL, read_token=READ)
     job_id = await p.track(JobSpec(duration_seconds=3600, entity_friendly_name="vm-secret"))
 
-    status, page, resp = await p.get("/")
-    assert status == 401 and resp.content_type == "text/html"
+    status, page, resp = await p.get("/", headers=BROWSER)
+    assert status == 200 and resp.content_type == "text/html"
     assert 'id="login"' in page and "vm-secret" not in page
-    assert (await p.get(f"/jobs/{job_id}"))[0] == 401
-    assert (await p.get("/v1/jobs"))[0] == 401  # the API itself stays JSON
+    assert resp.headers["Cache-Control"] == "no-store"
+    status, page, _ = await p.get(f"/jobs/{job_id}", headers=BROWSER)
+    assert 'id="login"' in page and "vm-secret" not in page
+    status, body, resp = await p.get("/")  # a script, not a browser: the API's 401
+    assert status == 401 and resp.content_type == "application/json", body
+    assert (await p.get("/v1/jobs", headers=BROWSER))[0] == 401  # the API itself stays JSON
     assert (await p.get("/ui/static/page.js"))[0] == 200  # the login form needs its script
 
     async with p.client.post("/ui/session", json={"token": "wrong-token-0123456789"}) as resp:
@@ -293,6 +297,7 @@ async def test_a_browser_signs_in_and_gets_a_read_only_session(make_page: PageFa
 
     p.clock.advance(SESSION_LIFETIME + timedelta(seconds=1))
     assert (await p.get("/"))[0] == 401  # expired
+    assert 'id="login"' in (await p.get("/", headers=BROWSER))[1]
 
     async with p.client.post("/ui/session", json={"token": READ}) as resp:
         assert resp.status == 204

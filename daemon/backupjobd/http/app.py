@@ -314,7 +314,7 @@ def _auth_middleware(tokens: ApiTokens) -> Any:
             cookie = request.cookies.get(SESSION_COOKIE)
             access = tokens.session(cookie, request.app[keys.CLOCK]())
         if access is None:
-            if header is None and request.method == "GET" and is_page_path(request.path):
+            if header is None and is_page_path(request.path) and _browser_navigation(request):
                 return login_page()
             raise ApiError(
                 401,
@@ -327,6 +327,11 @@ def _auth_middleware(tokens: ApiTokens) -> Any:
         return await handler(request)
 
     return auth
+
+
+def _browser_navigation(request: web.Request) -> bool:
+    """A browser loading a page (it asks for HTML); a script gets the JSON 401 instead."""
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
 
 
 def _guarded(path: str) -> bool:

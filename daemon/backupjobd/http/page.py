@@ -172,7 +172,9 @@ async def _logout(request: web.Request) -> web.StreamResponse:
 
 
 def login_page() -> web.Response:
-    """What a browser gets instead of the page without a session (401, the login form)."""
+    """What a browser gets instead of the page without a session: the sign-in form, at the
+    page's own address (so signing in reloads where the user was). It is a 200: a browser
+    reports a page loaded as 401 as a console error."""
     body = _document(
         "backupjobd — sign in",
         '<main class="login"><h1>backupjobd</h1>'
@@ -184,7 +186,7 @@ def login_page() -> web.Response:
         '<p class="hint">The token is sent once, in the body of a same-origin request; the '
         "page then keeps a read-only session cookie.</p></main>",
     )
-    return _html(body, status=401)
+    return _html(body)
 
 
 # ---- parameters --------------------------------------------------------------------------
@@ -438,6 +440,7 @@ def _vaults_section(vaults: Sequence[VaultStats]) -> str:
 CHART_WIDTH = 1000
 ROW_HEIGHT = 14
 AXIS_HEIGHT = 22
+MIN_BAR_WIDTH = 3.0
 
 
 def _timeline_section(bars: Sequence[TimelineBar], now: datetime) -> str:
@@ -454,8 +457,8 @@ def _timeline_section(bars: Sequence[TimelineBar], now: datetime) -> str:
         )
     for row, bar in enumerate(bars):
         job = bar.job
-        x = CHART_WIDTH * bar.start
-        width = max(2.0, CHART_WIDTH * (bar.end - bar.start))
+        width = max(MIN_BAR_WIDTH, CHART_WIDTH * (bar.end - bar.start))
+        x = min(CHART_WIDTH * bar.start, CHART_WIDTH - width)  # a job just started stays inside
         y = AXIS_HEIGHT + row * ROW_HEIGHT
         tip = f"{_name(job)} — {job.get('operation') or ''} — {job.get('status') or 'unseen'}"
         parts.append(
@@ -530,17 +533,19 @@ def _progress_chart(series: Sequence[tuple[datetime, float]], now: datetime) -> 
     start, end = series[0][0], max(series[-1][0], series[0][0] + timedelta(seconds=1))
     span = (end - start).total_seconds()
     height = 160
-    points = " ".join(
-        f"{CHART_WIDTH * (at - start).total_seconds() / span:.1f},{height - height * pct / 100:.1f}"
+    xy = [
+        (CHART_WIDTH * (at - start).total_seconds() / span, height - height * pct / 100)
         for at, pct in series
-    )
+    ]
+    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(f'<circle class="progress-dot" cx="{x:.1f}" cy="{y:.1f}" r="4"/>' for x, y in xy)
     return (
         '<section id="progress"><h2>Progress over time</h2>'
         f'<svg class="chart" viewBox="0 -4 {CHART_WIDTH} {height + 24}" role="img" '
         f'aria-label="progress from {_time(start)} to {_time(end)}">'
         f'<line class="grid" x1="0" y1="{height}" x2="{CHART_WIDTH}" y2="{height}"/>'
         f'<line class="grid" x1="0" y1="0" x2="{CHART_WIDTH}" y2="0"/>'
-        f'<polyline class="progress-line" points="{points}"/>'
+        f'<polyline class="progress-line" points="{points}"/>{dots}'
         f'<text class="axis" x="0" y="{height + 18}">{_time(start)}</text>'
         f'<text class="axis" x="{CHART_WIDTH}" y="{height + 18}" text-anchor="end">'
         f"{_time(end)}</text>"

@@ -25,14 +25,14 @@
         headers: { Accept: "text/html" },
         cache: "no-store",
       });
-      if (response.status === 401) {
-        location.reload();
-        return;
-      }
       if (!response.ok) {
         return;
       }
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      if (fresh.getElementById("login")) {
+        location.reload(); // the session ended: show the sign-in form
+        return;
+      }
       replaceFrom(fresh, "content");
       replaceFrom(fresh, "updated");
     } catch (err) {
