@@ -6,6 +6,8 @@ text, its headers and filters, and who may see it: the full token, the read-only
 from __future__ import annotations
 
 import html
+import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +40,7 @@ from backupjobd.testing import FakeClock
 FULL = "page-full-token-0123456789"
 READ = "page-read-token-0123456789"
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="pwned=2">'
+JSON_TYPE = {"Content-Type": "application/json"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
@@ -257,7 +260,10 @@ async def test_the_read_only_token_reads_and_changes_nothing(make_page: PageFact
         assert resp.status == 200  # the full token keeps every right
 
 
-async def test_a_browser_signs_in_and_gets_a_read_only_session(make_page: PageFactory) -> None:
+async def test_a_browser_signs_in_and_gets_a_read_only_session(
+    make_page: PageFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     p = await make_page(api_token=FULL, read_token=READ)
     job_id = await p.track(JobSpec(duration_seconds=3600, entity_friendly_name="vm-secret"))
 
@@ -279,6 +285,14 @@ async def test_a_browser_signs_in_and_gets_a_read_only_session(make_page: PageFa
     origin = {"Origin": "https://evil.example"}
     async with p.client.post("/ui/session", json={"token": READ}, headers=origin) as resp:
         assert resp.status == 403
+
+    for body, status in (("not json", 400), ({"token": 5}, 401), ({"t": READ}, 400)):
+        raw = body if isinstance(body, str) else json.dumps(body)
+        async with p.client.post("/ui/session", data=raw, headers=JSON_TYPE) as resp:
+            assert resp.status == status, raw
+    big = json.dumps({"token": READ, "pad": "x" * 5000})
+    async with p.client.post("/ui/session", data=big, headers=JSON_TYPE) as resp:
+        assert resp.status == 413
 
     async with p.client.post("/ui/session", json={"token": READ}) as resp:
         assert resp.status == 204
@@ -304,6 +318,8 @@ async def test_a_browser_signs_in_and_gets_a_read_only_session(make_page: PageFa
     async with p.client.delete("/ui/session", json={}) as resp:
         assert resp.status == 204
     assert (await p.get("/"))[0] == 401  # signed out
+    assert "session opened with the read token" in caplog.text
+    assert READ not in caplog.text and FULL not in caplog.text
 
 
 async def test_a_forged_or_foreign_session_cookie_is_refused(make_page: PageFactory) -> None:
