@@ -125,7 +125,7 @@ def _requested_urls(driver: Any, base: str) -> list[str]:
 def test_the_web_page_in_a_real_browser(emulator: Emulator, daemon: Daemon, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -203,11 +203,21 @@ def test_the_web_page_in_a_real_browser(emulator: Emulator, daemon: Daemon, brow
     assert error["message"] in browser.find_element(By.ID, "job").text
     browser.save_screenshot(str(ARTIFACTS / "web-job-page.png"))
 
+    # A filter applies as soon as it is chosen (the page's script submits the form).
+    browser.find_element(By.LINK_TEXT, "← all jobs").click()
+    status_filter = wait.until(ec.presence_of_element_located((By.NAME, "status")))
+    Select(status_filter).select_by_value("Failed")
+    wait.until(ec.url_contains("status=Failed"))
+    wait.until(ec.presence_of_element_located((By.ID, "in-flight")))
+    assert "No job in flight." in browser.find_element(By.ID, "in-flight").text
+    assert "vm-broken" in browser.find_element(By.ID, "failures").text
+    assert "vm-done" not in browser.find_element(By.ID, "finished").text
+
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == [], errors
     urls = _requested_urls(browser, base)
     for asset in ("/", "/ui/static/page.js", "/ui/static/page.css", "/ui/session"):
         assert f"{base}{asset}" in urls, urls
-    assert browser.current_url.startswith(f"{base}/jobs/")
+    assert browser.current_url.startswith(f"{base}/?")
     foreign = [u for u in urls if not u.startswith(f"{base}/")]
     assert foreign == [], f"requests that left the daemon: {foreign}"
