@@ -9,6 +9,7 @@ functions that build them: a CLI command that only reads the store starts withou
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import random
@@ -104,6 +105,26 @@ def api_token(config: Config, env: Mapping[str, str]) -> str | None:
         )
     if token is not None:
         check_api_token(token, config.api.token_env)
+    return token
+
+
+def api_read_token(config: Config, env: Mapping[str, str], full_token: str | None) -> str | None:
+    """The API's read-only bearer token (GET only), if one is set. It needs the full token
+    beside it: without one the API is open to every local client and a read-only token
+    would restrict nothing."""
+    if not config.api.enabled:
+        return None
+    token = env.get(config.api.read_token_env, "").strip() or None
+    if token is None:
+        return None
+    check_api_token(token, config.api.read_token_env)
+    if full_token is None:
+        raise ConfigError(
+            f"${config.api.read_token_env} is set but ${config.api.token_env} is not: "
+            "a read-only token needs the full token beside it"
+        )
+    if hmac.compare_digest(token.encode(), full_token.encode()):
+        raise ConfigError(f"${config.api.read_token_env} must differ from ${config.api.token_env}")
     return token
 
 
@@ -313,6 +334,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
     check_serve_database(config.database.url)  # fail before starting anything
     secrets = webhook_secrets(config, env)
     token = api_token(config, env)
+    read_token = api_read_token(config, env, token)
     systemd = SdNotifier.from_env(env)
     watchdog_every = watchdog_interval(env, os.getpid())
     loop = asyncio.get_running_loop()
@@ -444,6 +466,7 @@ async def serve(config: Config, env: Mapping[str, str]) -> int:
                     metrics=rt.metrics,
                     config=config.api,
                     api_token=token,
+                    read_token=read_token,
                     last_tick_age=rt.tracker.last_tick_age,
                     clock=utcnow,
                     durations=rt.tracker.durations,

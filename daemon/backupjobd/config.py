@@ -139,6 +139,8 @@ class ApiConfig(_Section, frozen=True):
     port: int = 8080
     unix_socket: str = ""
     token_env: str = "BACKUPJOBD_API_TOKEN"
+    # A second bearer token that reads (GET) only: dashboards, the web page, scrapers.
+    read_token_env: str = "BACKUPJOBD_API_READ_TOKEN"
     max_body_bytes: int = 1_048_576
     healthy_tick_age_seconds: float = 30.0
     # Host names a token-less API answers besides loopback ones (DNS rebinding guard).
@@ -148,6 +150,8 @@ class ApiConfig(_Section, frozen=True):
     body_timeout_seconds: float = 30.0
     # Open client connections at most (and at most half of the descriptor limit).
     max_connections: int = 256
+    # How often the web page (GET /) reloads its content.
+    page_refresh_seconds: float = 10.0
 
 
 WEBHOOK_EVENTS = ("all", "terminal", "failures", "stuck")

@@ -53,6 +53,7 @@ NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "api.idle_timeout_seconds": (0.1, 3600),
     "api.body_timeout_seconds": (0.1, 3600),
     "api.max_connections": (4, 100_000),
+    "api.page_refresh_seconds": (1, 3600),
     "notify.max_attempts": (1, 10_000),
     "notify.max_backoff_seconds": (0.01, WEEK),
     "notify.webhook.timeout_seconds": (0.1, 3600),

@@ -9,7 +9,6 @@ cannot disagree (a schemathesis suite checks the rest against each other).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -29,9 +28,11 @@ from backupjobd.core.registration import Endpoint
 from backupjobd.errors import StoreError
 from backupjobd.http import guard as apiguard
 from backupjobd.http import keys
+from backupjobd.http.auth import SESSION_COOKIE, Access, ApiTokens
 from backupjobd.http.guard import ConnectionGuard, GuardedSite
 from backupjobd.http.handlers import DEFAULT_RETRY_AFTER_SECONDS, add_routes
 from backupjobd.http.openapi import openapi_document
+from backupjobd.http.page import add_page_routes, is_page_path, login_page
 from backupjobd.http.params import ApiError, bad_param, one_line
 from backupjobd.store import Store
 
@@ -62,13 +63,16 @@ def build_api_app(
     metrics: Metrics,
     config: ApiConfig,
     api_token: str | None,
+    read_token: str | None = None,
     last_tick_age: Callable[[], float | None],
     clock: Callable[[], datetime],
     cancel_follow_seconds: float = DEFAULT_CANCEL_FOLLOW_SECONDS,
     durations: Durations | None = None,
 ) -> web.Application:
-    """The aiohttp application; `api_token` (when not None) guards /v1 and /metrics.
+    """The aiohttp application; `api_token` (when not None) guards /v1, /metrics and the web
+    page, and `read_token` (only beside it) may read them too (GET) but change nothing.
     `durations`: the tracker's, so that expected ends match what polling expects."""
+    api_tokens = ApiTokens(api_token, read_token if api_token is not None else None)
     document = openapi_document(endpoint, secured=api_token is not None, config=config)
     guard = ConnectionGuard(
         apiguard.connection_cap(
@@ -80,7 +84,7 @@ def build_api_app(
         middlewares=[
             guard.busy_middleware,
             _error_middleware,
-            _auth_middleware(api_token),
+            _auth_middleware(api_tokens),
             _browser_middleware(
                 check_host=api_token is None and not config.unix_socket,
                 extra_hosts=config.allowed_hosts,
@@ -100,7 +104,9 @@ def build_api_app(
     app[keys.GUARD] = guard
     app[keys.DURATIONS] = durations if durations is not None else Durations()
     app[keys.DOCUMENT] = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    app[keys.API_TOKENS] = api_tokens
     add_routes(app.router)
+    add_page_routes(app.router)
     return app
 
 
@@ -297,28 +303,40 @@ def _browser_middleware(*, check_host: bool, extra_hosts: tuple[str, ...]) -> An
     return middleware
 
 
-def _auth_middleware(api_token: str | None) -> Any:
-    expected = api_token.encode("utf-8") if api_token is not None else None
-
+def _auth_middleware(tokens: ApiTokens) -> Any:
     @web.middleware
     async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        """/v1 and /metrics need the bearer token (compared in constant time)."""
-        if expected is not None and _guarded(request.path):
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            given_bytes = given.strip().encode("utf-8", "surrogateescape")
-            matches = hmac.compare_digest(given_bytes, expected)
-            if scheme.lower() != "bearer" or not matches:
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token",
-                    {"WWW-Authenticate": 'Bearer realm="backupjobd"'},
-                )
+        """/v1, /metrics and the page need a token (compared in constant time): the full
+        one may do anything, the read-only one and a page session only GET. A browser
+        without a session gets the login form instead of the page."""
+        if not tokens.required or not _guarded(request.path):
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        if header is not None:
+            access = tokens.bearer(header)
+        else:
+            cookie = request.cookies.get(SESSION_COOKIE)
+            access = tokens.session(cookie, request.app[keys.CLOCK]())
+        if access is None:
+            if header is None and is_page_path(request.path) and _browser_navigation(request):
+                return login_page()
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="backupjobd"'},
+            )
+        if access is Access.READ and request.method != "GET":
+            raise ApiError(403, "read_only", "this token may only read (GET)")
         return await handler(request)
 
     return auth
 
 
+def _browser_navigation(request: web.Request) -> bool:
+    """A browser loading a page (it asks for HTML); a script gets the JSON 401 instead."""
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
 def _guarded(path: str) -> bool:
-    return path == "/metrics" or path == "/v1" or path.startswith("/v1/")
+    return path == "/metrics" or path == "/v1" or path.startswith("/v1/") or is_page_path(path)

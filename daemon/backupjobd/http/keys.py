@@ -14,6 +14,7 @@ from backupjobd.adapters.durations import Durations
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.config import ApiConfig
 from backupjobd.core.registration import Endpoint
+from backupjobd.http.auth import ApiTokens
 from backupjobd.http.guard import ConnectionGuard
 from backupjobd.store import Store
 
@@ -29,3 +30,4 @@ DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 CANCEL_FOLLOW: web.AppKey[float] = web.AppKey("cancel_follow_seconds", float)
 GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard", ConnectionGuard)
 DURATIONS: web.AppKey[Durations] = web.AppKey("durations", Durations)
+API_TOKENS: web.AppKey[ApiTokens] = web.AppKey("api_tokens", ApiTokens)

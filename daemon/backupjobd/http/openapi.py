@@ -420,7 +420,14 @@ def openapi_document(
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The full token ([api] token_env) may do everything; the "
+                    "read-only one ([api] read_token_env) may only GET (403 read_only).",
+                }
+            },
         },
         "security": security,
     }
@@ -431,7 +438,8 @@ _ERROR_DESCRIPTIONS = {
     "404": "The job is not tracked",
     "409": "Conflict: the GUID is in several vaults (give ?vault=), the job is not active, "
     "or Azure refused",
-    "403": "A foreign Origin (cross-site request from a web page)",
+    "403": "A foreign Origin (cross-site request from a web page), or the read-only token "
+    "(code read_only: it may only GET)",
     "415": "The body is not JSON (state-changing calls need Content-Type: application/json)",
     "421": "The Host is not a loopback name (nor in api.allowed_hosts); the API has no token",
 }
