@@ -1074,8 +1074,11 @@ async def test_finished_durations_are_the_recent_finished_jobs(store: Store) -> 
         await poll(store, record, seen(VAULT, record.job_id, "Completed", end_time=end), T0)
     running = await register_job(store, jid(4), T0)
     await poll(store, running, seen(VAULT, running.job_id, "InProgress"), T0)
+    failed = await register_job(store, jid(5), T0)
+    await poll(store, failed, seen(VAULT, failed.job_id, "Failed", end_time=ends[3]), T0)
 
-    # Newest first; a job that ended before it started (clock skew) is left out.
+    # Newest first; a job that ended before it started (clock skew) is left out, and so is
+    # one that failed (it says nothing of how long a backup takes).
     assert await store.finished_durations() == [
         ("Backup", "AzureIaaSVMJob", "vm-01", 10.0),
         ("Backup", "AzureIaaSVMJob", "vm-01", 120.0),

@@ -240,6 +240,11 @@ def next_interval(
     return max(base, min(remaining / 2, policy.max_detection_lag))
 
 
+#: The jobs whose durations say how long similar jobs take: a failed or cancelled job ends
+#: early, and would make every later one look overdue.
+DURATION_SAMPLE_STATUSES = ("Completed", "CompletedWithWarnings", "Succeeded")
+
+
 class DurationModel:
     """Typical job durations learned from finished jobs: the median per (operation, job
     type, entity), falling back to (operation, job type), each needing a few samples."""

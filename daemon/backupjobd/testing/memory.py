@@ -15,7 +15,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from backupjobd.core.azure import VaultRef, vault_from_id
-from backupjobd.core.decisions import JobDecision, OperationDecision, Tracking
+from backupjobd.core.decisions import (
+    DURATION_SAMPLE_STATUSES,
+    JobDecision,
+    OperationDecision,
+    Tracking,
+)
 from backupjobd.core.leases import Fence, Lease, ReplicaBeat, ReplicaRecord, subscription_of
 from backupjobd.core.model import (
     DiscoveryState,
@@ -155,6 +160,7 @@ class MemoryStore(Store):
                 j.record
                 for j in sorted(t.jobs.values(), key=lambda j: -j.record.pk)
                 if j.record.tracking is Tracking.FINISHED
+                and j.record.status in DURATION_SAMPLE_STATUSES
                 and j.record.start_time is not None
                 and j.record.end_time is not None
             ][:limit]

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from backupjobd.adapters.sql import schema
 from backupjobd.adapters.sql.outbox import outbox_rows
-from backupjobd.core.decisions import Tracking
+from backupjobd.core.decisions import DURATION_SAMPLE_STATUSES, Tracking
 from backupjobd.core.model import (
     JobRecord,
     JobWrite,
@@ -215,6 +215,7 @@ def finished_durations_query(limit: int) -> Any:
         select(t.c.operation, t.c.job_type, t.c.entity_friendly_name, t.c.start_time, t.c.end_time)
         .where(
             t.c.tracking == Tracking.FINISHED.value,
+            t.c.status.in_(DURATION_SAMPLE_STATUSES),
             t.c.start_time.is_not(None),
             t.c.end_time.is_not(None),
         )
