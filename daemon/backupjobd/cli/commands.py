@@ -385,6 +385,7 @@ def emulator(args: argparse.Namespace, env: Env) -> int:
                 read_burst=args.read_burst,
                 read_refill_per_second=args.read_refill,
                 read_others_per_second=args.read_others,
+                stop_on_signals=True,
             )
         )
     except KeyboardInterrupt:
