@@ -187,6 +187,7 @@ class ImageCheck:
         """The builder stage of a copy of the build inputs with secrets planted deep in it:
         .dockerignore must keep every one of them out of the build."""
         planted = ["daemon/backupjobd/secret.env", "migrations/versions/.env", "daemon/x.key"]
+        began = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="image-check-context-") as tmp:
             context = Path(tmp)
             for name in BUILD_INPUTS:
@@ -210,7 +211,11 @@ class ImageCheck:
         ).stdout.split()  # fmt: skip
         if found:
             raise CheckFailed(f"the build stage received {', '.join(found)}")
-        step("context", f"{len(planted)} planted secrets (e.g. {planted[0]}) kept out of the build")
+        step(
+            "context",
+            f"builder stage in {time.monotonic() - began:.0f} s: {len(planted)} planted secrets"
+            f" (e.g. {planted[0]}) kept out of it",
+        )
 
     def build(self, base: str, version: str) -> None:
         began = time.monotonic()
@@ -335,6 +340,8 @@ class ImageCheck:
             f"podman healthcheck run passed {time.monotonic() - began:.1f} s after start,"
             f" API on 0.0.0.0:{api_port} (not 8080)",
         )
+        said = self.podman("exec", daemon, "backupjobd", "healthcheck").stdout.strip()
+        step("healthy", f"backupjobd healthcheck in the container: {said}")
         self.register_and_finish(emulator_port, api_port)
         self.stop(daemon, grace=20)
         self.stop(emulator, grace=10)
