@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK := requirements.lock
 
-.PHONY: venv demo test test-fast lint lock image-check clean
+.PHONY: venv demo test test-fast lint lock dist image-check clean
 
 $(BIN)/backupjobd: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ lock: venv
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[test,dev]'
 	touch $(BIN)/backupjobd
 
+## The wheel and sdist in dist/, built with the pinned setuptools (offline) and checked as PyPI
+## would (twine check --strict). `pipx install dist/backupjobd-*.whl` installs the command.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 ## Build the container image (podman; a local Debian base when no registry answers), run the
 ## emulator and the daemon from it, register a job through the API, see it finish, stop both.
 ## Slow (a minute or more, PyPI for the image's packages): not part of `make test`.
@@ -48,4 +55,4 @@ image-check: venv
 	$(BIN)/python scripts/image_check.py
 
 clean:
-	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-run dist build .pytest_cache .mypy_cache .ruff_cache
