@@ -336,11 +336,53 @@ def test_runs_as_a_numeric_non_root_user(instructions: list[Instruction]) -> Non
     assert match[2] is None or int(match[2]) != 0
 
 
-def test_healthcheck_probes_healthz_with_python(instructions: list[Instruction]) -> None:
+def test_healthcheck_runs_the_config_aware_probe(instructions: list[Instruction]) -> None:
+    """Not a URL with a port in it: `backupjobd healthcheck` reads the config serve reads."""
     [check] = [i.args for i in final_stage(instructions) if i.keyword == "HEALTHCHECK"]
-    assert "CMD" in check and "NONE" not in check.split()
-    assert "urllib.request" in check
-    assert "http://127.0.0.1:8080/healthz" in check
+    options, _, command = check.partition("CMD")
+    assert "NONE" not in options.split()
+    assert json.loads(command) == ["backupjobd", "healthcheck"]
+
+
+def test_no_parser_directive_needs_a_registry() -> None:
+    """`# syntax=` makes BuildKit pull a frontend image: no build without a registry."""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        assert not re.match(r"#\s*syntax\s*=", line, re.I), line
+
+
+def test_oci_labels_name_version_revision_and_source(instructions: list[Instruction]) -> None:
+    final = final_stage(instructions)
+    labels: dict[str, str] = {}
+    for i in final:
+        if i.keyword == "LABEL":
+            labels.update(key_values(i.args))
+    args = {name for i in final if i.keyword == "ARG" for name in key_values(i.args)}
+    prefix = "org.opencontainers.image."
+    assert labels[prefix + "title"] == "backupjobd"
+    for label, arg in (("version", "VERSION"), ("revision", "REVISION"), ("source", "SOURCE")):
+        assert labels[prefix + label] == "${" + arg + "}", f"{label} is not set from ARG {arg}"
+        assert arg in args, f"ARG {arg} is not declared in the final stage"
+
+
+def test_runtime_venv_has_no_installer_and_pinned_dependencies(
+    instructions: list[Instruction],
+) -> None:
+    """The venv the runtime copies is made without pip (so without setuptools either), and
+    filled from outside with `pip --python`, constrained by the same lock as the tests."""
+    [copied] = [i.args for i in final_stage(instructions) if i.keyword == "COPY"]
+    venv = copied.split()[-1]
+    runs = " ".join(
+        " ".join(i.args.split()) for i in instructions if i.stage == 0 and i.keyword == "RUN"
+    )
+    assert f"-m venv --without-pip {venv}" in runs
+    assert re.search(
+        rf"pip --python {venv}/bin/python install --constraint requirements\.lock ", runs
+    )
+    assert f"{venv}/bin/pip" not in runs
+    copies = [i.args for i in instructions if i.stage == 0 and i.keyword == "COPY"]
+    assert any("requirements.lock" in shlex.split(c)[:-1] for c in copies)
 
 
 def test_no_secret_is_baked_in(instructions: list[Instruction]) -> None:
@@ -434,6 +476,95 @@ def test_the_build_context_makes_a_wheel_with_the_migrations(
     } <= names
 
 
+# --- .dockerignore ----------------------------------------------------------------------
+
+
+def dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's rule for one pattern: anchored at the context root, `*` and `?` stop at `/`,
+    `**` spans directories (none included)."""
+    pattern = pattern.strip().strip("/")
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def docker_excludes(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves `path` out: a pattern matching a directory leaves
+    out everything below it."""
+    regexes = [dockerignore_regex(p) for p in patterns]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: k + 1]) for k in range(len(parts))]
+    return any(r.match(prefix) for r in regexes for prefix in prefixes)
+
+
+def dockerignore_patterns(text: str) -> list[str]:
+    lines = [line.strip() for line in text.splitlines()]
+    assert not any(line.startswith("!") for line in lines), "exceptions are not modelled here"
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+KEPT_OUT = [
+    "daemon/backupjobd/secret.env",
+    "daemon/.env",
+    "migrations/versions/.env.production",
+    "daemon/backupjobd/__pycache__/cli.cpython-311.pyc",
+    "migrations/versions/__pycache__/x.cpython-311.pyc",
+    "daemon/backupjobd/local.db",
+    "daemon/backupjobd/local.db-wal",
+    "daemon/backupjobd/server.key",
+    "daemon/backupjobd.egg-info/PKG-INFO",
+    "config/backupjobd.env",
+    "backupjobd.db",
+    ".venv/bin/python",
+    ".git/config",
+    "tests/unit/test_config.py",
+]
+SENT = [
+    "requirements.lock",
+    "pyproject.toml",
+    "README.md",
+    "daemon/backupjobd/cli/__init__.py",
+    "daemon/backupjobd/py.typed",
+    "migrations/env.py",
+    "migrations/script.py.mako",
+    "migrations/versions/0001_initial.py",
+]
+
+
+@pytest.mark.parametrize("path", KEPT_OUT)
+def test_dockerignore_keeps_secrets_and_state_out_at_any_depth(path: str) -> None:
+    patterns = dockerignore_patterns((ROOT / ".dockerignore").read_text())
+    assert docker_excludes(path, patterns), f"{path} would reach the build"
+
+
+@pytest.mark.parametrize("path", SENT)
+def test_dockerignore_sends_what_the_build_copies(path: str) -> None:
+    patterns = dockerignore_patterns((ROOT / ".dockerignore").read_text())
+    assert not docker_excludes(path, patterns), f"{path} would be missing from the build"
+
+
+def test_the_dockerignore_matcher_anchors_at_the_root() -> None:
+    """Guards the tests above: the root-only pattern that let secret.env through fails."""
+    assert docker_excludes("x.env", ["*.env"])
+    assert not docker_excludes("daemon/backupjobd/secret.env", ["*.env"])
+    assert docker_excludes("daemon/backupjobd/secret.env", ["**/*.env"])
+    assert docker_excludes("a/b/__pycache__/c.pyc", ["**/__pycache__"])
+    assert not docker_excludes("daemon/x.pyc", ["*.py[cod]"])
+
+
 # --- deployment files -------------------------------------------------------------------
 
 
@@ -465,10 +596,9 @@ def test_kubernetes_sidecar() -> None:
     assert env["BACKUPJOBD_API__BIND"] == "127.0.0.1"
     assert env["BACKUPJOBD_DATABASE__URL"].startswith("sqlite+aiosqlite:////var/lib/backupjobd/")
     assert "BACKUPJOBD_API_TOKEN" not in env
-    assert " ".join(daemon["livenessProbe"]["exec"]["command"]).endswith(
-        "urlopen('http://127.0.0.1:8080/healthz', timeout=4)"
-    )
-    assert "http://127.0.0.1:8080/readyz" in " ".join(daemon["readinessProbe"]["exec"]["command"])
+    for probe in ("startupProbe", "livenessProbe"):
+        assert daemon[probe]["exec"]["command"] == ["backupjobd", "healthcheck"], probe
+    assert daemon["readinessProbe"]["exec"]["command"] == ["backupjobd", "healthcheck", "--ready"]
     security = daemon["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -485,6 +615,6 @@ def test_compose() -> None:
     service = compose["services"]["backupjobd"]
     assert service["env_file"]
     assert any(v.endswith(":/var/lib/backupjobd") for v in service["volumes"])
-    assert "healthcheck" in service and "/healthz" in " ".join(service["healthcheck"]["test"])
+    assert service["healthcheck"]["test"] == ["CMD", "backupjobd", "healthcheck"]
     assert not any(SECRET_NAME.search(name) for name in service.get("environment", {}))
     assert seconds(service["stop_grace_period"]) > DRAIN_SECONDS

@@ -87,3 +87,11 @@ def test_the_probe_sees_what_was_imported(config_file: Path) -> None:
     code, loaded = _run(["--config", str(config_file), "--version"], before="import aiohttp")
     assert code == 0
     assert loaded == ["aiohttp"]
+
+
+def test_healthcheck_imports_no_network_scheduler_or_migrations(config_file: Path) -> None:
+    """The container probe runs every few seconds in a fresh process: stdlib HTTP only.
+    (The API is disabled in this config: the probe answers 1 without connecting.)"""
+    code, loaded = _run(["--config", str(config_file), "healthcheck"])
+    assert code == 1
+    assert loaded == [], f"backupjobd healthcheck imported {', '.join(loaded)}"

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_replicas_parser(sub)
     configure_config_parser(sub)
     configure_completion_parser(sub)
+    configure_healthcheck_parser(sub)
     configure_emulator_parser(sub)
     return parser
 
@@ -345,6 +346,37 @@ def configure_operations_parser(sub: _Subparsers) -> None:
     ops_list.set_defaults(func=commands.operations_list)
 
 
+def configure_healthcheck_parser(sub: _Subparsers) -> None:
+    check = sub.add_parser(
+        "healthcheck",
+        help="probe the running daemon's /healthz where the config puts the API (exit 0"
+        " healthy, 1 not)",
+        description="GET /healthz (or /readyz) of the `serve` that this config describes:"
+        " api.bind (0.0.0.0 and :: are asked on loopback) and api.port, or api.unix_socket."
+        " For container HEALTHCHECKs and Kubernetes exec probes.",
+        epilog=_examples(
+            "backupjobd healthcheck",
+            "BACKUPJOBD_API__PORT=18089 backupjobd healthcheck --timeout 2",
+            "backupjobd --config /etc/backupjobd/backupjobd.toml healthcheck --ready",
+        )
+        + "\n\nexit codes:\n"
+        "  0    healthy (ready, with --ready)\n"
+        "  1    not healthy, not answering, or the API is disabled\n"
+        "  2    bad usage or config",
+    )
+    check.add_argument(
+        "--ready", action="store_true", help="probe /readyz (database and credential) instead"
+    )
+    check.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=3.0,
+        metavar="S",
+        help="give up on an answer after S seconds (default 3)",
+    )
+    check.set_defaults(func=commands.healthcheck)
+
+
 def configure_emulator_parser(sub: _Subparsers) -> None:
     emu = sub.add_parser(
         "emulator",
@@ -422,8 +454,8 @@ def _seconds(text: str) -> float:
 
 def _positive_seconds(text: str) -> float:
     value = _seconds(text)
-    if value < 0.1:
-        raise argparse.ArgumentTypeError(f"must be at least 0.1 seconds: {_quote(text)}")
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {_quote(text)}")
     return value
 
 

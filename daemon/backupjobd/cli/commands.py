@@ -414,6 +414,27 @@ def replicas(args: argparse.Namespace, env: Env) -> int:
     return _on_store(_configured(args, env), work, read_only=True)
 
 
+def healthcheck(args: argparse.Namespace, env: Env) -> int:
+    """Probe the running daemon's /healthz (or /readyz) where the effective config puts the
+    API: the container HEALTHCHECK and the Kubernetes/compose probes all run this."""
+    from backupjobd.adapters import healthprobe
+    from backupjobd.core.healthcheck import probe_target
+
+    api = _configured(args, env).api
+    if not api.enabled:
+        sys.stderr.write(
+            render.error_line("unhealthy: the HTTP API is disabled (api.enabled = false)")
+        )
+        return EXIT_FAILURE
+    target = probe_target(api.bind, api.port, api.unix_socket, ready=args.ready)
+    verdict = healthprobe.probe(target, args.timeout)
+    if verdict.healthy:
+        say(f"healthy: {verdict.reason}")
+        return EXIT_OK
+    sys.stderr.write(render.error_line(f"unhealthy: {verdict.reason}"))
+    return EXIT_FAILURE
+
+
 def emulator(args: argparse.Namespace, env: Env) -> int:
     """The bundled emulator reads no config: it stands in for Azure, not for the daemon."""
     from backupjobd.emulator.server import run_emulator
@@ -429,6 +450,7 @@ def emulator(args: argparse.Namespace, env: Env) -> int:
                 read_burst=args.read_burst,
                 read_refill_per_second=args.read_refill,
                 read_others_per_second=args.read_others,
+                stop_on_signals=True,
             )
         )
     except KeyboardInterrupt:

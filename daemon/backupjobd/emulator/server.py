@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from backupjobd.emulator.faults import ARM_READ_REFILL_PER_SECOND
 from backupjobd.emulator.state import STATE_KEY, EmulatorState
 
 logger = logging.getLogger(__name__)
+
+# As a container's PID 1 the process has no default action for these: without a handler
+# `docker stop` would wait out its timeout and kill it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _is_loopback(host: str) -> bool:
@@ -69,19 +74,52 @@ async def run_emulator(
     read_burst: int | None = None,
     read_refill_per_second: float = ARM_READ_REFILL_PER_SECOND,
     read_others_per_second: float = 0.0,
+    stop_on_signals: bool = False,
 ) -> None:
     """Serve the emulator until cancelled; ``ready`` receives the bound port (for port 0).
 
     With ``replay_files`` ARM requests are answered from those recordings; a file that
-    cannot be loaded raises ``ReplayError`` before anything listens.
+    cannot be loaded raises ``ReplayError`` before anything listens. With ``stop_on_signals``
+    (the main thread only: `backupjobd emulator`) SIGTERM and SIGINT stop it cleanly.
     """
-    state = EmulatorState(
-        required_token=required_token,
-        read_burst=read_burst,
-        read_refill_per_second=read_refill_per_second,
-        read_others_per_second=read_others_per_second,
-    )
-    files = list(replay_files)
+    stopped = asyncio.Event()
+    if stop_on_signals:
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, _stop, signum, stopped)
+    try:
+        await _serve(
+            host,
+            port,
+            stopped,
+            EmulatorState(
+                required_token=required_token,
+                read_burst=read_burst,
+                read_refill_per_second=read_refill_per_second,
+                read_others_per_second=read_others_per_second,
+            ),
+            list(replay_files),
+            ready,
+        )
+    finally:
+        if stop_on_signals:
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+
+
+def _stop(signum: int, stopped: asyncio.Event) -> None:
+    logger.info("received %s: stopping", signal.Signals(signum).name)
+    stopped.set()
+
+
+async def _serve(
+    host: str,
+    port: int,
+    stopped: asyncio.Event,
+    state: EmulatorState,
+    files: list[str | Path],
+    ready: Callable[[int], None] | None,
+) -> None:
     if files:
         state.load_replay(files)
     app = build_emulator_app(state)
@@ -94,9 +132,10 @@ async def run_emulator(
         logger.info("emulator listening on http://%s:%d", host, actual_port)
         # The bound addresses, not ``host``: a name may resolve beyond loopback, "" binds all.
         bound = [str(address[0]) for address in runner.addresses]
-        _warn_if_exposed(bound or [host], required_token)
+        _warn_if_exposed(bound or [host], state.required_token)
         if ready is not None:
             ready(actual_port)
-        await asyncio.Event().wait()
+        await stopped.wait()
     finally:
         await runner.cleanup()
+    logger.info("emulator stopped")
