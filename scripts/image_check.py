@@ -51,6 +51,7 @@ VAULT = (
 )
 ARM_TOKEN = "image-check-arm-token"
 API_TOKEN = "image-check-api-token-0123456789abcdef"
+READ_TOKEN = "image-check-read-token-0123456789abcdef"
 JOB_SECONDS = 4.0
 WAIT_SECONDS = 120.0
 T = TypeVar("T")
@@ -319,6 +320,7 @@ class ImageCheck:
             [
                 f"BACKUPJOBD_API__PORT={api_port}",
                 f"BACKUPJOBD_API_TOKEN={API_TOKEN}",
+                f"BACKUPJOBD_API_READ_TOKEN={READ_TOKEN}",
                 f"BACKUPJOBD_AZURE__MANAGEMENT_ENDPOINT=http://127.0.0.1:{emulator_port}",
                 "BACKUPJOBD_AZURE__CREDENTIAL=static-token",
                 f"BACKUPJOBD_STATIC_TOKEN={ARM_TOKEN}",
@@ -398,8 +400,30 @@ class ImageCheck:
             unauthenticated = exc.code
         else:
             raise CheckFailed("/metrics answered without a token on 0.0.0.0")
-        status, _, _ = _get_text(f"{api}/metrics", API_TOKEN)
-        step("metrics", f"/metrics {unauthenticated} without a token, {status} with it")
+        status, _, _ = _get_text(f"{api}/metrics", READ_TOKEN)
+        if status != 200:
+            raise CheckFailed(f"/metrics answered {status} to the read-only token")
+        try:
+            request("POST", f"{api}/v1/jobs/{job['job_id']}/cancel", {}, READ_TOKEN)
+        except urllib.error.HTTPError as exc:
+            refused = exc.code
+        else:
+            raise CheckFailed("the read-only token could cancel a job")
+        step(
+            "tokens",
+            f"/metrics {unauthenticated} without a token, {status} with the read-only one;"
+            f" cancel with the read-only token {refused}",
+        )
+        page_status, headers, page = _get_text(f"{api}/", READ_TOKEN)
+        if page_status != 200 or job["job_id"] not in page:
+            raise CheckFailed(f"GET / answered {page_status} without the job on it")
+        style = f"{api}/ui/static/page.css"
+        css_status = urllib.request.urlopen(style, timeout=30).status
+        step(
+            "page",
+            f"GET / {page_status} ({len(page):,} bytes, the job on it, CSP"
+            f" {headers.get('Content-Security-Policy', 'missing')!r}); page.css {css_status}",
+        )
 
     def stop(self, name: str, grace: int) -> None:
         began = time.monotonic()
