@@ -129,9 +129,7 @@ class Metrics:
             ["status"],
             registry=r,
         )
-        Info("backupjobd_build", "The running version", registry=r).info(
-            {"version": __version__}
-        )
+        Info("backupjobd_build", "The running version", registry=r).info({"version": __version__})
         # process_* (CPU, memory, open descriptors, start time) and python_info.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

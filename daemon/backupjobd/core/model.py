@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from backupjobd.core.azure import ErrorDetail
+from backupjobd.core import azure
+from backupjobd.core.azure import ErrorDetail, JobKind, VaultKind
 from backupjobd.core.decisions import (
     JobDecision,
     JobState,
@@ -61,10 +62,21 @@ class JobRecord:
     operation_id: str | None = None
     #: How far the job is (0 to 100) as last read, from Azure's progress or its task list.
     progress_percent: float | None = None
+    #: The secondary region of a cross-region-restore job (`vault_id` is its source vault).
+    region: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.tracking is Tracking.FINISHED
+
+    @property
+    def vault_kind(self) -> VaultKind:
+        return azure.vault_kind_of(self.vault_id)
+
+    @property
+    def kind(self) -> JobKind:
+        """Which Azure API reads this job (the ARM client has one read per kind)."""
+        return azure.job_kind(self.vault_kind, self.region)
 
     def after(self, decision: JobDecision, now: datetime) -> JobRecord:
         """The job as it reads once `decision` (observed at `now`) is committed: what the
@@ -207,6 +219,17 @@ class OperationRecord:
     last_error: str | None
     job_ids: tuple[str, ...]
     version: int
+    #: A cross-region restore's secondary region, or a Backup vault operation's location.
+    region: str | None = None
+
+    @property
+    def vault_kind(self) -> VaultKind:
+        return azure.vault_kind_of(self.vault_id)
+
+    @property
+    def crr(self) -> bool:
+        """A cross-region restore's operation: the jobs it names carry its region."""
+        return self.region is not None and self.vault_kind is VaultKind.RECOVERY_SERVICES
 
     def state(self) -> OperationState:
         return OperationState(

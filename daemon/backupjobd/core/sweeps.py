@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from backupjobd.core import azure
-from backupjobd.core.azure import JobObservation
+from backupjobd.core.azure import JobKind, JobObservation
 from backupjobd.core.decisions import JobDecision, PollPolicy, Seen, Tracking, decide_job
 from backupjobd.core.model import Commit, JobRecord
 
@@ -306,7 +306,11 @@ class VaultRoster:
         sweepable = tuple(
             r
             for r in due
-            if sweep_settles(
+            # Only a Recovery Services vault's own list (with its $filter) settles jobs; a
+            # Backup vault's list has no filter and a cross-region restore's jobs are not in
+            # the vault's list: those get single reads.
+            if r.kind is JobKind.RECOVERY_SERVICES
+            and sweep_settles(
                 r.status,
                 r.last_detail_at or r.registered_at,
                 now,

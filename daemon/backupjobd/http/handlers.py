@@ -186,6 +186,9 @@ async def _stop_job(request: web.Request) -> web.StreamResponse:
 async def _cancel_job(request: web.Request) -> web.StreamResponse:
     """Ask Azure to cancel; the job's own polls then record Cancelling and Cancelled."""
     job = await _one_job(request)
+    refusal = azure.cancel_refusal(job.kind)
+    if refusal is not None:
+        raise ApiError(409, "CancelNotSupported", refusal)
     vault = azure.vault_from_id(job.vault_id)
     try:
         outcome = await request.app[keys.ARM].cancel_job(

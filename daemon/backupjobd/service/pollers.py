@@ -152,7 +152,9 @@ class Pollers:
         vault = azure.vault_from_id(record.vault_id)
         self.reads_running += 1
         try:
-            observed = await observe(self._arm.get_job(vault, record.job_id))
+            observed = await observe(
+                self._arm.read_job(record.kind, vault, record.job_id, record.region)
+            )
         finally:
             self.reads_running -= 1
         outcome: Outcome = Seen(observed) if isinstance(observed, JobObservation) else observed
@@ -171,7 +173,9 @@ class Pollers:
 
     async def poll_operation(self, record: OperationRecord) -> None:
         vault = azure.vault_from_id(record.vault_id)
-        observed = await observe(self._arm.get_operation(vault, record.operation_id))
+        observed = await observe(
+            self._arm.read_operation(vault, record.operation_id, record.region)
+        )
         outcome: OperationOutcome = (
             OperationSeen(observed) if isinstance(observed, OperationObservation) else observed
         )
