@@ -123,7 +123,7 @@ def parse_documents(
 def parse_document(doc: Any, endpoint: Endpoint, vault_hint: VaultRef | None) -> list[Registration]:
     """Recognise one registration form (see the brief) and validate it."""
     if isinstance(doc, str):
-        return [_from_string(doc, endpoint)]
+        return [_from_string(doc, endpoint, vault_hint)]
     if not isinstance(doc, dict):
         raise InvalidInput(f"expected a JSON object or string, got {type(doc).__name__}")
     lowered = {str(k).lower(): v for k, v in doc.items()}
