@@ -166,6 +166,7 @@ def jobs_list(args: argparse.Namespace, env: Env) -> int:
             until=args.until,
             operation=args.operation,
             newest_first=True,
+            kind=args.kind,
         )
         output.emit(args, [job.to_json() for job in jobs], lambda: render.jobs_table(jobs))
         return EXIT_OK

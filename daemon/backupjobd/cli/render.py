@@ -122,11 +122,25 @@ def jobs_table(jobs: list[JobRecord]) -> None:
             str(job.poll_count),
             short(iso(job.start_time)),
             short(iso(job.end_time)),
+            job.vault_kind.value,
+            job.region or "-",
         ]
         for job in jobs
     ]
     table(
-        ["JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS", "START", "END"],
+        [
+            "JOB ID",
+            "STATUS",
+            "TRACKING",
+            "OPERATION",
+            "ENTITY",
+            "VAULT",
+            "POLLS",
+            "START",
+            "END",
+            "VAULT KIND",
+            "REGION",
+        ],
         rows,
     )
     say(f"{len(jobs)} job(s)")

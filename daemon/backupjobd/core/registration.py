@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from backupjobd.core import azure
 from backupjobd.core.azure import VaultKind, VaultRef
@@ -186,7 +186,8 @@ def operation_from_url(
         )
     if "%2f" in parts.path.lower() or "/../" in parts.path + "/" or "/./" in parts.path + "/":
         raise InvalidInput("operation URL path contains traversal or encoded slashes")
-    found = azure.parse_operation_target(parts.path)
+    # Clients percent-encode a base64 id's `=` (a cross-region restore's operation ids).
+    found = azure.parse_operation_target(unquote(parts.path))
     vault = _operation_vault(found, vault_hint, parts.path)
     return OperationRegistration(vault, found.operation_id, url, source, found.region)
 
