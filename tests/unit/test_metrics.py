@@ -62,3 +62,34 @@ def test_last_tick_build_and_failed_operations() -> None:
     metrics.operation_failed("Failed")
     assert sample(metrics, "backupjobd_operations_failed_total", status="Failed") == 1.0
     assert sample(metrics, "backupjobd_build_info") == 1.0
+
+
+def test_transitions_and_polls_carry_the_vault_and_job_kind() -> None:
+    """Backup vault and cross-region-restore jobs are counted apart (issue 13)."""
+    metrics = Metrics()
+    journal = Journal(metrics)
+    now = T0 + timedelta(seconds=30)
+    plain = commit_of("Completed", registered=T0, now=now)
+    crr = dataclasses.replace(plain, record=dataclasses.replace(plain.record, region="eastus2"))
+    journal.job(plain, Seen(parse_job_resource(job_body(VAULT, plain.record.job_id, "Completed"))))
+    journal.swept_job(crr)
+    assert (
+        sample(
+            metrics,
+            "backupjobd_transitions_total",
+            to_status="Completed",
+            vault_kind="RecoveryServices",
+            job_kind="CrossRegionRestore",
+        )
+        == 1.0
+    )
+    assert (
+        sample(
+            metrics,
+            "backupjobd_transitions_total",
+            to_status="Completed",
+            job_kind="RecoveryServices",
+        )
+        == 1.0
+    )
+    assert sample(metrics, "backupjobd_polls_total", kind="job", vault_kind="RecoveryServices") == 1

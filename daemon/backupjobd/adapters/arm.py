@@ -251,6 +251,11 @@ class ArmClient:
         opaque continuation token and its own api-version). Items without `extendedInfo`."""
         url = f"{self._vault_url(vault)}/backupJobs"
         query: dict[str, str] | None = {"$filter": odata_filter} if odata_filter else {}
+        if vault.kind is VaultKind.DATA_PROTECTION:
+            # A Backup vault's list has no $filter: every job, page by page.
+            query = {"api-version": self._versions.data_protection}
+            if odata_filter:
+                raise InvalidInput("a Backup vault's job list takes no $filter")
         target: str | yarl.URL = url
         for _ in range(max_pages):
             answer = await self._send("GET", target, vault.subscription_id, extra_params=query)
@@ -274,14 +279,24 @@ class ArmClient:
             target, query = yarl.URL(next_link, encoded=True), None
         raise TransientError(f"more than {max_pages} pages of jobs; stopping")
 
-    async def list_vaults(self, subscription_id: str) -> list[VaultRef]:
-        """The subscription's Recovery Services vaults (for discovery)."""
+    async def list_vaults(
+        self, subscription_id: str, kind: VaultKind = VaultKind.RECOVERY_SERVICES
+    ) -> list[VaultRef]:
+        """The subscription's vaults of one kind (for discovery)."""
         sub = quote(azure.validate_subscription_id(subscription_id), safe="")
-        target: str | yarl.URL = (
-            f"{self._endpoint}/subscriptions/{sub}/providers/Microsoft.RecoveryServices/vaults"
+        provider = (
+            "Microsoft.DataProtection/backupVaults"
+            if kind is VaultKind.DATA_PROTECTION
+            else "Microsoft.RecoveryServices/vaults"
         )
+        target: str | yarl.URL = f"{self._endpoint}/subscriptions/{sub}/providers/{provider}"
         # The vaults API has its own versions; pin one both it and Backup have (2025-08-01).
-        query: dict[str, str] | None = {"api-version": VAULTS_API_VERSION}
+        version = (
+            self._versions.data_protection
+            if kind is VaultKind.DATA_PROTECTION
+            else VAULTS_API_VERSION
+        )
+        query: dict[str, str] | None = {"api-version": version}
         vaults: list[VaultRef] = []
         for _ in range(1000):
             answer = await self._send("GET", target, subscription_id, extra_params=query)
@@ -290,9 +305,12 @@ class ArmClient:
                 vault_id = item.get("id") if isinstance(item, dict) else None
                 if isinstance(vault_id, str):
                     try:
-                        vaults.append(azure.vault_from_id(vault_id))
+                        found = azure.vault_from_id(vault_id)
                     except InvalidInput:
                         logger.debug("skipping a vault id that does not parse")
+                        continue
+                    if found.kind is kind:
+                        vaults.append(found)
             next_link = body.get("nextLink") if isinstance(body, dict) else None
             if not next_link:
                 return vaults

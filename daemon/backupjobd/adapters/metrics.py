@@ -43,14 +43,14 @@ class Metrics:
         self.stuck_jobs = Gauge("backupjobd_stuck_jobs", "Jobs flagged stuck", registry=r)
         self.transitions = Counter(
             "backupjobd_transitions",
-            "Recorded status transitions by new status",
-            ["to_status"],
+            "Recorded status transitions by new status, vault kind and job kind",
+            ["to_status", "vault_kind", "job_kind"],
             registry=r,
         )
         self.polls = Counter(
             "backupjobd_polls",
-            "Polls of jobs and operations by outcome",
-            ["kind", "outcome"],
+            "Polls of jobs and operations by outcome and vault kind",
+            ["kind", "outcome", "vault_kind"],
             registry=r,
         )
         self.arm_requests = Counter(
@@ -143,8 +143,8 @@ class Metrics:
     def throttled(self, subscription_id: str) -> None:
         self.arm_throttled.labels(subscription_id).inc()
 
-    def poll(self, kind: str, outcome: str) -> None:
-        self.polls.labels(kind, outcome).inc()
+    def poll(self, kind: str, outcome: str, vault_kind: str = "RecoveryServices") -> None:
+        self.polls.labels(kind, outcome, vault_kind).inc()
 
     def transition(
         self,
@@ -152,11 +152,14 @@ class Metrics:
         end_time: datetime | None,
         observed: datetime,
         registered_at: datetime | None = None,
+        *,
+        vault_kind: str = "RecoveryServices",
+        job_kind: str = "RecoveryServices",
     ) -> None:
         """A recorded transition; a terminal one also gives the detection lag, counted from
         the later of Azure's end time and the registration (a job registered after it had
-        ended was not late to be seen)."""
-        self.transitions.labels(to_status).inc()
+        ended was not late to be seen). `job_kind` tells cross-region restores apart."""
+        self.transitions.labels(to_status, vault_kind, job_kind).inc()
         if end_time is not None:
             since = max(end_time, registered_at) if registered_at is not None else end_time
             self.detection_lag.observe(max(0.0, (observed - since).total_seconds()))
