@@ -29,6 +29,7 @@ from backupjobd.core.model import (
     TransitionRecord,
 )
 from backupjobd.core.registration import JobRegistration, Registration
+from backupjobd.core.sweeps import SWEEPABLE_STATUSES
 from backupjobd.errors import StoreError
 from backupjobd.store import Store
 from backupjobd.testing import replicas
@@ -176,7 +177,7 @@ class MemoryStore(Store):
             candidates = (
                 j.record
                 for j in t.jobs.values()
-                if j.vault_key == key and j.record.status == "InProgress"
+                if j.vault_key == key and j.record.status in SWEEPABLE_STATUSES
                 if j.record.region is None and active_due(j.record, at)
             )
             return due(candidates, limit, exclude)

@@ -27,6 +27,7 @@ from backupjobd.core.model import (
     TransitionRecord,
 )
 from backupjobd.core.registration import JobRegistration, Registration
+from backupjobd.core.sweeps import SWEEPABLE_STATUSES
 
 # `jobs list --status` accepts these tracking states besides Azure statuses ("Failed" is a status).
 JOB_TRACKING_FILTERS = frozenset(
@@ -190,7 +191,7 @@ def sweep_where(vault_id: str, due_before: datetime) -> tuple[Any, ...]:
     return (
         t.c.tracking == Tracking.ACTIVE.value,
         t.c.vault_key == vault_id.lower(),
-        t.c.status == "InProgress",
+        t.c.status.in_(SWEEPABLE_STATUSES),
         t.c.region.is_(None),  # a cross-region restore's jobs are not in the vault's list
         t.c.next_poll_at <= due_before,
     )
