@@ -707,7 +707,7 @@ async def _backup_vault_reads(
 async def test_a_backup_vault_is_swept_while_its_list_is_cheaper(make_env: MakeEnv) -> None:
     """Its list has no $filter: a sweep pages through every job of the vault, and still
     costs less than the running jobs' GETs while they outnumber its pages."""
-    _, ids, lists, gets = await _backup_vault_reads(make_env, running=21, history=0, name="bv")
+    _, _, lists, gets = await _backup_vault_reads(make_env, running=21, history=0, name="bv")
     _, _, _, single = await _backup_vault_reads(
         make_env, running=21, history=0, name="bv-single", sweep_min_jobs=0
     )
@@ -719,7 +719,7 @@ async def test_a_backup_vault_is_swept_while_its_list_is_cheaper(make_env: MakeE
 async def test_a_backup_vault_with_a_long_history_is_not_swept(make_env: MakeEnv) -> None:
     """With 60 old jobs (9 pages of 7) and 6 running, the pages cost more than the GETs:
     after the first look (one list, size unknown yet) the jobs are read one by one."""
-    env, ids, lists, gets = await _backup_vault_reads(
+    _, ids, lists, gets = await _backup_vault_reads(
         make_env, running=6, history=60, name="bv-history"
     )
     assert lists <= math.ceil(66 / 7)  # at most the one first look
