@@ -204,6 +204,12 @@ def job_history(
         summary = ", ".join(
             f"{t.get('taskId')}={t.get('status')}" for t in tasks if isinstance(t, dict)
         )
+        if isinstance(ext, dict) and not tasks:  # a Backup vault job's subTasks
+            summary = ", ".join(
+                f"{t.get('taskName')}={t.get('taskStatus')}"
+                for t in ext.get("subTasks") or []
+                if isinstance(t, dict)
+            )
         lines.append(f"  {short(iso(snap.observed_at))}  {printable(snap.status):<22} {summary}")
     say(*lines)
 

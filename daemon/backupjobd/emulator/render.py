@@ -164,7 +164,6 @@ def render_backup_vault_job(
                 "code": "UserErrorDiskSnapshotFailed",
                 "message": "The snapshot of the disk could not be taken.",
                 "isRetryable": False,
-                "recommendedAction": ["Retry the backup after some time."],
             }
         ]
     if extended:
