@@ -15,7 +15,7 @@ from backupjobd.core.registration import (
     JobRegistration,
     parse_document,
 )
-from backupjobd.errors import PermanentError
+from backupjobd.errors import InvalidInput
 from tests.integration.rig import TOKEN, VAULT, MakeRig, Rig
 
 SUB = VAULT.subscription_id
@@ -204,9 +204,16 @@ async def test_backup_vault_list_pages_without_filter(make_rig: MakeRig) -> None
     pages = [page async for page in rig.arm.list_jobs(BACKUP_VAULT)]
     assert [len(p) for p in pages] == [2, 2, 1]
     assert all(obs.vault == BACKUP_VAULT for p in pages for obs in p)
-    with pytest.raises(PermanentError):
+    with pytest.raises(InvalidInput, match="no \\$filter"):
         async for _ in rig.arm.list_jobs(BACKUP_VAULT, "status eq 'InProgress'"):
             pass
+    # And the emulator refuses one, as a reminder that Azure offers none.
+    async with rig.session.get(
+        f"{rig.endpoint}{BACKUP_VAULT.id}/backupJobs",
+        params={"api-version": "2025-07-01", "$filter": "status eq 'Started'"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as resp:
+        assert resp.status == 400
 
 
 async def test_cancel_is_refused_for_crr_and_backup_vault_jobs() -> None:
