@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from backupjobd.adapters.budget import ReadBudget
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.core import events
 from backupjobd.core.azure import parse_job_resource
@@ -93,3 +94,14 @@ def test_transitions_and_polls_carry_the_vault_and_job_kind() -> None:
         == 1.0
     )
     assert sample(metrics, "backupjobd_polls_total", kind="job", vault_kind="RecoveryServices") == 1
+
+
+def test_the_write_bucket_of_cross_region_reads_is_exported() -> None:
+    metrics = Metrics()
+    writes = ReadBudget(200, 10, clock=lambda: 0.0)
+    assert writes.try_take("sub-1")
+    writes.observe_remaining("sub-1", 1190)
+    metrics.set_write_budget(writes)
+    metrics.set_write_budget(None)
+    assert sample(metrics, "backupjobd_write_budget_remaining", subscription="sub-1") == 1190
+    assert sample(metrics, "backupjobd_write_budget_tokens", subscription="sub-1") > 0

@@ -118,6 +118,18 @@ class Metrics:
             ["subscription"],
             registry=r,
         )
+        self.write_budget_tokens = Gauge(
+            "backupjobd_write_budget_tokens",
+            "ARM write tokens left per subscription for cross-region-restore job reads (POSTs)",
+            ["subscription"],
+            registry=r,
+        )
+        self.write_budget_remaining = Gauge(
+            "backupjobd_write_budget_remaining",
+            "The remaining-writes count Azure last reported per subscription",
+            ["subscription"],
+            registry=r,
+        )
         self.last_tick = Gauge(
             "backupjobd_last_tick_timestamp_seconds",
             "When the dispatcher last ticked (Unix time; 0 before the first tick)",
@@ -191,6 +203,15 @@ class Metrics:
             self.budget_rate.labels(state.subscription_id).set(state.rate)
             if state.remaining is not None:
                 self.budget_remaining.labels(state.subscription_id).set(state.remaining)
+
+    def set_write_budget(self, budget: ReadBudget | None) -> None:
+        """The bucket cross-region-restore job reads draw on (Azure counts them as writes)."""
+        if budget is None:
+            return
+        for state in budget.snapshot():
+            self.write_budget_tokens.labels(state.subscription_id).set(state.tokens)
+            if state.remaining is not None:
+                self.write_budget_remaining.labels(state.subscription_id).set(state.remaining)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

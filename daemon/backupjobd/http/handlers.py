@@ -314,6 +314,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     metrics.set_last_tick(request.app[keys.TICK_AGE](), time.time())
     metrics.set_job_counts(*await request.app[keys.STORE].job_status_counts())
     metrics.set_budget(request.app[keys.ARM].budget)
+    metrics.set_write_budget(request.app[keys.ARM].write_budget)
     outbox = await request.app[keys.STORE].outbox_counts()
     metrics.set_outbox(outbox.get("pending", 0), outbox.get("dead", 0))
     return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
