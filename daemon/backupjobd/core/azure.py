@@ -376,6 +376,17 @@ def parse_crr_job_id(value: str) -> CrrJobId | None:
     )
 
 
+def job_arm_id(vault_id: str, job_id: str, region: str | None = None) -> str:
+    """A job's ARM id: under its vault, or location-scoped for a cross-region restore's."""
+    if region is not None:
+        sub = vault_id.split("/")[2]
+        return (
+            f"/subscriptions/{sub}/providers/Microsoft.RecoveryServices/locations/"
+            f"{region}/backupJobs/{job_id}"
+        )
+    return f"{vault_id}/backupJobs/{job_id}"
+
+
 def validate_region(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(_REGION, value, re.ASCII):
         raise InvalidInput(f"not an Azure region name: {_clip(value)}")

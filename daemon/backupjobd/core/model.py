@@ -78,6 +78,11 @@ class JobRecord:
         """Which Azure API reads this job (the ARM client has one read per kind)."""
         return azure.job_kind(self.vault_kind, self.region)
 
+    @property
+    def arm_id(self) -> str:
+        """The job's ARM id: under its vault, or location-scoped for a cross-region restore's."""
+        return azure.job_arm_id(self.vault_id, self.job_id, self.region)
+
     def after(self, decision: JobDecision, now: datetime) -> JobRecord:
         """The job as it reads once `decision` (observed at `now`) is committed: what the
         store writes and what webhook events report, computed in one place."""

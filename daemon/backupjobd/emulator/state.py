@@ -22,6 +22,7 @@ from typing import Final
 
 from aiohttp import web
 
+from backupjobd.core.azure import job_arm_id
 from backupjobd.emulator import render
 from backupjobd.emulator.faults import (
     ARM_READ_REFILL_PER_SECOND,
@@ -131,13 +132,7 @@ class EmulatedJob:
     @property
     def arm_id(self) -> str:
         """The job's ARM id: under its vault, or location-scoped for a cross-region restore."""
-        if self.region is not None:
-            sub = self.vault_id.split("/")[2]
-            return (
-                f"/subscriptions/{sub}/providers/Microsoft.RecoveryServices/locations/"
-                f"{self.region}/backupJobs/{self.job_id}"
-            )
-        return f"{self.vault_id}/backupJobs/{self.job_id}"
+        return job_arm_id(self.vault_id, self.job_id, self.region)
 
     @property
     def entity(self) -> str:
