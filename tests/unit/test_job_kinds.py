@@ -426,3 +426,20 @@ def test_cli_registers_the_new_forms_with_kind_and_region(cli: Cli) -> None:  # 
 )
 def test_cli_refuses_bad_new_forms(cli: Cli, argv: list[str], stdin: str) -> None:  # noqa: F811
     cli.refused(argv, stdin)
+
+
+@pytest.mark.parametrize(
+    ("status", "jobs", "region", "needed"),
+    [
+        ("Succeeded", (), "westus", True),
+        ("Succeeded", (JOB,), "westus", False),
+        ("Succeeded", (), None, False),
+        ("InProgress", (), "westus", False),
+        ("Failed", (), "westus", False),
+    ],
+)
+def test_operation_results_are_read_once_the_status_succeeded_without_a_job(
+    status: str, jobs: tuple[str, ...], region: str | None, needed: bool
+) -> None:
+    op = azure.OperationObservation(status, jobs, None, None)
+    assert azure.needs_operation_result(op, region) is needed

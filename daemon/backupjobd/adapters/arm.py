@@ -206,7 +206,7 @@ class ArmClient:
         status = self._operation_from(
             await self._send("GET", url, vault.subscription_id, extra_params=version)
         )
-        if status.status != azure.OPERATION_SUCCEEDED or status.job_ids or region is None:
+        if region is None or not azure.needs_operation_result(status, region):
             return status
         sub = quote(vault.subscription_id, safe="")
         result_url = (

@@ -671,6 +671,13 @@ def _body_guid(value: object) -> str:
     raise BodyError(f"operation names a job id that is not a GUID: {_clip(value)}")
 
 
+def needs_operation_result(op: OperationObservation, result_region: str | None) -> bool:
+    """Whether to read a Backup vault operation's `operationResults` next: its
+    `operationStatus` succeeded without naming a job, and the trigger's `Location` said
+    where its result is (`result_region`)."""
+    return op.status == OPERATION_SUCCEEDED and not op.job_ids and result_region is not None
+
+
 def parse_operation_job_info(body: object) -> tuple[str, VaultRef | None]:
     """An `OperationJobExtendedInfo` body (a Backup vault trigger's 200, or the 200 of its
     `operationResults`): the job id and, when `jobId` is a full ARM id, its vault."""
