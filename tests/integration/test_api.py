@@ -586,7 +586,8 @@ async def test_cancel_of_a_cross_region_restore_job_is_refused_without_calling_a
 ) -> None:
     """Azure cannot cancel a secondary region's job: 409, and Azure is not asked."""
     sub = VAULT.split("/")[2]
-    crr_id = f"/subscriptions/{sub}/providers/Microsoft.RecoveryServices/locations/eastus2/backupJobs/{G1}"
+    crr_id = azure.job_arm_id(VAULT, G1, "eastus2")
+    assert f"/subscriptions/{sub}/providers/" in crr_id
     resp = await h.client.post(f"/v1/jobs?vault={VAULT}", json=crr_id)
     assert resp.status == 201, await resp.text()
     [job] = (await (await h.client.get("/v1/jobs")).json())["jobs"]
