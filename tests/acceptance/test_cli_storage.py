@@ -54,7 +54,8 @@ def test_parallel_registrations_wait_for_each_other(daemon: Daemon) -> None:
     daemon.env["BACKUPJOBD_DATABASE__BUSY_TIMEOUT_MS"] = "200"
     daemon.ok("migrate")
     batches = [
-        json.dumps([f"{VAULT}/backupJobs/{uuid.uuid4()}" for _ in range(1000)]) for _ in range(10)
+        json.dumps([f"{VAULT}/backupJobs/{uuid.uuid4()}" for _ in range(1000)])
+        for _ in range(10)
     ]
     procs = [
         subprocess.Popen(

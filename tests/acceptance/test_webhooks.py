@@ -301,10 +301,8 @@ def test_wait_without_a_daemon_writes_the_events_serve_delivers_later(
     daemon.start()
     wait_until(
         "serve to deliver what wait recorded",
-        lambda: (
-            types_by_job(receiver.got("everything")) == want_all
-            and types_by_job(receiver.got("pager")) == want_pager
-        ),
+        lambda: types_by_job(receiver.got("everything")) == want_all
+        and types_by_job(receiver.got("pager")) == want_pager,
         30,
     )
     assert daemon.stop() == 0

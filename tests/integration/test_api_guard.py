@@ -215,7 +215,7 @@ async def test_a_slow_body_gets_408(make_api: ApiFactory) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
     writer.write(
         b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 1000\r\n\r\n["/subs'
+        b"Content-Length: 1000\r\n\r\n[\"/subs"
     )
     await writer.drain()
     answer = await closed_by_server(reader)
@@ -276,7 +276,9 @@ async def test_a_busy_port_is_one_line(make_api: ApiFactory) -> None:
     assert "\n" not in str(failed.value)
 
 
-async def test_a_live_unix_socket_is_not_taken_over(make_api: ApiFactory, tmp_path: Path) -> None:
+async def test_a_live_unix_socket_is_not_taken_over(
+    make_api: ApiFactory, tmp_path: Path
+) -> None:
     path = str(tmp_path / "api.sock")
     first = await make_api(unix_socket=path)
     with pytest.raises(ApiStartError, match="in use by another live process"):
@@ -318,7 +320,7 @@ async def test_malformed_requests_and_vanishing_clients_log_no_errors(
     reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
     writer.write(
         b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 1000\r\n\r\n["/sub'
+        b"Content-Length: 1000\r\n\r\n[\"/sub"
     )
     await writer.drain()
     writer.transport.abort()

@@ -125,8 +125,7 @@ def descriptors_in_use() -> int:
 _BUSY_BODY = b'{"error": {"code": "busy", "message": "too many connections; retry later"}}'
 BUSY_ANSWER = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
-    % len(_BUSY_BODY)
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(_BUSY_BODY)
     + _BUSY_BODY
 )
 
