@@ -1,5 +1,6 @@
-"""The demo: start the bundled emulator and the daemon, register ~20 short jobs in every
-registration form, watch them reach their end, then print the table and one job's history.
+"""The demo: start the bundled emulator and the daemon, register ~30 short jobs in every
+registration form (Recovery Services vault jobs, Backup vault jobs and cross-region
+restores), watch them reach their end, then print the table and one job's history.
 
 Run it with `make demo` (which builds the virtual environment first). Everything it
 writes goes to ./demo-run/; it stops both processes on the way out.
@@ -25,6 +26,11 @@ VAULT = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-demo"
     "/providers/Microsoft.RecoveryServices/vaults/vault-demo"
 )
+BACKUP_VAULT = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-demo"
+    "/providers/Microsoft.DataProtection/backupVaults/backupvault-demo"
+)
+SECONDARY_REGION = "northeurope"
 DEADLINE_SECONDS = 90
 
 
@@ -115,6 +121,7 @@ not_found_grace_seconds = 30
         print(cli("jobs", "list", env=env))
         failed = next((j for j in jobs if j["status"] == "Failed"), jobs[0])
         print(cli("jobs", "history", failed["job_id"], env=env))
+        print(cli("jobs", "list", "--kind", "DataProtection", "-o", "tsv", env=env))
         print(f"demo finished in {time.monotonic() - started:.0f} s; files in {RUN}")
         return 0
     finally:
@@ -186,6 +193,43 @@ def register_everything(emulator: EmulatorClient, env: dict[str, str]) -> None:
     cli("register", "-", stdin=json.dumps(bodies), env=env)
     print("7. registering a job twice is a no-op that says so")
     cli("register", "--job", bodies[0]["id"], env=env)
+    register_other_kinds(emulator, env)
+
+
+def register_other_kinds(emulator: EmulatorClient, env: dict[str, str]) -> None:
+    """A few Backup vault (Microsoft.DataProtection) and cross-region-restore jobs, in each
+    of their forms."""
+
+    def created(n: int, vault: str, **extra: Any) -> list[dict[str, Any]]:
+        specs = [{"vault_id": vault, "duration_seconds": 5 + 2 * i, **extra} for i in range(n)]
+        return emulator.create_jobs(specs)
+
+    print("8. Backup vault jobs: ARM id, job id + Backup vault id, OperationJobExtendedInfo")
+    bv = created(2, BACKUP_VAULT) + created(1, BACKUP_VAULT, final_status="Failed")
+    cli("register", "--job", bv[0]["id"], "--job", bv[2]["id"], env=env)
+    [extra] = created(1, BACKUP_VAULT)
+    cli("register", "--job-id", bv[1]["job_id"], "--vault", BACKUP_VAULT, env=env)
+    info = {"objectType": "OperationJobExtendedInfo", "jobId": extra["job_id"]}
+    cli("register", "-", "--vault", BACKUP_VAULT, stdin=json.dumps(info), env=env)
+    print("9. a Backup vault trigger's 202 headers: operationStatus, then operationResults")
+    trigger = f"{BACKUP_VAULT}/backupInstances/disk-demo/backup?api-version=2025-07-01"
+    _, trigger_headers, _ = emulator.arm_post(trigger)
+    headers = {
+        k: v
+        for k, v in trigger_headers.items()
+        if k.lower() in ("azure-asyncoperation", "location")
+    }
+    cli("register", "-", stdin=json.dumps({"headers": headers}), env=env)
+    print("10. cross-region restores: a location-scoped job id, and a trigger's 202 headers")
+    crr = created(1, VAULT, region=SECONDARY_REGION) + created(
+        1, VAULT, region=SECONDARY_REGION, final_status="Failed"
+    )
+    cli("register", "--vault", VAULT, "--job", crr[0]["id"], "--job", crr[1]["id"], env=env)
+    op = emulator.create_operation(
+        vault_id=VAULT, region=SECONDARY_REGION, delay_seconds=1, jobs={"duration_seconds": 6}
+    )
+    crr_headers = {"Azure-AsyncOperation": op["azure_async_operation"], "Location": op["location"]}
+    cli("register", "-", "--vault", VAULT, stdin=json.dumps({"headers": crr_headers}), env=env)
 
 
 def _operation(

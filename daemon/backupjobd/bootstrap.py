@@ -91,6 +91,16 @@ def read_budget(config: Config) -> ReadBudget | None:
     )
 
 
+def write_budget(config: Config) -> ReadBudget | None:
+    """The bucket cross-region-restore job reads (POSTs) draw on: the subscription's writes."""
+    t = config.throttle
+    if not t.enabled:
+        return None
+    return ReadBudget(
+        t.writes_burst, t.writes_per_second, reserve=t.reserve_reads, max_share=t.max_share
+    )
+
+
 def api_token(config: Config, env: Mapping[str, str]) -> str | None:
     """The API's bearer token: required unless it listens on loopback or a unix socket."""
     from backupjobd.http import api_token_required
@@ -236,7 +246,7 @@ async def arm_client(
     """The ARM client with its token provider and HTTP session, closed on exit."""
     import aiohttp
 
-    from backupjobd.adapters.arm import ArmClient
+    from backupjobd.adapters.arm import ApiVersions, ArmClient
 
     tokens = build_token_provider(config.azure, env)
     session = aiohttp.ClientSession(
@@ -251,8 +261,12 @@ async def arm_client(
             config.azure.api_version,
             config.azure.request_timeout_seconds,
             budget=read_budget(config),
+            write_budget=write_budget(config),
             max_concurrent_requests=config.polling.concurrency,
             metrics=metrics,
+            api_versions=ApiVersions(
+                config.azure.data_protection_api_version, config.azure.crr_api_version
+            ),
         )
     finally:
         await session.close()

@@ -79,6 +79,11 @@ class AzureConfig(_Section, frozen=True):
     credential: str = "default"
     static_token_env: str = "BACKUPJOBD_STATIC_TOKEN"
     api_version: str = "2025-08-01"
+    # Backup vaults (Microsoft.DataProtection) have their own api-versions.
+    data_protection_api_version: str = "2025-07-01"
+    # Cross-region-restore reads (backupCrrJob, backupCrrOperationsStatus) exist in 2018-12-20
+    # and 2021-11-15 (newer versions are not known to carry them).
+    crr_api_version: str = "2021-11-15"
     tenant_id: str = ""
     client_id: str = ""
     client_secret_env: str = "AZURE_CLIENT_SECRET"
@@ -124,6 +129,10 @@ class ThrottleConfig(_Section, frozen=True):
     # The most of the budget we take (rate and bucket); the rest is for people and tools.
     max_share: float = 0.7
     reserve_reads: int = 10
+    # Cross-region-restore job reads are POSTs: they draw on the subscription's *write*
+    # budget (Azure: 200 burst, 10 per second), a bucket of their own.
+    writes_burst: int = 200
+    writes_per_second: float = 10.0
 
 
 class StuckConfig(_Section, frozen=True):
@@ -451,8 +460,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"config key azure.cloud must be one of {', '.join(CLOUDS)}")
     if az.credential not in CREDENTIALS:
         raise ConfigError(f"config key azure.credential must be one of {', '.join(CREDENTIALS)}")
-    if not _API_VERSION_RE.match(az.api_version):
-        raise ConfigError("config key azure.api_version must look like YYYY-MM-DD[-preview]")
+    for key in ("api_version", "data_protection_api_version", "crr_api_version"):
+        if not _API_VERSION_RE.match(getattr(az, key)):
+            raise ConfigError(f"config key azure.{key} must look like YYYY-MM-DD[-preview]")
     check_endpoint(az.endpoint)
     _validate_ranges(config)
     if not config.database.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):

@@ -44,6 +44,8 @@ NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "throttle.reads_burst": (1, 100_000),
     "throttle.reads_per_second": (0.01, 100_000),
     "throttle.reserve_reads": (0, 100_000),
+    "throttle.writes_burst": (1, 100_000),
+    "throttle.writes_per_second": (0.01, 100_000),
     "throttle.max_share": (0.05, 1),
     "stuck.after_seconds": (1, DAYS_30),
     "stuck.thresholds": (1, DAYS_30),

@@ -149,6 +149,7 @@ class Store(abc.ABC):
         until: datetime | None = None,
         operation: str | None = None,
         newest_first: bool = False,
+        kind: str | None = None,
     ) -> list[JobRecord]:
         """Jobs in registration order (or newest first); `after_pk` pages (pass the last
         record's pk). `since`/`until` bound the registration time; `operation` matches

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from backupjobd.emulator import ExpectedJob, load_recording, normalise_path
+from backupjobd.emulator import ExpectedJob, load_recording
 from backupjobd.emulator.client import EmulatorProcess
 from tests.acceptance.conftest import (
     BIN,
@@ -101,7 +101,8 @@ def _get(url: str) -> Any:
 
 
 def _job_path(job: ExpectedJob) -> str:
-    return normalise_path(f"{job.vault_id}/backupJobs/{job.job_id}")
+    """The replay key its reads are served under (a CRR job's: POST backupCrrJob + its id)."""
+    return job.resource_path
 
 
 def _register(daemon: Daemon, base: str, expected: list[ExpectedJob]) -> None:
@@ -109,12 +110,20 @@ def _register(daemon: Daemon, base: str, expected: list[ExpectedJob]) -> None:
 
     The few `register` processes run side by side: the store serialises their writes.
     """
-    op_urls = sorted({u for j in expected if (u := j.operation_url(base)) is not None})
+    op_urls = sorted(
+        {u for j in expected if j.region is None and (u := j.operation_url(base)) is not None}
+    )
     by_vault: dict[str, list[str]] = {}
     for job in expected:
         if job.registered_by == "job-id":
             by_vault.setdefault(job.vault_id, []).append(job.job_id)
     calls = [["register", *[a for u in op_urls for a in ("--operation-url", u)]]]
+    # A cross-region restore's operation URL names no vault: its source vault goes as --vault.
+    calls += [
+        ["register", "--operation-url", u, "--vault", j.vault_id]
+        for j in expected
+        if j.region is not None and (u := j.operation_url(base)) is not None
+    ]
     calls += [
         ["register", "--vault", vault, *[a for i in ids for a in ("--job-id", i)]]
         for vault, ids in by_vault.items()

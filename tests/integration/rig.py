@@ -127,6 +127,7 @@ async def open_rig(
     name: str = "rig",
     store_options: Mapping[str, Any] | None = None,
     budget: Callable[[FakeClock], ReadBudget] | None = None,
+    write_budget: Callable[[FakeClock], ReadBudget] | None = None,
     policy: PollPolicy = TEST_POLICY,
     concurrency: int = 4,
     seed: int = 7,
@@ -156,6 +157,7 @@ async def open_rig(
             API,
             timeout_seconds=5,
             budget=None if budget is None else budget(clock),
+            write_budget=None if write_budget is None else write_budget(clock),
         )
         tracker = Tracker(
             store,

@@ -587,6 +587,22 @@ async def test_cancel_follows_azures_location_until_completed(
     assert await resp.json() == {"job_id": G1, "cancel": "completed"}
 
 
+async def test_cancel_of_a_cross_region_restore_job_is_refused_without_calling_azure(
+    h: Harness,
+) -> None:
+    """Azure cannot cancel a secondary region's job: 409, and Azure is not asked."""
+    sub = VAULT.split("/")[2]
+    crr_id = azure.job_arm_id(VAULT, G1, "eastus2")
+    assert f"/subscriptions/{sub}/providers/" in crr_id
+    resp = await h.client.post(f"/v1/jobs?vault={VAULT}", json=crr_id)
+    assert resp.status == 201, await resp.text()
+    [job] = (await (await h.client.get("/v1/jobs")).json())["jobs"]
+    assert (job["vault_kind"], job["region"]) == ("RecoveryServices", "eastus2")
+    err = await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE), 409)
+    assert err["code"] == "CancelNotSupported" and "cross-region" in err["message"]
+    assert h.emulator.stats()["by_kind"].get("cancel", 0) == 0
+
+
 async def test_cancel_of_an_untracked_job_is_404_without_calling_azure(h: Harness) -> None:
     await error_of(await h.client.post(f"/v1/jobs/{G1}/cancel", headers=JSON_TYPE), 404)
     assert h.emulator.stats()["requests"] == 0

@@ -449,3 +449,40 @@ def test_discovery_config_errors_name_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         config.build({"discovery": raw} if raw else {}, env)
+
+
+def backup_vault_id(name: str, sub: str = SUB) -> str:
+    return (
+        f"/subscriptions/{sub}/resourceGroups/rg-disc"
+        f"/providers/Microsoft.DataProtection/backupVaults/{name}"
+    )
+
+
+async def test_backup_vaults_are_enumerated_and_listed_without_a_filter(env: Env) -> None:
+    """A subscription's Backup vaults are enumerated too; their job list has no $filter, so
+    every page is read and the window applied here: old jobs are not registered."""
+    env.state.page_size = 2
+    bv = backup_vault_id("bv-a")
+    recent = {
+        env.started(bv, ago=600, duration_seconds=HOUR, final_status="Succeeded") for _ in range(3)
+    }
+    old = env.started(bv, ago=48 * HOUR, duration_seconds=60, final_status="Succeeded")
+    rsv_job = env.started(VAULT_A, ago=600, duration_seconds=HOUR)
+    configured = backup_vault_id("bv-configured")
+    configured_job = env.started(configured, ago=60, duration_seconds=HOUR)
+
+    discoverer = env.discoverer(vault=(configured,), subscription=(SUB,))
+    kinds = {v.id: v.kind for v in await discoverer.vaults()}
+    assert kinds[bv] is azure.VaultKind.DATA_PROTECTION
+    assert kinds[VAULT_A] is azure.VaultKind.RECOVERY_SERVICES
+    before = env.list_requests()
+    assert await discoverer.tick() == 5
+    tracked = await env.tracked()
+    assert set(tracked) == {*recent, rsv_job, configured_job}
+    assert old not in tracked
+    assert tracked[configured_job].vault_kind is azure.VaultKind.DATA_PROTECTION
+    # bv-a: 4 jobs at 2 a page = 2 pages; bv-configured: 1; vault-a: 1 (filtered list).
+    assert env.list_requests() - before == 4
+
+    await env.tracker.run_until_idle(5)
+    assert (await env.tracked())[configured_job].status == "Started"

@@ -554,6 +554,8 @@ async def test_read_budget_burst_then_429_with_retry_after(emu: Emu) -> None:
         "read_refill_per_second": 0.5,
         "read_others_per_second": 0.0,
         "page_size": 3,
+        "write_burst": None,
+        "write_refill_per_second": None,
     }
     job_id = await emu.add_job()
     remaining = []
@@ -641,6 +643,8 @@ async def test_read_budget_from_constructor_and_admin_validation(emu: Emu) -> No
             "read_refill_per_second": 1,
             "read_others_per_second": 0.0,
             "page_size": 200,
+            "write_burst": None,
+            "write_refill_per_second": None,
         }
     for bad in (
         {"read_burst": 0},

@@ -306,11 +306,27 @@ def test_expected_jobs_powershell_cancel_and_dogfood() -> None:
 
 
 @pytest.mark.recordings
-def test_expected_jobs_leave_out_crr_and_list_only_files() -> None:
-    assert _by_prefix("azure-cli-test_backup_wl_sql_crr-2022-02") == {}
+def test_expected_jobs_take_crr_jobs_and_leave_out_list_only_files() -> None:
+    """Cross-region restores' jobs (POST backupCrrJob, told apart by the job each answer
+    names) are expected too, registered by their backupCrrOperationsStatus URL with the
+    recording's vault; list-only files name no job."""
+    sql_crr = _by_prefix("azure-cli-test_backup_wl_sql_crr-2022-02")
+    assert set(sql_crr) == {"36f0d2ed", "01ff2d4d"}
+    assert sql_crr["36f0d2ed"].statuses == ("InProgress", "Failed")
+    assert sql_crr["01ff2d4d"].statuses == ("InProgress", "Completed")
+    assert all(j.region == "eastus2euap" for j in sql_crr.values())
+    assert all(j.registered_by == "operation" for j in sql_crr.values())
+    assert all(
+        "backupcrroperationsstatus" in str(j.operation_path).lower() for j in sql_crr.values()
+    )
     assert _by_prefix("azure-powershell-TestGetJobsTimeFilter-2016-04") == {}
     hana = _by_prefix("azure-cli-test_backup_wl_hana_restore-2023-05")
     assert hana["8dff9017"].statuses == ("InProgress", "Failed")
     assert hana["96f97381"].statuses == ("InProgress", "Completed")
     crr = _by_prefix("azure-cli-test_backup_crr-2023-05")
-    assert len(crr) == 3  # the CrossRegionRestore job is read by POST backupCrrJob: left out
+    assert len(crr) == 4  # three vault jobs and the CrossRegionRestore job
+    assert crr["52c14310"].statuses == ("InProgress", "Completed")
+    assert crr["52c14310"].answers == 41
+    assert crr["52c14310"].resource_path.endswith(
+        "/backupcrrjob#52c14310-2252-4b19-a4d6-d54b92ab5963"
+    )

@@ -666,3 +666,61 @@ async def test_a_job_stopped_while_its_vault_is_swept_is_left_alone(make_env: Ma
             (None, "InProgress"),
             ("InProgress", "Completed"),
         ]
+
+
+# --------------------------------------------------------------------------- Backup vaults
+
+BACKUP_VAULT_ID = (
+    f"/subscriptions/{SUB_A}/resourceGroups/rg-bv/providers/Microsoft.DataProtection"
+    "/backupVaults/bv-sweeps"
+)
+
+
+async def _backup_vault_reads(
+    make_env: MakeEnv, *, running: int, history: int, name: str, sweep_min_jobs: int = 3
+) -> tuple[Env, list[str], int, int]:
+    """`running` Backup vault jobs tracked to the end in a vault also holding `history`
+    finished jobs (which its unfiltered list pages through): (env, ids, lists, gets)."""
+    env = await make_env(page_size=7, name=name, sweep_min_jobs=sweep_min_jobs)
+    for _ in range(history):
+        env.state.add_job(
+            JobSpec(final_status="Succeeded", duration_seconds=1),
+            vault_id=BACKUP_VAULT_ID,
+            created_at=env.clock.t - 3600,
+        )
+    specs = [
+        JobSpec(final_status="Succeeded", duration_seconds=10.0 + 4 * (i // 3))
+        for i in range(running)
+    ]
+    ids = await env.add_jobs(specs, BACKUP_VAULT_ID)
+    await env.run_until(env.all_finished, step=1.0, max_steps=120)
+    for job_id in ids:
+        record = await env.job(job_id)
+        assert record.status == "Succeeded", job_id
+        assert await env.transitions(job_id) == [(None, "Started"), ("Started", "Succeeded")]
+        _, snapshots = await env.store.history(record.pk)
+        assert all("extendedInfo" in s.properties for s in snapshots), job_id
+    kinds = env.kinds()
+    return env, ids, kinds.get("job_list", 0), kinds.get("job_get", 0)
+
+
+async def test_a_backup_vault_is_swept_while_its_list_is_cheaper(make_env: MakeEnv) -> None:
+    """Its list has no $filter: a sweep pages through every job of the vault, and still
+    costs less than the running jobs' GETs while they outnumber its pages."""
+    _, _, lists, gets = await _backup_vault_reads(make_env, running=21, history=0, name="bv")
+    _, _, _, single = await _backup_vault_reads(
+        make_env, running=21, history=0, name="bv-single", sweep_min_jobs=0
+    )
+    print(f"\nBackup vault, 21 jobs: swept {lists} list pages + {gets} GETs, single {single}")
+    assert lists > 0
+    assert lists + gets < single
+
+
+async def test_a_backup_vault_with_a_long_history_is_not_swept(make_env: MakeEnv) -> None:
+    """With 60 old jobs (9 pages of 7) and 6 running, the pages cost more than the GETs:
+    after the first look (one list, size unknown yet) the jobs are read one by one."""
+    _, ids, lists, gets = await _backup_vault_reads(
+        make_env, running=6, history=60, name="bv-history"
+    )
+    assert lists <= math.ceil(66 / 7)  # at most the one first look
+    assert gets >= len(ids)

@@ -109,17 +109,17 @@ async def test_unknown_status_is_recorded_and_the_job_stays_active(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="backupjobd.service")
-    job = env.state.add_job(JobSpec(final_status="Paused", duration_seconds=2))
+    job = env.state.add_job(JobSpec(final_status="Suspended", duration_seconds=2))
     await env.register(job.job_id)
 
-    async def paused() -> bool:
-        return (await env.job(job.job_id)).status == "Paused"
+    async def suspended() -> bool:
+        return (await env.job(job.job_id)).status == "Suspended"
 
-    await env.run_until(paused)
+    await env.run_until(suspended)
     record = await env.job(job.job_id)
     assert record.tracking is Tracking.ACTIVE
     assert record.next_poll_at is not None and record.next_poll_at > env.clock.now()
-    assert await env.transitions(job.job_id) == [(None, "InProgress"), ("InProgress", "Paused")]
+    assert await env.transitions(job.job_id) == [(None, "InProgress"), ("InProgress", "Suspended")]
 
     # Still due later, and polled again without a duplicate transition.
     for _ in range(3):
@@ -129,7 +129,7 @@ async def test_unknown_status_is_recorded_and_the_job_stays_active(
         assert [r.job_id for r in due] == [job.job_id]
         await env.run()
         assert env.gets(job.job_id) == before + 1
-    assert await env.transitions(job.job_id) == [(None, "InProgress"), ("InProgress", "Paused")]
+    assert await env.transitions(job.job_id) == [(None, "InProgress"), ("InProgress", "Suspended")]
     assert (await env.job(job.job_id)).tracking is Tracking.ACTIVE
     unknown = [r for r in caplog.records if "unknown status" in r.getMessage()]
     assert len(unknown) == 1

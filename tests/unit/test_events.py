@@ -247,6 +247,8 @@ def test_cloud_event_has_the_cloudevents_attributes_and_the_job() -> None:
     assert azure.parse_job_arm_id(body["subject"]) == (azure.vault_from_id(VAULT_ID), JOB_GUID)
     assert body["time"] == "2026-03-01T12:00:00Z"
     assert body["datacontenttype"] == "application/json"
+    assert body["data"]["job"]["vault_kind"] == "RecoveryServices"
+    assert body["data"]["job"]["region"] is None
 
     data = body["data"]
     assert set(data) == {"job", "transition", "snapshot"}
@@ -530,3 +532,14 @@ def test_bad_webhook_tables_name_the_key(webhooks: list[dict[str, Any]], names: 
 def test_bad_webhook_json_in_the_environment() -> None:
     with pytest.raises(ConfigError, match=r"notify\.webhook"):
         config.build({}, {"BACKUPJOBD_NOTIFY__WEBHOOK": "{not json"})
+
+
+def test_a_cross_region_restore_event_names_its_location_scoped_job() -> None:
+    """A cross-region restore's job lives at a location, not under its source vault."""
+    rec = record(status="InProgress", region="eastus2")
+    decision = seen("InProgress", "Completed")
+    body = events.cloud_event("evt-2", "completed", rec.after(decision, NOW), decision, NOW)
+    crr = azure.parse_crr_job_id(body["subject"])
+    assert crr is not None and (crr.region, crr.job_id) == ("eastus2", JOB_GUID)
+    assert body["data"]["job"]["region"] == "eastus2"
+    assert body["data"]["job"]["vault_id"] == VAULT_ID

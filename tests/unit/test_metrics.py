@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from backupjobd.adapters.budget import ReadBudget
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.core import events
 from backupjobd.core.azure import parse_job_resource
@@ -62,3 +63,45 @@ def test_last_tick_build_and_failed_operations() -> None:
     metrics.operation_failed("Failed")
     assert sample(metrics, "backupjobd_operations_failed_total", status="Failed") == 1.0
     assert sample(metrics, "backupjobd_build_info") == 1.0
+
+
+def test_transitions_and_polls_carry_the_vault_and_job_kind() -> None:
+    """Backup vault and cross-region-restore jobs are counted apart (issue 13)."""
+    metrics = Metrics()
+    journal = Journal(metrics)
+    now = T0 + timedelta(seconds=30)
+    plain = commit_of("Completed", registered=T0, now=now)
+    crr = dataclasses.replace(plain, record=dataclasses.replace(plain.record, region="eastus2"))
+    journal.job(plain, Seen(parse_job_resource(job_body(VAULT, plain.record.job_id, "Completed"))))
+    journal.swept_job(crr)
+    assert (
+        sample(
+            metrics,
+            "backupjobd_transitions_total",
+            to_status="Completed",
+            vault_kind="RecoveryServices",
+            job_kind="CrossRegionRestore",
+        )
+        == 1.0
+    )
+    assert (
+        sample(
+            metrics,
+            "backupjobd_transitions_total",
+            to_status="Completed",
+            job_kind="RecoveryServices",
+        )
+        == 1.0
+    )
+    assert sample(metrics, "backupjobd_polls_total", kind="job", vault_kind="RecoveryServices") == 1
+
+
+def test_the_write_bucket_of_cross_region_reads_is_exported() -> None:
+    metrics = Metrics()
+    writes = ReadBudget(200, 10, clock=lambda: 0.0)
+    assert writes.try_take("sub-1")
+    writes.observe_remaining("sub-1", 1190)
+    metrics.set_write_budget(writes)
+    metrics.set_write_budget(None)
+    assert sample(metrics, "backupjobd_write_budget_remaining", subscription="sub-1") == 1190
+    assert sample(metrics, "backupjobd_write_budget_tokens", subscription="sub-1") > 0

@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +24,13 @@ from backupjobd.adapters.budget import ReadBudget
 from backupjobd.adapters.credentials import TokenProvider
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.core import azure
-from backupjobd.core.azure import JobObservation, OperationObservation, VaultRef
+from backupjobd.core.azure import (
+    JobKind,
+    JobObservation,
+    OperationObservation,
+    VaultKind,
+    VaultRef,
+)
 from backupjobd.core.decisions import MAX_RETRY_AFTER_SECONDS
 from backupjobd.core.redact import redact_secrets
 from backupjobd.core.registration import Endpoint
@@ -41,6 +47,15 @@ logger = logging.getLogger(__name__)
 _MAX_BODY_BYTES = 16 * 1024 * 1024
 VAULTS_API_VERSION = "2025-08-01"
 REMAINING_READS_HEADER = "x-ms-ratelimit-remaining-subscription-reads"
+REMAINING_WRITES_HEADER = "x-ms-ratelimit-remaining-subscription-writes"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiVersions:
+    """The api-versions of the other providers' paths (the main one is Recovery Services')."""
+
+    data_protection: str = "2025-07-01"
+    crr: str = "2021-11-15"
 
 
 class ArmClient:
@@ -54,12 +69,16 @@ class ArmClient:
         wall_clock: Callable[[], float] = time.time,
         *,
         budget: ReadBudget | None = None,
+        write_budget: ReadBudget | None = None,
         max_concurrent_requests: int = 16,
         metrics: Metrics | None = None,
+        api_versions: ApiVersions = ApiVersions(),
     ) -> None:
         self._session = session
         self._metrics = metrics
         self._budget = budget
+        self._write_budget = write_budget
+        self._versions = api_versions
         self._in_flight = asyncio.Semaphore(max_concurrent_requests)
         self._tokens = tokens
         self._endpoint = endpoint.rstrip("/")
@@ -91,8 +110,67 @@ class ArmClient:
     def budget(self) -> ReadBudget | None:
         return self._budget
 
+    @property
+    def write_budget(self) -> ReadBudget | None:
+        """The bucket cross-region-restore job reads (POSTs) draw on."""
+        return self._write_budget
+
+    def budget_for(self, kind: JobKind) -> ReadBudget | None:
+        """The bucket one read of a job of this kind draws on."""
+        return self._write_budget if kind is JobKind.CROSS_REGION_RESTORE else self._budget
+
+    def read_job(
+        self, kind: JobKind, vault: VaultRef, job_id: str, region: str | None = None
+    ) -> Awaitable[JobObservation]:
+        """One read of a job, by the API its kind is read through; every kind comes back as
+        the same JobObservation."""
+        if kind is JobKind.CROSS_REGION_RESTORE:
+            if region is None:
+                raise InvalidInput("a cross-region-restore job needs its region")
+            return self.get_crr_job(vault, region, job_id)
+        if kind is JobKind.DATA_PROTECTION:
+            return self.get_backup_vault_job(vault, job_id)
+        return self.get_job(vault, job_id)
+
+    def read_operation(
+        self, vault: VaultRef, operation_id: str, region: str | None = None
+    ) -> Awaitable[OperationObservation]:
+        """One read of an operation, by the API its vault kind (and region) say."""
+        if vault.kind is VaultKind.DATA_PROTECTION:
+            return self.get_backup_vault_operation(vault, operation_id, region)
+        if region is not None:
+            return self.get_crr_operation(vault, region, operation_id)
+        return self.get_operation(vault, operation_id)
+
     async def get_job(self, vault: VaultRef, job_id: str) -> JobObservation:
         answer = await self._send("GET", self.job_url(vault, job_id), vault.subscription_id)
+        return self._job_from(answer, job_id)
+
+    async def get_backup_vault_job(self, vault: VaultRef, job_id: str) -> JobObservation:
+        """`GET …/backupVaults/{v}/backupJobs/{id}` (an AzureBackupJobResource)."""
+        answer = await self._send(
+            "GET",
+            self.job_url(vault, job_id),
+            vault.subscription_id,
+            extra_params={"api-version": self._versions.data_protection},
+        )
+        return self._job_from(answer, job_id)
+
+    async def get_crr_job(self, vault: VaultRef, region: str, job_id: str) -> JobObservation:
+        """`POST …/locations/{region}/backupCrrJob` with the source vault and the job name: a
+        POST, so it draws on the subscription's write budget."""
+        url = f"{self._location_url(vault, region)}/backupCrrJob"
+        body = {"resourceId": vault.id, "jobName": azure.validate_job_id(job_id)}
+        answer = await self._send(
+            "POST",
+            url,
+            vault.subscription_id,
+            extra_params={"api-version": self._versions.crr},
+            json_body=body,
+        )
+        return self._job_from(answer, job_id)
+
+    def _job_from(self, answer: _Answer, job_id: str) -> JobObservation:
         body = self._raise_for(answer)
         try:
             job = azure.parse_job_resource(body)
@@ -104,14 +182,67 @@ class ArmClient:
             )
         return job
 
-    async def get_operation(self, vault: VaultRef, operation_id: str) -> OperationObservation:
-        url = self.operation_url(vault, operation_id)
-        answer = await self._send("GET", url, vault.subscription_id)
+    async def get_crr_operation(
+        self, vault: VaultRef, region: str, operation_id: str
+    ) -> OperationObservation:
+        """`GET …/locations/{region}/backupCrrOperationsStatus/{op}` of a cross-region restore."""
+        op = quote(azure.validate_operation_id(operation_id), safe="")
+        url = f"{self._location_url(vault, region)}/backupCrrOperationsStatus/{op}"
+        answer = await self._send(
+            "GET", url, vault.subscription_id, extra_params={"api-version": self._versions.crr}
+        )
+        return self._operation_from(answer)
+
+    async def get_backup_vault_operation(
+        self, vault: VaultRef, operation_id: str, region: str | None
+    ) -> OperationObservation:
+        """A Backup vault trigger: `operationStatus/{op}` until it ends, then (when it names
+        no job and the 202's Location gave its region) `locations/{region}/operationResults/
+        {op}`, whose 200 is the `OperationJobExtendedInfo` naming the job; its 202 means
+        not yet (reported as InProgress)."""
+        op = quote(azure.validate_operation_id(operation_id), safe="")
+        version = {"api-version": self._versions.data_protection}
+        url = f"{self._vault_url(vault)}/operationStatus/{op}"
+        status = self._operation_from(
+            await self._send("GET", url, vault.subscription_id, extra_params=version)
+        )
+        if region is None or not azure.needs_operation_result(status, region):
+            return status
+        sub = quote(vault.subscription_id, safe="")
+        result_url = (
+            f"{self._endpoint}/subscriptions/{sub}/providers/Microsoft.DataProtection"
+            f"/locations/{quote(azure.validate_region(region), safe='')}/operationResults/{op}"
+        )
+        answer = await self._send("GET", result_url, vault.subscription_id, extra_params=version)
+        if answer.status == 202:
+            return azure.OperationObservation(azure.OPERATION_RUNNING, (), None, None)
+        if answer.status == 204:
+            return status
+        body = self._raise_for(answer)
+        try:
+            job_id, _ = azure.parse_operation_job_info(body)
+        except azure.BodyError as exc:
+            raise TransientError(_redacted(f"unexpected operation result: {exc}", answer)) from None
+        return azure.OperationObservation(status.status, (job_id,), None, None)
+
+    def _operation_from(self, answer: _Answer) -> OperationObservation:
         body = self._raise_for(answer)
         try:
             return azure.parse_operation_status(body)
         except azure.BodyError as exc:
             raise TransientError(_redacted(f"unexpected operation body: {exc}", answer)) from None
+
+    def _location_url(self, vault: VaultRef, region: str) -> str:
+        return (
+            f"{self._endpoint}/subscriptions/{quote(vault.subscription_id, safe='')}"
+            f"/providers/Microsoft.RecoveryServices/locations/"
+            f"{quote(azure.validate_region(region), safe='')}"
+        )
+
+    async def get_operation(self, vault: VaultRef, operation_id: str) -> OperationObservation:
+        url = self.operation_url(vault, operation_id)
+        answer = await self._send("GET", url, vault.subscription_id)
+        return self._operation_from(answer)
 
     async def list_jobs(
         self, vault: VaultRef, odata_filter: str | None = None, *, max_pages: int = 1000
@@ -120,6 +251,11 @@ class ArmClient:
         opaque continuation token and its own api-version). Items without `extendedInfo`."""
         url = f"{self._vault_url(vault)}/backupJobs"
         query: dict[str, str] | None = {"$filter": odata_filter} if odata_filter else {}
+        if vault.kind is VaultKind.DATA_PROTECTION:
+            # A Backup vault's list has no $filter: every job, page by page.
+            query = {"api-version": self._versions.data_protection}
+            if odata_filter:
+                raise InvalidInput("a Backup vault's job list takes no $filter")
         target: str | yarl.URL = url
         for _ in range(max_pages):
             answer = await self._send("GET", target, vault.subscription_id, extra_params=query)
@@ -143,14 +279,24 @@ class ArmClient:
             target, query = yarl.URL(next_link, encoded=True), None
         raise TransientError(f"more than {max_pages} pages of jobs; stopping")
 
-    async def list_vaults(self, subscription_id: str) -> list[VaultRef]:
-        """The subscription's Recovery Services vaults (for discovery)."""
+    async def list_vaults(
+        self, subscription_id: str, kind: VaultKind = VaultKind.RECOVERY_SERVICES
+    ) -> list[VaultRef]:
+        """The subscription's vaults of one kind (for discovery)."""
         sub = quote(azure.validate_subscription_id(subscription_id), safe="")
-        target: str | yarl.URL = (
-            f"{self._endpoint}/subscriptions/{sub}/providers/Microsoft.RecoveryServices/vaults"
+        provider = (
+            "Microsoft.DataProtection/backupVaults"
+            if kind is VaultKind.DATA_PROTECTION
+            else "Microsoft.RecoveryServices/vaults"
         )
+        target: str | yarl.URL = f"{self._endpoint}/subscriptions/{sub}/providers/{provider}"
         # The vaults API has its own versions; pin one both it and Backup have (2025-08-01).
-        query: dict[str, str] | None = {"api-version": VAULTS_API_VERSION}
+        version = (
+            self._versions.data_protection
+            if kind is VaultKind.DATA_PROTECTION
+            else VAULTS_API_VERSION
+        )
+        query: dict[str, str] | None = {"api-version": version}
         vaults: list[VaultRef] = []
         for _ in range(1000):
             answer = await self._send("GET", target, subscription_id, extra_params=query)
@@ -159,9 +305,12 @@ class ArmClient:
                 vault_id = item.get("id") if isinstance(item, dict) else None
                 if isinstance(vault_id, str):
                     try:
-                        vaults.append(azure.vault_from_id(vault_id))
+                        found = azure.vault_from_id(vault_id)
                     except InvalidInput:
                         logger.debug("skipping a vault id that does not parse")
+                        continue
+                    if found.kind is kind:
+                        vaults.append(found)
             next_link = body.get("nextLink") if isinstance(body, dict) else None
             if not next_link:
                 return vaults
@@ -171,10 +320,15 @@ class ArmClient:
         return vaults
 
     def _vault_url(self, vault: VaultRef) -> str:
+        provider = (
+            "Microsoft.DataProtection/backupVaults"
+            if vault.kind is VaultKind.DATA_PROTECTION
+            else "Microsoft.RecoveryServices/vaults"
+        )
         return (
             f"{self._endpoint}/subscriptions/{quote(vault.subscription_id, safe='')}"
             f"/resourceGroups/{quote(vault.resource_group, safe='')}"
-            f"/providers/Microsoft.RecoveryServices/vaults/{quote(vault.name, safe='')}"
+            f"/providers/{provider}/{quote(vault.name, safe='')}"
         )
 
     async def cancel_job(
@@ -219,8 +373,10 @@ class ArmClient:
         *,
         params: bool = True,
         extra_params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
     ) -> _Answer:
-        """One request with the token, the read budget and one token refresh on 401.
+        """One request with the token, the read budget (the write budget for a POST that
+        reads: a cross-region-restore job) and one token refresh on 401.
         `extra_params=None` means the URL is used verbatim (a nextLink)."""
         if not self._allowed.allows(str(url)):  # defence in depth: URLs come from the endpoint
             raise PermanentError("refusing to send the token to a host other than the endpoint")
@@ -232,8 +388,11 @@ class ArmClient:
         for attempt in (1, 2):
             token = await self._tokens.token(force_refresh=attempt == 2)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            if self._budget is not None and method == "GET":
-                await self._budget.acquire(subscription_id)
+            bucket = self._budget if method == "GET" else None
+            if json_body is not None:
+                bucket = self._write_budget
+            if bucket is not None:
+                await bucket.acquire(subscription_id)
             started = time.monotonic()
             try:
                 async with (
@@ -245,6 +404,7 @@ class ArmClient:
                         headers=headers,
                         timeout=self._timeout,
                         allow_redirects=False,
+                        json=json_body,
                     ) as resp,
                 ):
                     raw = await _read_body(resp)
@@ -255,7 +415,9 @@ class ArmClient:
                         resp.headers.get("Location"),
                         token,
                     )
-                    remaining = resp.headers.get(REMAINING_READS_HEADER)
+                    remaining = resp.headers.get(
+                        REMAINING_READS_HEADER if json_body is None else REMAINING_WRITES_HEADER
+                    )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if self._metrics is not None:
                     self._metrics.arm_request(method, None, time.monotonic() - started)
@@ -264,11 +426,11 @@ class ArmClient:
                 self._metrics.arm_request(method, answer.status, time.monotonic() - started)
                 if answer.status == 429:
                     self._metrics.throttled(subscription_id)
-            if self._budget is not None:
+            if bucket is not None:
                 if remaining is not None and remaining.strip().isdigit():
-                    self._budget.observe_remaining(subscription_id, int(remaining))
+                    bucket.observe_remaining(subscription_id, int(remaining))
                 if answer.status == 429:
-                    self._budget.throttled(subscription_id, answer.retry_after)
+                    bucket.throttled(subscription_id, answer.retry_after)
             if answer.status == 401 and attempt == 1:
                 logger.info("ARM answered 401; refreshing the token once")
                 continue

@@ -43,14 +43,14 @@ class Metrics:
         self.stuck_jobs = Gauge("backupjobd_stuck_jobs", "Jobs flagged stuck", registry=r)
         self.transitions = Counter(
             "backupjobd_transitions",
-            "Recorded status transitions by new status",
-            ["to_status"],
+            "Recorded status transitions by new status, vault kind and job kind",
+            ["to_status", "vault_kind", "job_kind"],
             registry=r,
         )
         self.polls = Counter(
             "backupjobd_polls",
-            "Polls of jobs and operations by outcome",
-            ["kind", "outcome"],
+            "Polls of jobs and operations by outcome and vault kind",
+            ["kind", "outcome", "vault_kind"],
             registry=r,
         )
         self.arm_requests = Counter(
@@ -118,6 +118,18 @@ class Metrics:
             ["subscription"],
             registry=r,
         )
+        self.write_budget_tokens = Gauge(
+            "backupjobd_write_budget_tokens",
+            "ARM write tokens left per subscription for cross-region-restore job reads (POSTs)",
+            ["subscription"],
+            registry=r,
+        )
+        self.write_budget_remaining = Gauge(
+            "backupjobd_write_budget_remaining",
+            "The remaining-writes count Azure last reported per subscription",
+            ["subscription"],
+            registry=r,
+        )
         self.last_tick = Gauge(
             "backupjobd_last_tick_timestamp_seconds",
             "When the dispatcher last ticked (Unix time; 0 before the first tick)",
@@ -129,9 +141,7 @@ class Metrics:
             ["status"],
             registry=r,
         )
-        Info("backupjobd_build", "The running version", registry=r).info(
-            {"version": __version__}
-        )
+        Info("backupjobd_build", "The running version", registry=r).info({"version": __version__})
         # process_* (CPU, memory, open descriptors, start time) and python_info.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -145,8 +155,8 @@ class Metrics:
     def throttled(self, subscription_id: str) -> None:
         self.arm_throttled.labels(subscription_id).inc()
 
-    def poll(self, kind: str, outcome: str) -> None:
-        self.polls.labels(kind, outcome).inc()
+    def poll(self, kind: str, outcome: str, vault_kind: str = "RecoveryServices") -> None:
+        self.polls.labels(kind, outcome, vault_kind).inc()
 
     def transition(
         self,
@@ -154,11 +164,14 @@ class Metrics:
         end_time: datetime | None,
         observed: datetime,
         registered_at: datetime | None = None,
+        *,
+        vault_kind: str = "RecoveryServices",
+        job_kind: str = "RecoveryServices",
     ) -> None:
         """A recorded transition; a terminal one also gives the detection lag, counted from
         the later of Azure's end time and the registration (a job registered after it had
-        ended was not late to be seen)."""
-        self.transitions.labels(to_status).inc()
+        ended was not late to be seen). `job_kind` tells cross-region restores apart."""
+        self.transitions.labels(to_status, vault_kind, job_kind).inc()
         if end_time is not None:
             since = max(end_time, registered_at) if registered_at is not None else end_time
             self.detection_lag.observe(max(0.0, (observed - since).total_seconds()))
@@ -190,6 +203,15 @@ class Metrics:
             self.budget_rate.labels(state.subscription_id).set(state.rate)
             if state.remaining is not None:
                 self.budget_remaining.labels(state.subscription_id).set(state.remaining)
+
+    def set_write_budget(self, budget: ReadBudget | None) -> None:
+        """The bucket cross-region-restore job reads draw on (Azure counts them as writes)."""
+        if budget is None:
+            return
+        for state in budget.snapshot():
+            self.write_budget_tokens.labels(state.subscription_id).set(state.tokens)
+            if state.remaining is not None:
+                self.write_budget_remaining.labels(state.subscription_id).set(state.remaining)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

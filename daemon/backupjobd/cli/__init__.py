@@ -166,6 +166,7 @@ def configure_jobs_parser(sub: _Subparsers) -> None:
             "backupjobd jobs list --vault /subscriptions/…/vaults/v1 --operation Restore -o tsv",
             "backupjobd jobs list --query \"[?status=='InProgress'].entity_friendly_name\"",
             "backupjobd jobs list --stuck -o yaml",
+            "backupjobd jobs list --kind DataProtection --status Started",
         ),
     )
     lst.add_argument(
@@ -178,6 +179,12 @@ def configure_jobs_parser(sub: _Subparsers) -> None:
     lst.add_argument("--stuck", action="store_true", help="only jobs flagged stuck")
     lst.add_argument("--vault", metavar="VAULT_ID", help="only the jobs of this vault")
     lst.add_argument("--operation", metavar="NAME", help="only this operation (Backup, Restore …)")
+    lst.add_argument(
+        "--kind",
+        type=_kind,
+        help="only this kind: RecoveryServices (vault jobs), DataProtection (Backup vault"
+        " jobs) or CrossRegionRestore (read in the secondary region), case-insensitive",
+    )
     lst.add_argument(
         "--since", type=_when, metavar="TIME", help="registered at or after TIME (ISO or 2h, 3d)"
     )
@@ -457,6 +464,18 @@ def _positive_seconds(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {_quote(text)}")
     return value
+
+
+JOB_KINDS = {kind.value.lower(): kind.value for kind in azure.JobKind}
+
+
+def _kind(text: str) -> str:
+    kind = JOB_KINDS.get(text.strip().lower())
+    if kind is None:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind {_quote(text)}: one of {', '.join(sorted(JOB_KINDS.values()))}"
+        )
+    return kind
 
 
 # What `jobs list --status` takes: every status Azure documents for Recovery Services and

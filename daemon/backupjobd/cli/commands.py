@@ -122,9 +122,9 @@ def _registrations(
             raise InvalidInput("--job-id needs --vault")
         regs.append(registration.JobRegistration(vault, azure.validate_job_id(job_id), "job-id"))
     for url in args.operation_url:
-        regs.append(registration.operation_from_url(url, endpoint, "operation-url"))
+        regs.append(registration.operation_from_url(url, endpoint, "operation-url", vault))
     for arm_id in args.job:
-        regs.append(registration.job_from_arm_id(arm_id))
+        regs.append(registration.job_from_arm_id(arm_id, vault))
     if not regs:
         raise InvalidInput(
             "nothing to register: give -, --job-id/--vault, --operation-url or --job"
@@ -167,6 +167,7 @@ def jobs_list(args: argparse.Namespace, env: Env) -> int:
             until=args.until,
             operation=args.operation,
             newest_first=True,
+            kind=args.kind,
         )
         jobs = await with_expected_end(store, jobs)
         output.emit(args, [job.to_json() for job in jobs], lambda: render.jobs_table(jobs))
@@ -223,7 +224,11 @@ def jobs_history(args: argparse.Namespace, env: Env) -> int:
 
 async def _one_job(store: Store, job_ref: str, vault_arg: str | None) -> JobRecord:
     vault: azure.VaultRef | None
-    if "/" in job_ref:
+    crr = azure.parse_crr_job_id(job_ref)
+    if crr is not None:  # a location-scoped id: the vault, if any, comes from --vault
+        job_id = crr.job_id
+        vault = azure.vault_from_id(vault_arg) if vault_arg else None
+    elif "/" in job_ref:
         vault, job_id = azure.parse_job_arm_id(job_ref)
     else:
         job_id = azure.validate_job_id(job_ref)
@@ -267,6 +272,14 @@ async def _wait_for(
     targets = []
     left = give_up_after
     for ref in refs:
+        crr = azure.parse_crr_job_id(ref)
+        if crr is not None:
+            if vault is None:
+                raise InvalidInput(
+                    "a cross-region-restore job id names no vault: give --vault SOURCE_VAULT_ID"
+                )
+            targets.append(waiter.Target(vault, crr.job_id, crr.region))
+            continue
         if "/" in ref:
             job_vault, job_id = azure.parse_job_arm_id(ref)
             targets.append(waiter.Target(job_vault, job_id))
@@ -348,6 +361,9 @@ def cancel(args: argparse.Namespace, env: Env) -> int:
 
     async def work(store: Store) -> int:
         job = await _one_job(store, args.job_id, args.vault)
+        refusal = azure.cancel_refusal(job.kind)
+        if refusal is not None:
+            raise InvalidInput(f"cannot cancel job {job.job_id}: {refusal}")
         async with bootstrap.arm_client(cfg, env) as arm:
             outcome = await arm.cancel_job(
                 azure.vault_from_id(job.vault_id), job.job_id, follow_seconds=args.follow

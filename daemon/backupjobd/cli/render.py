@@ -123,13 +123,15 @@ def jobs_table(jobs: list[JobRecord]) -> None:
             percent(job.progress_percent),
             short(iso(job.start_time)),
             end_cell(job),
+            job.vault_kind.value,
+            job.region or "-",
         ]
         for job in jobs
     ]
     table(
         [
             *("JOB ID", "STATUS", "TRACKING", "OPERATION", "ENTITY", "VAULT", "POLLS"),
-            *("PROGRESS", "START", "END (~ EXPECTED)"),
+            *("PROGRESS", "START", "END (~ EXPECTED)", "VAULT KIND", "REGION"),
         ],
         rows,
     )
@@ -194,6 +196,12 @@ def job_history(
         summary = ", ".join(
             f"{t.get('taskId')}={t.get('status')}" for t in tasks if isinstance(t, dict)
         )
+        if isinstance(ext, dict) and not tasks:  # a Backup vault job's subTasks
+            summary = ", ".join(
+                f"{t.get('taskName')}={t.get('taskStatus')}"
+                for t in ext.get("subTasks") or []
+                if isinstance(t, dict)
+            )
         lines.append(f"  {short(iso(snap.observed_at))}  {printable(snap.status):<22} {summary}")
     say(*lines)
 

@@ -74,7 +74,7 @@ def cloud_event(
         "id": event_id,
         "source": EVENT_SOURCE,
         "type": EVENT_TYPE_PREFIX + kind,
-        "subject": f"{job.vault_id}/backupJobs/{job.job_id}",
+        "subject": job.arm_id,
         "time": iso(now),
         "datacontenttype": "application/json",
         "data": {"job": job.to_json(), "transition": transition, "snapshot": snapshot},

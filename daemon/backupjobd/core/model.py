@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from backupjobd.core.azure import ErrorDetail
+from backupjobd.core import azure
+from backupjobd.core.azure import ErrorDetail, JobKind, VaultKind
 from backupjobd.core.decisions import (
     JobDecision,
     JobState,
@@ -64,6 +65,8 @@ class JobRecord:
     #: When the job should end, from how long similar jobs took (`expecting`); computed for
     #: what is printed and announced, never stored.
     expected_end_at: datetime | None = None
+    #: The secondary region of a cross-region-restore job (`vault_id` is its source vault).
+    region: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -84,6 +87,20 @@ class JobRecord:
     def overdue(self, now: datetime) -> bool:
         """Still running after the time similar jobs took."""
         return self.expected_end_at is not None and now > self.expected_end_at
+
+    @property
+    def vault_kind(self) -> VaultKind:
+        return azure.vault_kind_of(self.vault_id)
+
+    @property
+    def kind(self) -> JobKind:
+        """Which Azure API reads this job (the ARM client has one read per kind)."""
+        return azure.job_kind(self.vault_kind, self.region)
+
+    @property
+    def arm_id(self) -> str:
+        """The job's ARM id: under its vault, or location-scoped for a cross-region restore's."""
+        return azure.job_arm_id(self.vault_id, self.job_id, self.region)
 
     def after(self, decision: JobDecision, now: datetime) -> JobRecord:
         """The job as it reads once `decision` (observed at `now`) is committed: what the
@@ -226,6 +243,17 @@ class OperationRecord:
     last_error: str | None
     job_ids: tuple[str, ...]
     version: int
+    #: A cross-region restore's secondary region, or a Backup vault operation's location.
+    region: str | None = None
+
+    @property
+    def vault_kind(self) -> VaultKind:
+        return azure.vault_kind_of(self.vault_id)
+
+    @property
+    def crr(self) -> bool:
+        """A cross-region restore's operation: the jobs it names carry its region."""
+        return self.region is not None and self.vault_kind is VaultKind.RECOVERY_SERVICES
 
     def state(self) -> OperationState:
         return OperationState(

@@ -15,13 +15,28 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from backupjobd.core import azure
-from backupjobd.core.azure import JobObservation
+from backupjobd.core.azure import JobKind, JobObservation, Phase, VaultKind
 from backupjobd.core.decisions import JobDecision, PollPolicy, Seen, Tracking, decide_job
 from backupjobd.core.model import Commit, JobRecord
 
 SWEEP_FILTER = "status eq 'InProgress'"
 # Azure pages job lists 200 at a time.
 SWEEP_PAGE_SIZE = 200
+# The running statuses a list settles: a Recovery Services vault's filtered list shows
+# InProgress jobs; a Backup vault's list shows every job (Started, Paused while running).
+SWEEPABLE_STATUSES = ("InProgress", "Started", "Paused")
+
+
+def sweep_filter(vault_kind: VaultKind) -> str | None:
+    """The `$filter` of a vault's sweep: a Backup vault's list takes none (every job of the
+    vault, paged: see `sweep_worthwhile` for when that is still cheaper than single GETs)."""
+    return None if vault_kind is VaultKind.DATA_PROTECTION else SWEEP_FILTER
+
+
+def sweeps_kind(kind: JobKind) -> bool:
+    """Whether a vault's list settles jobs of this kind (a cross-region restore's jobs are
+    not in their vault's list: they are read in the secondary region, one by one)."""
+    return kind is not JobKind.CROSS_REGION_RESTORE
 
 
 def sweep_observation(
@@ -56,7 +71,7 @@ def sweep_status_changed(status: str | None, listed: JobObservation | None) -> b
     return (
         listed is None
         or listed.status != (status or listed.status)
-        or listed.status not in azure.RUNNING_STATUSES
+        or listed.phase is not Phase.RUNNING
     )
 
 
@@ -69,10 +84,11 @@ def sweep_settles(
     detail_affordable: bool = True,
 ) -> bool:
     """Before listing: would a sweep settle this job if the list shows it in progress?
-    (A sweep lists `status eq 'InProgress'` only.)"""
+    (A Recovery Services sweep lists `status eq 'InProgress'` only; a Backup vault's lists
+    every job, running ones as Started.)"""
     if status is None:
         return True
-    if status != "InProgress":
+    if status not in SWEEPABLE_STATUSES:
         return False
     detail_due = last_detail_at is None or now - last_detail_at >= detail_interval
     return not (detail_due and detail_affordable)
@@ -239,6 +255,9 @@ class Settlement:
     lease: datetime | None = None
     renew: bool = False
     polls: tuple[int, ...] = ()
+    #: The vault stops sweeping (a Backup vault whose list costs more than its members'
+    #: GETs): `changed` are committed with their own next polls and do not join it.
+    disband: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +283,7 @@ class VaultRoster:
         self._min_jobs = min_jobs
         self._vaults: dict[str, _Vault] = {}
         self._sizes: dict[str, int] = {}
+        self._pages: dict[str, int] = {}  # pages the vault's last list took
 
     # ------------------------------------------------------------------ views
 
@@ -306,7 +326,9 @@ class VaultRoster:
         sweepable = tuple(
             r
             for r in due
-            if sweep_settles(
+            # A cross-region restore's jobs are not in the vault's list: single reads.
+            if sweeps_kind(r.kind)
+            and sweep_settles(
                 r.status,
                 r.last_detail_at or r.registered_at,
                 now,
@@ -318,10 +340,18 @@ class VaultRoster:
             vault.pending.update((r.pk, r) for r in sweepable)
             rest = tuple(r for r in due if r.pk not in vault.pending)
             return Plan(PlanKind.JOIN, singles=rest, joined=sweepable)
-        pages = max(1, -(-self._sizes.get(due[0].vault_id.lower(), 0) // SWEEP_PAGE_SIZE))
+        pages = self.pages(due[0].vault_id)
         if not sweep_worthwhile(len(sweepable), pages, self._min_jobs):
             return Plan(PlanKind.SINGLES, singles=tuple(due))
         return Plan(PlanKind.SWEEP, sweepable=sweepable, horizon=now + self._policy.interval / 2)
+
+    def pages(self, vault_id: str) -> int:
+        """Reads one sweep of the vault costs, from its last list (one page before any): for
+        a Recovery Services vault its running jobs, for a Backup vault all its jobs."""
+        key = vault_id.lower()
+        if key in self._pages:
+            return max(1, self._pages[key])
+        return max(1, -(-self._sizes.get(key, 0) // SWEEP_PAGE_SIZE))
 
     def begin(
         self, vault_id: str, sweepable: Iterable[JobRecord], ahead: Iterable[JobRecord] = ()
@@ -361,6 +391,7 @@ class VaultRoster:
         jitter: Callable[[], float] = lambda: 0.5,
         expected: Callable[[JobRecord], timedelta | None] = lambda _: None,
         sooner: timedelta | None = None,
+        pages_read: int | None = None,
     ) -> Settlement:
         """Sort the swept jobs by what the list says of them (`listed`: job id → item).
         Jobs handed on to a GET leave the members; the next sweep is on the vault's slot,
@@ -368,6 +399,8 @@ class VaultRoster:
         budget has room); the lease reaches `lease_span` past it."""
         vault = self._vault(sweep.vault_id)
         self._sizes[sweep.vault_id.lower()] = len(listed)
+        if pages_read is not None:
+            self._pages[sweep.vault_id.lower()] = pages_read
         room = detail_room
         changed: list[tuple[JobRecord, JobDecision]] = []
         unchanged: list[JobRecord] = []
@@ -409,6 +442,38 @@ class VaultRoster:
                 changed.append((vault.caught_up(record), decision))
         urgent_out = tuple(self.leave(sweep.vault_id, urgent))
         background_out = tuple(self.leave(sweep.vault_id, background))
+        kept = len(changed) + len(unchanged)
+        if (
+            wanted is not None
+            and azure.vault_kind_of(sweep.vault_id) is VaultKind.DATA_PROTECTION
+            and not sweep_worthwhile(kept, self.pages(sweep.vault_id), self._min_jobs)
+        ):
+            # A Backup vault's list pages through all its jobs: once fewer of them run than
+            # the list has pages, single GETs are cheaper. The jobs leave the vault, each
+            # with its own next poll (not a lease), and the vault sweeps no more.
+            everyone = [(r, d) for r, d in changed] + [
+                (
+                    r,
+                    decide_job(
+                        r.state(vault.uncounted.get(r.pk, 0)),
+                        Seen(listed[r.job_id], full=False),
+                        now,
+                        self._policy,
+                        jitter(),
+                        expected(r),
+                    ),
+                )
+                for r in unchanged
+            ]
+            records = self.leave(sweep.vault_id, [r for r, _ in everyone])
+            return Settlement(
+                sweep.vault_id,
+                len(listed),
+                changed=tuple((r, d) for r, (_, d) in zip(records, everyone, strict=True)),
+                urgent=urgent_out,
+                background=background_out,
+                disband=True,
+            )
         if wanted is None:
             vault.next_sweep = None
             return Settlement(
@@ -476,7 +541,7 @@ class VaultRoster:
         decision = commit.decision
         if vault is None or not vault.members or decision.tracking is not Tracking.ACTIVE:
             return False
-        if decision.status != "InProgress":
+        if decision.status not in SWEEPABLE_STATUSES:
             return False
         vault.pending[commit.before.pk] = commit.after
         return True

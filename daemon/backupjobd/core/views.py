@@ -55,6 +55,7 @@ _NULLABLE_TIME: Mapping[str, Any] = {"type": ["string", "null"], "format": "date
 _BOOLEAN: Mapping[str, Any] = {"type": "boolean"}
 _COUNT: Mapping[str, Any] = {"type": "integer", "minimum": 0}
 _TRACKING = ("active", "finished", "lost", "stopped")
+VAULT_KINDS = ("RecoveryServices", "DataProtection")
 
 
 def _attr(name: str) -> Callable[[Any], Any]:
@@ -137,6 +138,22 @@ JOB_VIEW: tuple[ViewField, ...] = (
             " nothing similar has finished yet",
         },
     ),
+    ViewField(
+        "vault_kind",
+        {
+            "type": "string",
+            "enum": list(VAULT_KINDS),
+            "description": "RecoveryServices (vaults) or DataProtection (Backup vaults)",
+        },
+        lambda r: r.vault_kind.value,
+    ),
+    _field(
+        "region",
+        {
+            **_NULLABLE_STRING,
+            "description": "The secondary region of a cross-region-restore job, else null",
+        },
+    ),
 )
 
 TRANSITION_VIEW: tuple[ViewField, ...] = (
@@ -168,6 +185,10 @@ OPERATION_VIEW: tuple[ViewField, ...] = (
         "last_error",
         {**_NULLABLE_STRING, "description": "Why Azure rejected the trigger, or a read error"},
     ),
+    ViewField(
+        "vault_kind", {"type": "string", "enum": list(VAULT_KINDS)}, lambda r: r.vault_kind.value
+    ),
+    _field("region", _NULLABLE_STRING),
 )
 
 _BUDGET: Mapping[str, Any] = {

@@ -17,8 +17,12 @@ from aiohttp import web
 
 from backupjobd.emulator.arm_routes import (
     API_VERSION_RE,
+    CRR_API_VERSION,
+    DATA_PROTECTION_API_VERSION,
     DEFAULT_API_VERSION,
+    backup_vault_operation_urls,
     base_url,
+    crr_operation_urls,
     item_urls,
 )
 from backupjobd.emulator.faults import DEFAULT_RANDOM_FAULT_KINDS, FAULT_KINDS
@@ -30,6 +34,7 @@ from backupjobd.emulator.state import (
     JobSpec,
     ValidationError,
     canonical_vault_id,
+    is_backup_vault,
 )
 
 logger = logging.getLogger(__name__)
@@ -142,12 +147,18 @@ def _reject_unknown(body: Mapping[str, Any], allowed: set[str], what: str) -> No
         raise ValidationError(f"unknown {what} field(s): {shown}{more}")
 
 
-def _parse_job_spec(body: Mapping[str, Any]) -> JobSpec:
+def _parse_job_spec(
+    body: Mapping[str, Any], *, backup_vault: bool = False, crr: bool = False
+) -> JobSpec:
+    """A job's behaviour; a Backup vault's job ends `Succeeded` unless told otherwise, and
+    a cross-region restore's operation is `CrossRegionRestore`."""
+    done = "Succeeded" if backup_vault else "Completed"
+    operation = "CrossRegionRestore" if crr else "Backup"
     return JobSpec(
-        final_status=_string(body, "final_status", "Completed") or "Completed",
+        final_status=_string(body, "final_status", done) or done,
         duration_seconds=_number(body, "duration_seconds", 5.0),
         not_found_seconds=_number(body, "not_found_seconds", 0.0),
-        operation=_string(body, "operation", "Backup") or "Backup",
+        operation=_string(body, "operation", operation) or operation,
         job_type=_string(body, "job_type", "AzureIaaSVMJob") or "AzureIaaSVMJob",
         entity_friendly_name=_string(body, "entity_friendly_name", None),
     )
@@ -156,6 +167,20 @@ def _parse_job_spec(body: Mapping[str, Any]) -> JobSpec:
 def _parse_vault(body: Mapping[str, Any]) -> str:
     vault_id = _string(body, "vault_id", DEFAULT_VAULT_ID, MAX_ID_LENGTH) or DEFAULT_VAULT_ID
     return canonical_vault_id(vault_id)
+
+
+def _parse_region(body: Mapping[str, Any], vault_id: str) -> str | None:
+    """`region`: a cross-region restore's secondary region (Recovery Services vaults only)."""
+    region = _string(body, "region", None, 40)
+    if region is None:
+        return None
+    if is_backup_vault(vault_id):
+        raise ValidationError(
+            "region: cross-region-restore jobs belong to Recovery Services vaults"
+        )
+    if not re.fullmatch(r"[a-z][a-z0-9]{1,39}", region):
+        raise ValidationError("region must be a lower-case Azure region name")
+    return region
 
 
 def _parse_arm_name(body: Mapping[str, Any], key: str, default: str | None) -> str | None:
@@ -201,20 +226,25 @@ async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     try:
         items = _items(await _json_body(request), "jobs")
-        parsed: list[tuple[str, str | None, JobSpec, float]] = []
+        parsed: list[tuple[str, str | None, JobSpec, float, str | None]] = []
         for item in items:
             body = _require_object(item, "job")
             _reject_unknown(
-                body, _JOB_FIELDS | {"vault_id", "job_id", "started_seconds_ago"}, "job"
+                body, _JOB_FIELDS | {"vault_id", "job_id", "started_seconds_ago", "region"}, "job"
             )
             job_id = _string(body, "job_id", None)
             if job_id is not None and not NAME_RE.match(job_id):
                 raise ValidationError(f"job_id {job_id!r} is not a valid job name")
             ago = _number(body, "started_seconds_ago", 0.0)
-            parsed.append((_parse_vault(body), job_id, _parse_job_spec(body), ago))
+            vault_id = _parse_vault(body)
+            region = _parse_region(body, vault_id)
+            spec = _parse_job_spec(
+                body, backup_vault=is_backup_vault(vault_id), crr=region is not None
+            )
+            parsed.append((vault_id, job_id, spec, ago, region))
         _check_room(state, jobs=len(parsed), vaults=[vault_id for vault_id, *_ in parsed])
         seen: set[tuple[str, str]] = set()
-        for vault_id, job_id, _, _ in parsed:
+        for vault_id, job_id, *_ in parsed:
             if job_id is None:
                 continue
             key = (vault_id.lower(), job_id.lower())
@@ -227,8 +257,8 @@ async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
     # already finished (as MAB/agent jobs often do by the time anyone lists them).
     now = state.now()
     created = [
-        state.add_job(spec, vault_id=v, job_id=j, created_at=now - ago)
-        for v, j, spec, ago in parsed
+        state.add_job(spec, vault_id=v, job_id=j, created_at=now - ago, region=region)
+        for v, j, spec, ago, region in parsed
     ]
     logger.debug("admin created %d job(s)", len(created))
     return web.json_response(
@@ -237,7 +267,8 @@ async def _admin_add_jobs(request: web.Request) -> web.StreamResponse:
                 {
                     "job_id": job.job_id,
                     "vault_id": job.vault_id,
-                    "id": f"{job.vault_id}/backupJobs/{job.job_id}",
+                    "id": job.arm_id,
+                    "region": job.region,
                 }
                 for job in created
             ]
@@ -258,6 +289,7 @@ async def _admin_add_operation(request: web.Request) -> web.StreamResponse:
         "container_name",
         "protected_item_name",
         "api_version",
+        "region",
     }
     try:
         body = _require_object(await _json_body(request), "operation")
@@ -271,14 +303,27 @@ async def _admin_add_operation(request: web.Request) -> web.StreamResponse:
             raise ValidationError("item_level must be a boolean")
         jobs_body = _require_object(body.get("jobs", {}), "jobs")
         _reject_unknown(jobs_body, _JOB_FIELDS, "jobs")
-        api_version = _string(body, "api_version", DEFAULT_API_VERSION) or DEFAULT_API_VERSION
+        backup_vault = is_backup_vault(vault_id)
+        region = _parse_region(body, vault_id)
+        default_version = (
+            DATA_PROTECTION_API_VERSION
+            if backup_vault
+            else CRR_API_VERSION
+            if region is not None
+            else DEFAULT_API_VERSION
+        )
+        api_version = _string(body, "api_version", default_version) or default_version
         if not API_VERSION_RE.match(api_version):
             raise ValidationError("api_version must look like yyyy-mm-dd[-preview]")
         container = _parse_arm_name(body, "container_name", DEFAULT_CONTAINER_NAME)
         item = _parse_arm_name(body, "protected_item_name", DEFAULT_PROTECTED_ITEM_NAME)
         delay = _number(body, "delay_seconds", 1.0)
         job_count = _integer(body, "job_count", 1, 1, MAX_OPERATION_JOBS)
-        job_spec = _parse_job_spec(jobs_body)
+        if (backup_vault or region is not None) and job_count != 1:
+            raise ValidationError(
+                "job_count: Backup vault and cross-region operations name one job"
+            )
+        job_spec = _parse_job_spec(jobs_body, backup_vault=backup_vault, crr=region is not None)
         if state.sizes()[1] >= MAX_OPERATIONS:
             raise ValidationError(
                 f"operations: at most {MAX_OPERATIONS} (POST /admin/reset to start over)"
@@ -292,11 +337,16 @@ async def _admin_add_operation(request: web.Request) -> web.StreamResponse:
             job_spec=job_spec,
             container_name=container if item_level else None,
             protected_item_name=item if item_level else None,
+            region=region,
         )
     except ValidationError as exc:
         return _admin_error(exc)
     base = base_url(request)
-    if item_level and container is not None and item is not None:
+    if backup_vault:
+        status_url, result_url = backup_vault_operation_urls(base, op, api_version)
+    elif op.crr:
+        status_url, result_url = crr_operation_urls(base, op, api_version)
+    elif item_level and container is not None and item is not None:
         status_url, result_url = item_urls(
             base, vault_id, container, item, op.operation_id, api_version
         )
@@ -310,6 +360,7 @@ async def _admin_add_operation(request: web.Request) -> web.StreamResponse:
             "azure_async_operation": status_url,
             "location": result_url,
             "job_ids": list(op.job_ids),
+            "region": op.region,
         },
         status=201,
     )
@@ -388,6 +439,10 @@ def _config_view(state: EmulatorState) -> JSONDict:
         "read_refill_per_second": state.read_refill_per_second,
         "read_others_per_second": state.read_others_per_second,
         "page_size": state.page_size,
+        "write_burst": state.write_budget.burst if state.write_budget else None,
+        "write_refill_per_second": (
+            state.write_budget.refill_per_second if state.write_budget else None
+        ),
     }
 
 
@@ -400,7 +455,14 @@ async def _admin_set_config(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     try:
         body = _require_object(await _json_body(request), "config")
-        known = {"read_burst", "read_refill_per_second", "read_others_per_second", "page_size"}
+        known = {
+            "read_burst",
+            "read_refill_per_second",
+            "read_others_per_second",
+            "page_size",
+            "write_burst",
+            "write_refill_per_second",
+        }
         _reject_unknown(body, known, "config")
         refill = state.read_refill_per_second
         if "read_refill_per_second" in body:
@@ -426,8 +488,25 @@ async def _admin_set_config(request: web.Request) -> web.StreamResponse:
                 else _integer(body, "read_burst", 1, 1, MAX_READ_BURST)
             )
         page_size = _integer(body, "page_size", state.page_size, 1, MAX_PAGE_SIZE)
+        writes = state.write_budget
+        write_burst = writes.burst if writes else None
+        if "write_burst" in body:
+            write_burst = (
+                None
+                if body["write_burst"] is None
+                else _integer(body, "write_burst", 1, 1, MAX_READ_BURST)
+            )
+        write_refill = _number(
+            body,
+            "write_refill_per_second",
+            writes.refill_per_second if writes else 10.0,
+            MIN_READ_REFILL_PER_SECOND,
+            MAX_READ_REFILL_PER_SECOND,
+        )
     except ValidationError as exc:
         return _admin_error(exc)
+    if "write_burst" in body or "write_refill_per_second" in body:
+        state.configure_writes(write_burst, write_refill)
     state.configure_reads(burst, refill, others)
     state.page_size = page_size
     logger.info("emulator config: %s", _config_view(state))

@@ -19,14 +19,17 @@ from urllib.parse import quote
 from aiohttp import web
 
 from backupjobd.emulator.faults import READS_REMAINING_HEADER, serve_fault, throttled
-from backupjobd.emulator.render import MANAGEMENT_TYPES, JSONDict, arm_error
+from backupjobd.emulator.render import MANAGEMENT_TYPES, JSONDict, arm_error, render_job_info
 from backupjobd.emulator.state import (
+    BACKUP_VAULT_PATTERN,
     STATE_KEY,
     VAULT_PATTERN,
     EmulatedJob,
+    EmulatedOperation,
     EmulatorState,
     JobSpec,
     ValidationError,
+    canonical_vault_id,
     vault_arm_id,
 )
 
@@ -34,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: api-version written into URLs the emulator hands out when no request version is at hand.
 DEFAULT_API_VERSION: Final = "2025-08-01"
+DATA_PROTECTION_API_VERSION: Final = "2025-07-01"
+CRR_API_VERSION: Final = "2021-11-15"
+WRITES_REMAINING_HEADER: Final = "x-ms-ratelimit-remaining-subscription-writes"
 API_VERSION_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 ITEM_PATTERN: Final = (
     r"/backupfabrics/(?P<fabric>[^/]+)/protectioncontainers/(?P<container>[^/]+)"
@@ -279,18 +285,29 @@ async def _list_vaults(
 ) -> web.StreamResponse:
     """`GET /subscriptions/{sub}/providers/Microsoft.RecoveryServices/vaults`, paged like
     ARM with a `nextLink` (its `$skiptoken` is the index of the next vault)."""
+    return _vault_page(request, state, match, backup_vaults=False)
+
+
+def _vault_page(
+    request: web.Request, state: EmulatorState, match: re.Match[str], *, backup_vaults: bool
+) -> web.Response:
     token = query_param(request, "$skiptoken") or "0"
     if not token.isdigit():
         return arm_error(400, "InvalidSkipToken", f"bad $skiptoken {token!r}")
     start = int(token)
-    vaults = state.vaults_in_subscription(match["sub"])
+    vaults = state.vaults_in_subscription(match["sub"], backup_vaults=backup_vaults)
     page = vaults[start : start + state.page_size]
+    resource_type = (
+        "Microsoft.DataProtection/backupVaults"
+        if backup_vaults
+        else "Microsoft.RecoveryServices/vaults"
+    )
     body: JSONDict = {
         "value": [
             {
                 "id": vault_id,
                 "name": vault_id.rsplit("/", 1)[-1],
-                "type": "Microsoft.RecoveryServices/vaults",
+                "type": resource_type,
                 "location": "westeurope",
                 "sku": {"name": "Standard"},
                 "properties": {"provisioningState": "Succeeded"},
@@ -307,8 +324,295 @@ async def _list_vaults(
     return web.json_response(body)
 
 
+# ---------------------------------------------------------------- Backup vaults (DataProtection)
+
+
+def _backup_vault_from(match: re.Match[str]) -> str:
+    return vault_arm_id(match["sub"], match["rg"], match["vault"], backup_vault=True)
+
+
+def _dpp_not_found(kind: str, name: str) -> web.Response:
+    return arm_error(404, "ResourceNotFound", f"The {kind} '{name}' was not found.")
+
+
+async def _get_backup_vault_job(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    job_id = match["job"]
+    job = state.find_job(_backup_vault_from(match), job_id)
+    if job is None:
+        state.record_job_get(job_id)
+        return _dpp_not_found("backup job", job_id)
+    body = state.render_job(job)
+    state.record_job_get(job.job_id, running="endTime" not in body["properties"])
+    return web.json_response(body)
+
+
+async def _list_backup_vault_jobs(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    """Every job of the Backup vault, paged with a `nextLink`: the API has no `$filter`."""
+    if query_param(request, "$filter") is not None:
+        return arm_error(400, "InvalidParameter", "Backup vault job lists do not support $filter.")
+    token = query_param(request, "$skiptoken") or "0"
+    if not token.isdigit():
+        return arm_error(400, "InvalidSkipToken", f"bad $skipToken {token!r}")
+    after = int(token)
+    jobs = [j for j in state.jobs_in_vault(_backup_vault_from(match)) if j.seq > after]
+    page = jobs[: state.page_size]
+    body: JSONDict = {"value": [state.render_job(j, extended=False) for j in page]}
+    if len(jobs) > len(page):
+        version = quote(_api_version(request), safe="")
+        body["nextLink"] = (
+            f"{base_url(request)}{request.path}?api-version={version}&$skipToken={page[-1].seq}"
+        )
+    return web.json_response(body)
+
+
+async def _get_backup_vault_operation(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    op = state.find_operation(_backup_vault_from(match), match["op"])
+    if op is None:
+        return _dpp_not_found("operation", match["op"])
+    return web.json_response(state.render_operation(op))
+
+
+def _located(match: re.Match[str], state: EmulatorState, *, crr: bool) -> EmulatedOperation | None:
+    return state.find_located_operation(match["sub"], match["loc"], match["op"], crr=crr)
+
+
+async def _get_located_operation_status(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    op = _located(match, state, crr=False)
+    if op is None:
+        return _dpp_not_found("operation", match["op"])
+    return web.json_response(state.render_operation(op))
+
+
+async def _get_located_operation_result(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    """202 (with the three headers) while the operation runs; then the 200
+    `OperationJobExtendedInfo` naming its job (204 when it started none)."""
+    op = _located(match, state, crr=False)
+    if op is None:
+        return _dpp_not_found("operation", match["op"])
+    if state.now() < op.done_at:
+        status_url, result_url = backup_vault_operation_urls(
+            base_url(request), op, _api_version(request)
+        )
+        return web.Response(
+            status=202,
+            headers={
+                "Azure-AsyncOperation": status_url,
+                "Location": result_url,
+                "Retry-After": "1",
+            },
+        )
+    if op.result != "Succeeded" or not op.job_ids:
+        return web.Response(status=204)
+    return web.json_response(render_job_info(op))
+
+
+def backup_vault_operation_urls(
+    base: str, op: EmulatedOperation, api_version: str
+) -> tuple[str, str]:
+    """(Azure-AsyncOperation, Location) of a Backup vault operation: the vault's
+    `operationStatus/{op}` and the location's `operationResults/{op}`."""
+    sub = op.vault_id.split("/")[2]
+    suffix = f"{op.operation_id}?api-version={quote(api_version)}"
+    return (
+        f"{base}{op.vault_id}/operationStatus/{suffix}",
+        f"{base}/subscriptions/{sub}/providers/Microsoft.DataProtection/locations/"
+        f"{op.region}/operationResults/{suffix}",
+    )
+
+
+async def _trigger_backup_vault_backup(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    """`POST backupInstances/{bi}/backup`: a 202 pointing at the operation, as Azure does."""
+    instance = match["instance"]
+    op = state.add_operation(
+        vault_id=_backup_vault_from(match),
+        delay_seconds=1.0,
+        job_spec=JobSpec(
+            final_status="Succeeded",
+            duration_seconds=5.0,
+            operation="Backup",
+            entity_friendly_name=instance,
+        ),
+    )
+    status_url, result_url = backup_vault_operation_urls(
+        base_url(request), op, _api_version(request)
+    )
+    return web.Response(
+        status=202,
+        headers={"Azure-AsyncOperation": status_url, "Location": result_url, "Retry-After": "1"},
+    )
+
+
+async def _list_backup_vaults(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    return _vault_page(request, state, match, backup_vaults=True)
+
+
+# ---------------------------------------------------------------- cross-region restore
+
+
+def crr_operation_urls(base: str, op: EmulatedOperation, api_version: str) -> tuple[str, str]:
+    """(Azure-AsyncOperation, Location) of a cross-region restore's trigger."""
+    sub = op.vault_id.split("/")[2]
+    where = f"{base}/subscriptions/{sub}/providers/Microsoft.RecoveryServices/locations/{op.region}"
+    suffix = f"{op.operation_id}?api-version={quote(api_version)}"
+    return (
+        f"{where}/backupCrrOperationsStatus/{suffix}",
+        f"{where}/backupCrrOperationResults/{suffix}",
+    )
+
+
+async def _get_crr_job(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    """`POST locations/{region}/backupCrrJob` with `{"resourceId": vault, "jobName": id}`."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("jobName"), str):
+        return arm_error(400, "BadRequest", "The body must be a CrrJobRequest with a jobName.")
+    try:
+        canonical_vault_id(str(body.get("resourceId", "")))
+    except ValidationError:
+        return arm_error(400, "BadRequest", "CrrJobRequest.resourceId must be the vault's id.")
+    job_id = body["jobName"]
+    job = state.find_crr_job(match["sub"], match["loc"], job_id)
+    if job is None:
+        state.record_job_get(job_id)
+        return arm_error(404, "ResourceNotFound", f"The job '{job_id}' was not found.")
+    rendered = state.render_job(job)
+    state.record_job_get(job.job_id, running="endTime" not in rendered["properties"])
+    return web.json_response(rendered)
+
+
+async def _get_crr_operation(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    op = _located(match, state, crr=True)
+    if op is None:
+        return arm_error(404, "ResourceNotFound", f"The operation '{match['op']}' was not found.")
+    return web.json_response(state.render_operation(op))
+
+
+async def _crr_operation_result(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    op = _located(match, state, crr=True)
+    if op is None:
+        return arm_error(404, "ResourceNotFound", f"The operation '{match['op']}' was not found.")
+    if state.now() < op.done_at:
+        return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "1"})
+    return web.Response(status=204)
+
+
+async def _trigger_crr(
+    request: web.Request, state: EmulatorState, match: re.Match[str]
+) -> web.StreamResponse:
+    """`POST locations/{region}/backupCrossRegionRestore`: the emulator takes the source
+    vault from `properties.crossRegionRestoreAccessDetails.vaultId` (default: the default
+    vault of the subscription)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    details = (body or {}).get("properties", {}).get("crossRegionRestoreAccessDetails", {})
+    vault_id = details.get("vaultId") if isinstance(details, dict) else None
+    try:
+        vault = canonical_vault_id(
+            vault_id
+            if isinstance(vault_id, str)
+            else vault_arm_id(match["sub"], "rg-emulator", "vault-emulator")
+        )
+    except ValidationError as exc:
+        return arm_error(400, "BadRequest", str(exc))
+    op = state.add_operation(
+        vault_id=vault,
+        delay_seconds=1.0,
+        region=match["loc"].lower(),
+        job_spec=JobSpec(operation="CrossRegionRestore", duration_seconds=5.0),
+    )
+    status_url, result_url = crr_operation_urls(base_url(request), op, _api_version(request))
+    return web.Response(
+        status=202,
+        headers={"Azure-AsyncOperation": status_url, "Location": result_url, "Retry-After": "1"},
+    )
+
+
 _V = VAULT_PATTERN
+_BV = BACKUP_VAULT_PATTERN
+_SUB = r"^/subscriptions/(?P<sub>[^/]+)/providers"
+_RS_LOC = _SUB + r"/microsoft\.recoveryservices/locations/(?P<loc>[^/]+)"
+_DP_LOC = _SUB + r"/microsoft\.dataprotection/locations/(?P<loc>[^/]+)"
 _ROUTES: Final = (
+    _Route(
+        "GET",
+        re.compile(_SUB + r"/microsoft\.dataprotection/backupvaults$", re.I),
+        "backup_vault_list",
+        _list_backup_vaults,
+    ),
+    _Route("GET", re.compile(rf"^{_BV}/backupjobs$", re.I), "job_list", _list_backup_vault_jobs),
+    _Route(
+        "GET",
+        re.compile(rf"^{_BV}/backupjobs/(?P<job>[^/]+)$", re.I),
+        "job_get",
+        _get_backup_vault_job,
+    ),
+    _Route(
+        "GET",
+        re.compile(rf"^{_BV}/operationstatus/(?P<op>[^/]+)$", re.I),
+        "operation_get",
+        _get_backup_vault_operation,
+    ),
+    _Route(
+        "POST",
+        re.compile(rf"^{_BV}/backupinstances/(?P<instance>[^/]+)/backup$", re.I),
+        "trigger",
+        _trigger_backup_vault_backup,
+    ),
+    _Route(
+        "GET",
+        re.compile(_DP_LOC + r"/operationstatus/(?P<op>[^/]+)$", re.I),
+        "operation_get",
+        _get_located_operation_status,
+    ),
+    _Route(
+        "GET",
+        re.compile(_DP_LOC + r"/operationresults/(?P<op>[^/]+)$", re.I),
+        "operation_result",
+        _get_located_operation_result,
+    ),
+    _Route("POST", re.compile(_RS_LOC + r"/backupcrrjob$", re.I), "crr_job_get", _get_crr_job),
+    _Route(
+        "GET",
+        re.compile(_RS_LOC + r"/backupcrroperationsstatus/(?P<op>[^/]+)$", re.I),
+        "operation_get",
+        _get_crr_operation,
+    ),
+    _Route(
+        "GET",
+        re.compile(_RS_LOC + r"/backupcrroperationresults/(?P<op>[^/]+)$", re.I),
+        "operation_result",
+        _crr_operation_result,
+    ),
+    _Route(
+        "POST",
+        re.compile(_RS_LOC + r"/backupcrossregionrestore$", re.I),
+        "trigger",
+        _trigger_crr,
+    ),
     _Route(
         "GET",
         re.compile(
@@ -388,7 +692,16 @@ def _check_api_version(request: web.Request) -> web.Response | None:
 
 async def _replay_answer(request: web.Request, state: EmulatorState) -> web.StreamResponse:
     assert state.replay is not None
-    recorded = state.replay.next_answer(request.method, request.path)
+    name = None
+    if request.method == "POST" and request.path.lower().rstrip("/").endswith("/backupcrrjob"):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        name = body.get("jobName") if isinstance(body, dict) else None
+        if not isinstance(name, str):
+            return arm_error(400, "BadRequest", "The body must be a CrrJobRequest with a jobName.")
+    recorded = state.replay.next_answer(request.method, request.path, name)
     if recorded is None:
         return arm_error(
             404,
@@ -410,9 +723,20 @@ async def arm_entry(request: web.Request) -> web.StreamResponse:
         state.record_request("throttled")
         logger.debug("read budget exhausted for %s; 429 for %s", request.path, budget[2])
         return throttled(budget[2])
+    # A cross-region restore's job read is a POST: Azure counts it as a write.
+    writes = (
+        state.take_write(request.path)
+        if request.method == "POST" and request.path.lower().rstrip("/").endswith("/backupcrrjob")
+        else None
+    )
+    if writes is not None and not writes[0]:
+        state.record_request("throttled")
+        return throttled(writes[2], kind="write", header=WRITES_REMAINING_HEADER)
     response = await _arm_answer(request, state)
     if budget is not None and isinstance(response, web.Response) and not response.prepared:
         response.headers[READS_REMAINING_HEADER] = str(budget[1])
+    if writes is not None and isinstance(response, web.Response) and not response.prepared:
+        response.headers[WRITES_REMAINING_HEADER] = str(writes[1])
     return response
 
 

@@ -147,12 +147,14 @@ async def serve_fault(
     return web.Response(status=500)
 
 
-def throttled(retry_after: int) -> web.Response:
-    """ARM's own 429 when the subscription's read budget is spent."""
+def throttled(
+    retry_after: int, *, kind: str = "read", header: str = READS_REMAINING_HEADER
+) -> web.Response:
+    """ARM's own 429 when the subscription's read (or write) budget is spent."""
     return arm_error(
         429,
         "SubscriptionRequestsThrottled",
-        "Number of 'read' requests for subscription exceeded the limit. "
+        f"Number of '{kind}' requests for subscription exceeded the limit. "
         f"Please try again after '{retry_after}' seconds.",
-        **{"Retry-After": str(retry_after), READS_REMAINING_HEADER: "0"},
+        **{"Retry-After": str(retry_after), header: "0"},
     )

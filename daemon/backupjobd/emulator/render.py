@@ -22,7 +22,10 @@ JOB_RESOURCE_TYPE: Final = "Microsoft.RecoveryServices/vaults/backupJobs"
 OPERATION_PENDING_END: Final = "0001-01-01T00:00:00"
 #: Fraction of a job's duration after which the snapshot task is done.
 SNAPSHOT_FRACTION: Final = 0.4
-RUNNING_STATUSES: Final = frozenset({"inprogress", "cancelling"})
+RUNNING_STATUSES: Final = frozenset({"inprogress", "cancelling", "started"})
+BACKUP_VAULT_JOB_TYPE: Final = "Microsoft.DataProtection/backupVaults/backupJobs"
+#: The data source a Backup vault job protects when the admin call names none.
+DEFAULT_DATA_SOURCE_TYPE: Final = "Microsoft.Compute/disks"
 MANAGEMENT_TYPES: Final[Mapping[str, str]] = {
     # Azure spells the enum value ``AzureIaasVM`` (lower-case "as") on the wire.
     "azureiaasvmjob": "AzureIaasVM",
@@ -61,6 +64,8 @@ def arm_error(status: int, code: str, message: str, **headers: str) -> web.Respo
 
 def render_job(state: EmulatorState, job: EmulatedJob, *, extended: bool = True) -> JSONDict:
     """JobResource as ARM returns it for the job's current state."""
+    if job.backup_vault:
+        return render_backup_vault_job(state, job, extended=extended)
     now = state.now()
     status = state.job_status(job, now)
     spec = job.spec
@@ -99,10 +104,123 @@ def render_job(state: EmulatorState, job: EmulatedJob, *, extended: bool = True)
     if extended:
         props["extendedInfo"] = _extended_info(state, job, status, now, end)
     return {
-        "id": f"{job.vault_id}/backupJobs/{job.job_id}",
+        "id": job.arm_id,
         "name": job.job_id,
         "type": JOB_RESOURCE_TYPE,
         "properties": props,
+    }
+
+
+def render_backup_vault_job(
+    state: EmulatorState, job: EmulatedJob, *, extended: bool = True
+) -> JSONDict:
+    """An AzureBackupJobResource (Microsoft.DataProtection) in the job's current state:
+    `Started` while running, `subTasks` with int task ids, `dataTransferredInBytes`."""
+    now = state.now()
+    status = state.job_status(job, now)
+    spec = job.spec
+    end = state.job_end(job)
+    running = status.lower() in RUNNING_STATUSES or end is None or now < end
+    end_at = None if running else end
+    duration = (end_at if end_at is not None else now) - job.created_at
+    vault_id = job.vault_id
+    parts = vault_id.split("/")
+    sub, rg, vault = parts[2], parts[4], parts[-1]
+    data_source_type = (
+        DEFAULT_DATA_SOURCE_TYPE if spec.job_type == "AzureIaaSVMJob" else spec.job_type
+    )
+    data_source_id = (
+        f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{data_source_type}/{job.entity}"
+    )
+    props: JSONDict = {
+        "activityID": job.activity_id,
+        "backupInstanceFriendlyName": job.entity,
+        "backupInstanceId": f"{vault_id}/backupInstances/{job.entity}-{job.entity}",
+        "dataSourceId": data_source_id,
+        "dataSourceLocation": "westeurope",
+        "dataSourceName": job.entity,
+        "dataSourceSetName": job.entity,
+        "dataSourceType": data_source_type,
+        "duration": _timespan(duration),
+        "isUserTriggered": True,
+        "operation": spec.operation,
+        "operationCategory": spec.operation.split(":", 1)[0].split(" ", 1)[0],
+        "policyId": f"{vault_id}/backupPolicies/policy-emulator",
+        "policyName": "policy-emulator",
+        "progressEnabled": False,
+        "sourceResourceGroup": rg,
+        "sourceSubscriptionID": sub,
+        "startTime": _iso(state.wall(job.created_at)),
+        "status": status,
+        "subscriptionId": sub,
+        "supportedActions": [""],
+        "vaultName": vault,
+    }
+    if end_at is not None:
+        props["endTime"] = _iso(state.wall(end_at))
+    if status.lower() == "failed":
+        props["errorDetails"] = [
+            {
+                "code": "UserErrorDiskSnapshotFailed",
+                "message": "The snapshot of the disk could not be taken.",
+                "isRetryable": False,
+            }
+        ]
+    if extended:
+        span = max(spec.duration_seconds, 1e-9)
+        fraction = 1.0 if end_at is not None else min(0.99, (now - job.created_at) / span)
+        size = int(hashlib.sha256(job.job_id.encode()).hexdigest()[:6], 16) * 1024
+        failed = status.lower() == "failed"
+
+        def task(task_id: int, name: str, done_at: float) -> JSONDict:
+            if fraction >= done_at and not (failed and done_at >= 1.0):
+                task_status = "Succeeded"
+            elif failed and end_at is not None:
+                task_status = "Failed"
+            else:
+                task_status = "Started" if fraction >= done_at - 0.5 else "NotStarted"
+            return {"taskId": task_id, "taskName": name, "taskStatus": task_status}
+
+        props["extendedInfo"] = {
+            "additionalDetails": {},
+            "dataTransferredInBytes": float(int(size * min(fraction, 1.0))),
+            "subTasks": [task(1, "Take snapshot", 0.4), task(2, "Transfer data", 1.0)],
+        }
+    return {
+        "id": job.arm_id,
+        "name": job.job_id,
+        "type": BACKUP_VAULT_JOB_TYPE,
+        "properties": props,
+    }
+
+
+def render_backup_vault_operation(state: EmulatorState, op: EmulatedOperation) -> JSONDict:
+    """A Backup vault's OperationResource (`operationStatus/{op}`): id, name, status and
+    times; the job it started is named by `operationResults/{op}`, not here."""
+    now = state.now()
+    done = now >= op.done_at
+    body: JSONDict = {
+        "id": f"{op.vault_id}/operationStatus/{op.operation_id}",
+        "name": op.operation_id,
+        "status": op.result if done else "InProgress",
+        "startTime": _iso(state.wall(op.created_at)),
+    }
+    if done:
+        body["endTime"] = _iso(state.wall(op.done_at))
+        if op.result != "Succeeded":
+            body["error"] = {
+                "code": "UserErrorBackupInstanceBusy",
+                "message": "Another operation is in progress on this backup instance.",
+            }
+    return body
+
+
+def render_job_info(op: EmulatedOperation) -> JSONDict:
+    """The 200 of a Backup vault's `operationResults/{op}`: `OperationJobExtendedInfo`
+    whose `jobId` is the job's ARM id (Azure: "Name or Arm Id of the job")."""
+    return {
+        "objectType": "OperationJobExtendedInfo",
+        "jobId": f"{op.vault_id}/backupJobs/{op.job_ids[0]}" if op.job_ids else None,
     }
 
 
@@ -174,8 +292,15 @@ def _extended_info(
 def render_operation(state: EmulatorState, op: EmulatedOperation) -> JSONDict:
     """OperationStatus body; jobs are only announced once the operation is done."""
     now = state.now()
+    op_path = op.operation_id
+    if op.crr:
+        sub = op.vault_id.split("/")[2]
+        op_path = (
+            f"/subscriptions/{sub}/providers/Microsoft.RecoveryServices/locations/{op.region}"
+            f"/backupCrrOperationsStatus/{op.operation_id}"
+        )
     body: JSONDict = {
-        "id": op.operation_id,
+        "id": op_path,
         "name": op.operation_id,
         "status": "InProgress",
         "startTime": _iso(state.wall(op.created_at)),

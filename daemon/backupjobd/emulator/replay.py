@@ -42,6 +42,26 @@ _OP_STATUS_RE: Final = re.compile(
     r"/(?P<op>[^/]+)$"
 )
 _CRR_JOB_SUFFIX: Final = "/backupcrrjob"
+_CRR_JOB_KEY_RE: Final = re.compile(
+    rf"^/subscriptions/[^/]+/providers/microsoft\.recoveryservices/locations/[^/]+"
+    rf"/backupcrrjob#(?P<job>{_GUID})$"
+)
+_CRR_OP_STATUS_RE: Final = re.compile(
+    r"^/subscriptions/[^/]+/providers/microsoft\.recoveryservices/locations/[^/]+"
+    r"/backupcrroperationsstatus/(?P<op>[^/]+)$"
+)
+_ANY_VAULT_RE: Final = re.compile(
+    r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.recoveryservices"
+    r"/vaults/[^/?]+",
+    re.IGNORECASE,
+)
+
+
+def crr_job_key(path: str, job_id: str) -> str:
+    """Replay key of a cross-region restore's job reads: one path (POST backupCrrJob) for
+    every job, told apart by the job name in the request body (the answer's job id)."""
+    return f"{normalise_path(path)}#{job_id.lower()}"
+
 
 Key = tuple[str, str]
 
@@ -92,6 +112,15 @@ class ExpectedJob:
     #: Answers a client reads before it knows the final status: up to the first terminal
     #: answer, or all of them when the recording ends with the job still running.
     answers_to_final: int
+    #: A cross-region restore's job: its secondary region (registered with --vault).
+    region: str | None = None
+    #: The replay key of its reads (`resource_path`), when not `{vault}/backupJobs/{id}`.
+    resource: str | None = None
+
+    @property
+    def resource_path(self) -> str:
+        """The key its reads are served under (`/admin/replay` progress `path`)."""
+        return self.resource or normalise_path(f"{self.vault_id}/backupJobs/{self.job_id}")
 
     def operation_url(self, base_url: str) -> str | None:
         """The operation URL on an emulator at ``base_url``."""
@@ -114,16 +143,23 @@ class Recording:
         return self.path.stem
 
     def expected_jobs(self) -> list[ExpectedJob]:
-        """Every vault job read through GET backupJobs/{id}, in first-read order.
+        """Every vault job read through GET backupJobs/{id}, and every cross-region
+        restore's job read through POST locations/{l}/backupCrrJob, in first-read order.
 
-        CRR jobs (read by POST locations/{l}/backupCrrJob, location-scoped, no vault) are not
-        keyed here; jobs under a vault path ``backupjobd.core.azure`` rejects (the 2016 dogfood
-        provider ``Microsoft.RecoveryServicesBVTD``) are left out as the daemon cannot track
-        them either.
+        A CRR job is registered through its `backupCrrOperationsStatus` URL with the
+        recording's (source) vault as `--vault`. Jobs under a vault path
+        ``backupjobd.core.azure`` rejects (the 2016 dogfood provider
+        ``Microsoft.RecoveryServicesBVTD``) are left out as the daemon cannot track them either.
         """
         namers = self._operations_naming_jobs()
         jobs: list[ExpectedJob] = []
         for (method, path), answers in self.sequences.items():
+            crr = _CRR_JOB_KEY_RE.match(path)
+            if method == "POST" and crr is not None:
+                expected = self._crr_expected(path, crr["job"], answers, namers)
+                if expected is not None:
+                    jobs.append(expected)
+                continue
             found = _JOB_GET_RE.match(path)
             if method != "GET" or found is None:
                 continue
@@ -154,6 +190,53 @@ class Recording:
             )
         return jobs
 
+    def _crr_expected(
+        self, key: str, job_id: str, answers: list[RecordedAnswer], namers: dict[str, str]
+    ) -> ExpectedJob | None:
+        statuses = _collapse(a.job_status for a in answers)
+        vault = self._source_vault()
+        if not statuses or vault is None:
+            return None
+        final = statuses[-1]
+        to_final = len(answers)
+        if final in azure.TERMINAL_STATUSES:
+            to_final = next(i for i, a in enumerate(answers, 1) if a.job_status == final)
+        body = next((a.body for a in answers if isinstance(a.body, dict)), {})
+        crr = azure.parse_crr_job_id(str(body.get("id", "")))
+        op_path = namers.get(job_id)
+        return ExpectedJob(
+            job_id=job_id,
+            vault_id=vault,
+            registered_by="operation" if op_path is not None else "job-id",
+            operation_path=op_path,
+            statuses=statuses,
+            final_status=final,
+            answers=len(answers),
+            answers_to_final=to_final,
+            region=crr.region if crr is not None else None,
+            resource=key,
+        )
+
+    def _source_vault(self) -> str | None:
+        """The Recovery Services vault the recording works in (a CRR job's source vault: the
+        recordings keep no request bodies, so the first vault path or body mention stands
+        for it; a recording of CRR calls only names none, and a stand-in vault of its
+        subscription is used, which replay does not check)."""
+        for item in self.interactions:
+            for text in (unquote(str(item["url"])), json.dumps(item.get("body"))):
+                found = _ANY_VAULT_RE.search(text)
+                if found is None:
+                    continue
+                try:
+                    return azure.vault_from_id(found.group(0)).id
+                except InvalidInput:
+                    continue
+        for item in self.interactions:
+            sub = azure.subscription_in_path(unquote(str(item["url"])))
+            if sub is not None:
+                return azure.VaultRef(sub, "replay", "crr-source-vault").id
+        return None
+
     def _original_path(self, method: str, key_path: str) -> str:
         """The path of the first interaction with this key, in the recorder's spelling."""
         for item in self.interactions:
@@ -169,7 +252,9 @@ class Recording:
             url = str(item["url"])
             if item["method"] != "GET" or item["status"] != 200:
                 continue
-            found = _OP_STATUS_RE.match(normalise_path(url))
+            found = _OP_STATUS_RE.match(normalise_path(url)) or _CRR_OP_STATUS_RE.match(
+                normalise_path(url)
+            )
             if found is None:
                 continue
             try:
@@ -190,7 +275,7 @@ class Recording:
                     continue
                 parts = urlsplit(value)
                 try:
-                    _, found_op = azure.parse_operation_path(unquote(parts.path))
+                    found_op = azure.parse_operation_target(unquote(parts.path)).operation_id
                 except InvalidInput:
                     continue
                 if found_op.lower() == op_id.lower():
@@ -227,9 +312,17 @@ def load_recording(path: str | Path) -> Recording:
     for item in interactions:
         method = str(item["method"]).upper()
         key_path = normalise_path(str(item["url"]))
-        if _JOB_LIST_RE.match(key_path) or key_path.endswith(_CRR_JOB_SUFFIX):
-            # Lists differ by $filter and CRR job reads by request body: one path, many
-            # resources, so serving them in path order would be wrong.
+        if key_path.endswith(_CRR_JOB_SUFFIX):
+            # CRR job reads differ by request body (the job name), which recordings do not
+            # keep: each answer is keyed by the job it names instead.
+            job = _answer_job_id(item.get("body"))
+            if job is None:
+                skipped.append(f"{method} {key_path}")
+                continue
+            key_path = crr_job_key(key_path, job)
+        if _JOB_LIST_RE.match(key_path):
+            # Lists differ by $filter: one path, many resources, so serving them in path
+            # order would be wrong.
             skipped.append(f"{method} {key_path}")
             continue
         headers = tuple(_header_items(item.get("headers") or {}))
@@ -301,9 +394,13 @@ class ReplayServer:
                 len(self.shadowed),
             )
 
-    def next_answer(self, method: str, path: str) -> RecordedAnswer | None:
-        """The next recorded answer for this request (the last repeats), None if unknown."""
-        key = (method.upper(), normalise_path(path))
+    def next_answer(
+        self, method: str, path: str, job_name: str | None = None
+    ) -> RecordedAnswer | None:
+        """The next recorded answer for this request (the last repeats), None if unknown.
+        `job_name`: the job a `backupCrrJob` POST asks for (its body's `jobName`)."""
+        key_path = crr_job_key(path, job_name) if job_name else normalise_path(path)
+        key = (method.upper(), key_path)
         track = self._tracks.get(key)
         if track is None and key[0] == "GET":
             # The daemon polls backupOperations/{op} whatever URL it was given; a recording
@@ -407,6 +504,18 @@ def _parse_date(value: str | None) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return parsed if parsed.tzinfo is not None else None
+
+
+def _answer_job_id(body: Any) -> str | None:
+    """The job id a recorded job answer names (its `name`, else its id's last segment)."""
+    if not isinstance(body, dict):
+        return None
+    name = body.get("name")
+    if isinstance(name, str) and azure.GUID_RE.match(name):
+        return name.lower()
+    raw = body.get("id")
+    tail = raw.rstrip("/").rsplit("/", 1)[-1] if isinstance(raw, str) else ""
+    return tail.lower() if azure.GUID_RE.match(tail) else None
 
 
 def _collapse(statuses: Iterable[str | None]) -> tuple[str, ...]:

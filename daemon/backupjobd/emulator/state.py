@@ -7,6 +7,7 @@ clock passes its end.
 
 from __future__ import annotations
 
+import base64
 import heapq
 import itertools
 import logging
@@ -21,6 +22,7 @@ from typing import Final
 
 from aiohttp import web
 
+from backupjobd.core.azure import job_arm_id
 from backupjobd.emulator import render
 from backupjobd.emulator.faults import (
     ARM_READ_REFILL_PER_SECOND,
@@ -45,24 +47,48 @@ VAULT_PATTERN: Final = (
     r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
     r"/providers/microsoft\.recoveryservices/vaults/(?P<vault>[^/]+)"
 )
+BACKUP_VAULT_PATTERN: Final = (
+    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.dataprotection/backupvaults/(?P<vault>[^/]+)"
+)
 VAULT_RE: Final = re.compile(rf"^{VAULT_PATTERN}$", re.IGNORECASE)
+BACKUP_VAULT_RE: Final = re.compile(rf"^{BACKUP_VAULT_PATTERN}$", re.IGNORECASE)
 SUBSCRIPTION_RE: Final = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
+REGION_RE: Final = re.compile(r"^[a-z][a-z0-9]{1,39}$")
+#: Where the emulator says Backup vaults live (their operationResults are at this location).
+BACKUP_VAULT_LOCATION: Final = "westeurope"
 
 
-def vault_arm_id(sub: str, rg: str, vault: str) -> str:
+def vault_arm_id(sub: str, rg: str, vault: str, *, backup_vault: bool = False) -> str:
     """Canonical casing of a vault ARM id built from the request's path segments."""
-    return (
-        f"/subscriptions/{sub}/resourceGroups/{rg}"
-        f"/providers/Microsoft.RecoveryServices/vaults/{vault}"
+    provider = (
+        "Microsoft.DataProtection/backupVaults"
+        if backup_vault
+        else "Microsoft.RecoveryServices/vaults"
     )
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{provider}/{vault}"
 
 
 def canonical_vault_id(vault_id: str) -> str:
-    """A vault ARM id in canonical casing; anything else is bad input."""
+    """A vault ARM id (either kind) in canonical casing; anything else is bad input."""
     found = VAULT_RE.match(vault_id.rstrip("/"))
-    if found is None:
-        raise ValidationError(f"vault_id {vault_id!r} is not a Recovery Services vault ARM id")
-    return vault_arm_id(found["sub"], found["rg"], found["vault"])
+    if found is not None:
+        return vault_arm_id(found["sub"], found["rg"], found["vault"])
+    found = BACKUP_VAULT_RE.match(vault_id.rstrip("/"))
+    if found is not None:
+        return vault_arm_id(found["sub"], found["rg"], found["vault"], backup_vault=True)
+    raise ValidationError(
+        f"vault_id {vault_id!r} is neither a Recovery Services vault nor a Backup vault ARM id"
+    )
+
+
+def is_backup_vault(vault_id: str) -> bool:
+    return "/microsoft.dataprotection/" in vault_id.lower()
+
+
+def subscription_of(path: str) -> str:
+    found = SUBSCRIPTION_RE.match(path)
+    return found[1].lower() if found else ""
 
 
 class ValidationError(ValueError):
@@ -92,10 +118,21 @@ class EmulatedJob:
     seq: int
     activity_id: str
     cancel_requested_at: float | None = None
+    #: A cross-region restore's job: its secondary region (it is read there, not in the vault).
+    region: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.vault_id.lower(), self.job_id.lower())
+
+    @property
+    def backup_vault(self) -> bool:
+        return is_backup_vault(self.vault_id)
+
+    @property
+    def arm_id(self) -> str:
+        """The job's ARM id: under its vault, or location-scoped for a cross-region restore."""
+        return job_arm_id(self.vault_id, self.job_id, self.region)
 
     @property
     def entity(self) -> str:
@@ -116,6 +153,12 @@ class EmulatedOperation:
     container_name: str | None = None
     protected_item_name: str | None = None
     materialized: bool = False
+    #: A cross-region restore's secondary region, or a Backup vault operation's location.
+    region: str | None = None
+
+    @property
+    def crr(self) -> bool:
+        return self.region is not None and not is_backup_vault(self.vault_id)
 
     @property
     def done_at(self) -> float:
@@ -155,6 +198,7 @@ class EmulatorState:
         self.page_size = page_size
         self.required_token = required_token
         self.read_budget: ReadBudget | None = None
+        self.write_budget: ReadBudget | None = None
         self.read_refill_per_second = read_refill_per_second
         self.read_others_per_second = read_others_per_second
         self.configure_reads(read_burst, read_refill_per_second)
@@ -201,8 +245,14 @@ class EmulatorState:
         vault_id: str = DEFAULT_VAULT_ID,
         job_id: str | None = None,
         created_at: float | None = None,
+        region: str | None = None,
     ) -> EmulatedJob:
-        """Create a job whose lifecycle starts now (or at ``created_at``)."""
+        """Create a job whose lifecycle starts now (or at ``created_at``); with ``region`` a
+        cross-region restore's job of that (Recovery Services) vault."""
+        if region is not None and (is_backup_vault(vault_id) or not REGION_RE.match(region)):
+            raise ValidationError(
+                "region: a lower-case Azure region, for a Recovery Services vault"
+            )
         job = EmulatedJob(
             vault_id=vault_id,
             job_id=job_id or str(uuid.uuid4()),
@@ -210,6 +260,7 @@ class EmulatorState:
             created_at=self.now() if created_at is None else created_at,
             seq=next(self._seq),
             activity_id=str(uuid.uuid4()),
+            region=region,
         )
         if job.key in self._jobs:
             raise ValidationError(f"job {job.job_id} already exists in {vault_id}")
@@ -238,11 +289,26 @@ class EmulatorState:
         return next((j for j in self._jobs.values() if j.key[1] == wanted), None)
 
     def jobs_in_vault(self, vault_id: str) -> list[EmulatedJob]:
-        """Visible jobs of a vault in creation order, which keeps paging stable."""
+        """Visible jobs of a vault in creation order, which keeps paging stable (a cross-
+        region restore's jobs are listed in their secondary region, not here)."""
         now = self.now()
         # Insertion order is sequence order, so no sort is needed.
         vault = self._by_vault.get(vault_id.lower(), {})
-        return [j for j in vault.values() if self._visible(j, now)]
+        return [j for j in vault.values() if j.region is None and self._visible(j, now)]
+
+    def find_crr_job(self, subscription: str, region: str, job_id: str) -> EmulatedJob | None:
+        """A cross-region restore's job as `backupCrrJob` finds it: by name in the region."""
+        now = self.now()
+        wanted, where = job_id.lower(), region.lower()
+        for job in self._jobs.values():
+            if (
+                job.key[1] == wanted
+                and job.region == where
+                and subscription_of(job.vault_id) == subscription.lower()
+                and self._visible(job, now)
+            ):
+                return job
+        return None
 
     # ---- vaults
 
@@ -260,10 +326,17 @@ class EmulatorState:
         held = len(self._jobs) + self._pending_jobs
         return held, len(self._operations), len(self._vaults), len(self._faults)
 
-    def vaults_in_subscription(self, subscription_id: str) -> list[str]:
-        """The subscription's known vaults in the order they became known (stable paging)."""
+    def vaults_in_subscription(
+        self, subscription_id: str, *, backup_vaults: bool = False
+    ) -> list[str]:
+        """The subscription's known vaults of one kind in the order they became known
+        (stable paging)."""
         prefix = f"/subscriptions/{subscription_id.lower()}/"
-        return [v for key, v in self._vaults.items() if key.startswith(prefix)]
+        return [
+            v
+            for key, v in self._vaults.items()
+            if key.startswith(prefix) and is_backup_vault(key) is backup_vaults
+        ]
 
     @staticmethod
     def _visible(job: EmulatedJob, now: float) -> bool:
@@ -284,12 +357,14 @@ class EmulatorState:
             return "Cancelling" if now < cancelled_at else "Cancelled"
         end = self.job_end(job)
         if end is None or now < end:
-            return "InProgress" if end is not None else job.spec.final_status
+            return running_status(job) if end is not None else job.spec.final_status
         return job.spec.final_status
 
     def cancel_job(self, job: EmulatedJob) -> bool:
         """Start cancelling a running job; finished jobs are left alone (returns False)."""
         now = self.now()
+        if job.backup_vault or job.region is not None:
+            return False  # Azure cancels neither Backup vault nor secondary-region jobs
         if self.job_status(job, now) != "InProgress":
             return False
         job.cancel_requested_at = now
@@ -307,11 +382,22 @@ class EmulatorState:
         job_spec: JobSpec | None = None,
         container_name: str | None = None,
         protected_item_name: str | None = None,
+        region: str | None = None,
     ) -> EmulatedOperation:
-        """Queue an async operation; its job ids are allocated now, its jobs appear later."""
+        """Queue an async operation; its job ids are allocated now, its jobs appear later.
+        A Backup vault's operation is at the vault's location; with ``region`` a Recovery
+        Services vault's operation is a cross-region restore (its id base64, as Azure's)."""
         succeeded = result == "Succeeded"
+        backup_vault = is_backup_vault(vault_id)
+        if region is not None and not REGION_RE.match(region):
+            raise ValidationError("region must be a lower-case Azure region name")
+        if backup_vault:
+            region = BACKUP_VAULT_LOCATION
+        op_id = str(uuid.uuid4())
+        if region is not None and not backup_vault:
+            op_id = base64.b64encode(f"{time.time_ns()};{op_id}".encode()).decode()
         op = EmulatedOperation(
-            operation_id=str(uuid.uuid4()),
+            operation_id=op_id,
             vault_id=vault_id,
             created_at=self.clock(),
             delay_seconds=delay_seconds,
@@ -320,6 +406,7 @@ class EmulatorState:
             job_spec=job_spec or JobSpec(),
             container_name=container_name,
             protected_item_name=protected_item_name,
+            region=region,
         )
         self._operations[op.operation_id.lower()] = op
         heapq.heappush(self._pending, (op.done_at, next(self._seq), op))
@@ -331,6 +418,22 @@ class EmulatorState:
         self.now()
         op = self._operations.get(operation_id.lower())
         if op is None or op.vault_id.lower() != vault_id.lower():
+            return None
+        return op
+
+    def find_located_operation(
+        self, subscription: str, region: str, operation_id: str, *, crr: bool
+    ) -> EmulatedOperation | None:
+        """An operation addressed by location: a cross-region restore's, or a Backup vault
+        operation's `operationStatus`/`operationResults` at the vault's location."""
+        self.now()
+        op = self._operations.get(operation_id.lower())
+        if (
+            op is None
+            or op.crr is not crr
+            or op.region != region.lower()
+            or subscription_of(op.vault_id) != subscription.lower()
+        ):
             return None
         return op
 
@@ -348,6 +451,7 @@ class EmulatorState:
                         created_at=op.done_at,
                         seq=next(self._seq),
                         activity_id=str(uuid.uuid4()),
+                        region=op.region if op.crr else None,
                     )
                 )
         logger.debug("operation %s completed with jobs %s", op.operation_id, op.job_ids)
@@ -433,6 +537,20 @@ class EmulatorState:
             else ReadBudget(burst, self.read_refill_per_second, self.read_others_per_second)
         )
 
+    def configure_writes(self, burst: int | None, refill_per_second: float = 10.0) -> None:
+        """The per-subscription write budget (None disables it): what cross-region-restore
+        job reads (POST backupCrrJob) draw on, as Azure counts them."""
+        self.write_budget = None if burst is None else ReadBudget(burst, refill_per_second)
+
+    def take_write(self, path: str) -> tuple[bool, int, int] | None:
+        """Charge one write to the path's subscription; None when no write budget is set."""
+        if self.write_budget is None:
+            return None
+        verdict = self.write_budget.take(subscription_of(path), self.clock())
+        if not verdict[0]:
+            self._stats.throttled += 1
+        return verdict
+
     def take_read(self, path: str) -> tuple[bool, int, int] | None:
         """Charge one read to the path's subscription; None when no budget is set."""
         found = SUBSCRIPTION_RE.match(path)
@@ -499,6 +617,8 @@ class EmulatorState:
         self.random_faults = None
         if self.read_budget is not None:
             self.read_budget.refill()
+        if self.write_budget is not None:
+            self.write_budget.refill()
         if self.replay is not None:
             self.replay.rewind()
         self._stats = _Stats()
@@ -511,7 +631,14 @@ class EmulatorState:
 
     def render_operation(self, op: EmulatedOperation) -> JSONDict:
         """OperationStatus body; jobs are only announced once the operation is done."""
+        if is_backup_vault(op.vault_id):
+            return render.render_backup_vault_operation(self, op)
         return render.render_operation(self, op)
+
+
+def running_status(job: EmulatedJob) -> str:
+    """What a running job says: Backup vaults say Started, Recovery Services InProgress."""
+    return "Started" if job.backup_vault else "InProgress"
 
 
 STATE_KEY: Final = web.AppKey("backupjobd_emulator_state", EmulatorState)

@@ -200,6 +200,9 @@ async def _stop_job(request: web.Request) -> web.StreamResponse:
 async def _cancel_job(request: web.Request) -> web.StreamResponse:
     """Ask Azure to cancel; the job's own polls then record Cancelling and Cancelled."""
     job = await _one_job(request)
+    refusal = azure.cancel_refusal(job.kind)
+    if refusal is not None:
+        raise ApiError(409, "CancelNotSupported", refusal)
     vault = azure.vault_from_id(job.vault_id)
     try:
         outcome = await request.app[keys.ARM].cancel_job(
@@ -358,6 +361,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     metrics.set_last_tick(request.app[keys.TICK_AGE](), time.time())
     metrics.set_job_counts(*await request.app[keys.STORE].job_status_counts())
     metrics.set_budget(request.app[keys.ARM].budget)
+    metrics.set_write_budget(request.app[keys.ARM].write_budget)
     outbox = await request.app[keys.STORE].outbox_counts()
     metrics.set_outbox(outbox.get("pending", 0), outbox.get("dead", 0))
     return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -263,7 +263,9 @@ def openapi_document(
                     "operationId": "cancelJob",
                     "summary": "Ask Azure to cancel the job",
                     "description": "Azure's 400 answers 400 and its other 4xx answer 409, "
-                    "with Azure's error code; Azure unreachable or throttling answers 503.",
+                    "with Azure's error code; Azure unreachable or throttling answers 503. "
+                    "A cross-region-restore or Backup vault job answers 409 "
+                    "CancelNotSupported: Azure cannot cancel those.",
                     "parameters": [job_param, vault_param],
                     "responses": {
                         "202": {

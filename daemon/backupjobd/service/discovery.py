@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.config import DiscoveryConfig
 from backupjobd.core import azure
-from backupjobd.core.azure import JobObservation, VaultRef
+from backupjobd.core.azure import JobObservation, VaultKind, VaultRef
 from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import BackupJobdError
 from backupjobd.store import Store
@@ -56,12 +56,21 @@ def job_wanted(
     job: JobObservation, operations: Iterable[str], management_types: Iterable[str]
 ) -> bool:
     """Client-side filter (one list request per vault instead of one per combination);
-    empty lists match everything, comparisons ignore case."""
+    empty lists match everything, comparisons ignore case. Backup vault jobs have no
+    backup management type: that filter is for Recovery Services jobs only."""
     ops = {o.casefold() for o in operations}
     if ops and base_operation(job.operation or "").casefold() not in ops:
         return False
+    if job.vault is not None and job.vault.kind is VaultKind.DATA_PROTECTION:
+        return True
     types = {t.casefold() for t in management_types}
     return not types or (job.backup_management_type or "").casefold() in types
+
+
+def in_window(job: JobObservation, since: datetime, until: datetime) -> bool:
+    """A Backup vault's list has no filter: the window is applied here, to the start time
+    (a job Azure shows without one is kept: registering it twice is harmless)."""
+    return job.start_time is None or since <= job.start_time <= until + timedelta(seconds=1)
 
 
 def window(
@@ -158,6 +167,7 @@ class Discoverer:
         what = f"the vault list of subscription {subscription}"
         try:
             vaults = await self._arm.list_vaults(subscription)
+            vaults += await self._arm.list_vaults(subscription, VaultKind.DATA_PROTECTION)
         except BackupJobdError as exc:
             self._failed(subscription, what, exc)
             return
@@ -168,7 +178,7 @@ class Discoverer:
         added = [v for v in vaults if v.key not in before]
         if added or len(vaults) != len(before):
             logger.info(
-                "discovery: subscription %s has %d Recovery Services vaults (%d new)",
+                "discovery: subscription %s has %d vaults (Recovery Services and Backup; %d new)",
                 subscription,
                 len(vaults),
                 len(added),
@@ -196,12 +206,17 @@ class Discoverer:
         now = self._clock()
         since, until = window(listed_until, now, self._lookback, self._overlap)
         listed = matched = registered = 0
-        async for page in self._arm.list_jobs(vault, window_filter(since, until)):
+        backup_vault = vault.kind is VaultKind.DATA_PROTECTION
+        # A Backup vault's list takes no $filter: all its jobs are paged through and the
+        # window applied here (see README: what the Backup vault list costs).
+        odata = None if backup_vault else window_filter(since, until)
+        async for page in self._arm.list_jobs(vault, odata):
             listed += len(page)
             wanted = [
                 JobRegistration(vault, job.job_id, SOURCE)
                 for job in page
                 if job_wanted(job, self._config.operations, self._config.backup_management_types)
+                and (not backup_vault or in_window(job, since, until))
             ]
             matched += len(wanted)
             if wanted:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from backupjobd.adapters.budget import ReadBudget
 from backupjobd.adapters.durations import Durations
+from backupjobd.core.azure import JobKind
 from backupjobd.core.model import JobRecord
 from backupjobd.core.sweeps import PlanKind, VaultRoster, subscription
 from backupjobd.errors import BackupJobdError
@@ -45,10 +46,12 @@ class Dispatcher:
         batch_size: int,
         sweeps: bool,
         owned: Callable[[], frozenset[str] | None] = lambda: None,
+        write_budget: Callable[[], ReadBudget | None] = lambda: None,
     ) -> None:
         self._store = store
         self._owned = owned
         self._budget = budget
+        self._write_budget = write_budget
         self._roster = roster
         self._work = work
         self._durations = durations
@@ -130,16 +133,20 @@ class Dispatcher:
         """Queue no more single GETs of a subscription than its read budget can serve within
         a few seconds, and none while a 429 pauses it: pollers waiting on one subscription's
         bucket must not hold up the others. The rest stay due in the store."""
-        budget = self._budget()
-        if budget is None:
-            return singles
-        room: dict[str, int] = {}
+        budgets = {False: self._budget(), True: self._write_budget()}
+        room: dict[tuple[bool, str], int] = {}
         kept: list[JobRecord] = []
         for job in singles:
+            # A cross-region restore's job is read by a POST: the write bucket pays for it.
+            writes = job.kind is JobKind.CROSS_REGION_RESTORE
+            budget = budgets[writes]
+            if budget is None:
+                kept.append(job)
+                continue
             sub = subscription(job.vault_id)
-            if sub not in room:
-                room[sub] = 0 if budget.delay(sub) > 1.0 else budget.affordable(sub, 5.0)
-            if room[sub] > 0:
-                room[sub] -= 1
+            if (writes, sub) not in room:
+                room[writes, sub] = 0 if budget.delay(sub) > 1.0 else budget.affordable(sub, 5.0)
+            if room[writes, sub] > 0:
+                room[writes, sub] -= 1
                 kept.append(job)
         return kept

@@ -35,7 +35,7 @@ class Journal:
     def job(self, commit: Commit, outcome: Outcome) -> None:
         """A single GET's commit: counted, and one line per state change."""
         if self._metrics is not None:
-            self._metrics.poll("job", outcome_label(outcome))
+            self._metrics.poll("job", outcome_label(outcome), commit.before.vault_kind.value)
         self._count_transition(commit)
         self._lines(commit, outcome)
 
@@ -46,7 +46,12 @@ class Journal:
         end = decision.observation.end_time if decision.observation else None
         terminal = decision.tracking is Tracking.FINISHED
         self._metrics.transition(
-            decision.status, end if terminal else None, commit.now, commit.before.registered_at
+            decision.status,
+            end if terminal else None,
+            commit.now,
+            commit.before.registered_at,
+            vault_kind=commit.before.vault_kind.value,
+            job_kind=commit.before.kind.value,
         )
 
     def swept_job(self, commit: Commit) -> None:
@@ -163,7 +168,7 @@ class Journal:
         """An operation poll: counted, and what it resolved (or why not)."""
         fields = {"job_id": None, "vault_id": record.vault_id, "operation_id": record.operation_id}
         if self._metrics is not None:
-            self._metrics.poll("operation", outcome_label(outcome))
+            self._metrics.poll("operation", outcome_label(outcome), record.vault_kind.value)
         if registered is None:
             logger.info("operation changed concurrently; poll discarded", extra=fields)
             return

@@ -31,11 +31,11 @@ from backupjobd.core.decisions import (
 )
 from backupjobd.core.model import Commit, JobRecord, OperationRecord
 from backupjobd.core.sweeps import (
-    SWEEP_FILTER,
     Settlement,
     Sweep,
     VaultRoster,
     spare_sweep_interval,
+    sweep_filter,
 )
 from backupjobd.core.sweeps import subscription as azure_subscription
 from backupjobd.errors import (
@@ -152,7 +152,9 @@ class Pollers:
         vault = azure.vault_from_id(record.vault_id)
         self.reads_running += 1
         try:
-            observed = await observe(self._arm.get_job(vault, record.job_id))
+            observed = await observe(
+                self._arm.read_job(record.kind, vault, record.job_id, record.region)
+            )
         finally:
             self.reads_running -= 1
         outcome: Outcome = Seen(observed) if isinstance(observed, JobObservation) else observed
@@ -172,7 +174,9 @@ class Pollers:
 
     async def poll_operation(self, record: OperationRecord) -> None:
         vault = azure.vault_from_id(record.vault_id)
-        observed = await observe(self._arm.get_operation(vault, record.operation_id))
+        observed = await observe(
+            self._arm.read_operation(vault, record.operation_id, record.region)
+        )
         outcome: OperationOutcome = (
             OperationSeen(observed) if isinstance(observed, OperationObservation) else observed
         )
@@ -208,8 +212,11 @@ class Pollers:
     async def _sweep(self, item: Sweep) -> None:
         listed: dict[str, JobObservation] = {}
         listed_at = self._clock()
+        pages = 0
         try:
-            async for page in self._arm.list_jobs(azure.vault_from_id(item.vault_id), SWEEP_FILTER):
+            vault = azure.vault_from_id(item.vault_id)
+            async for page in self._arm.list_jobs(vault, sweep_filter(vault.kind)):
+                pages += 1
                 listed.update((obs.job_id, obs) for obs in page)
         except (TransientError, PermanentError, CredentialError) as exc:
             if isinstance(exc, TransientError) and exc.retry_after is not None:
@@ -237,9 +244,13 @@ class Pollers:
             jitter=self._rng.random,
             expected=self._expected,
             sooner=self._sooner(item.vault_id),
+            pages_read=pages,
         )
         self._hand_on(settled.urgent)
         self._hand_on(settled.background, BACKGROUND)
+        if settled.disband:
+            await self._commit_disbanded(item.vault_id, settled, now)
+            return
         if settled.next_sweep is None:
             return
         fields: dict[str, object] = {"vault_id": item.vault_id, "action": "sweep", "job_id": None}
@@ -275,6 +286,26 @@ class Pollers:
                 self._journal.swept_job(commit)
             else:
                 self._journal.discarded(commit.before, swept=True)
+
+    async def _commit_disbanded(self, vault_id: str, settled: Settlement, now: datetime) -> None:
+        """A vault that stops sweeping: its jobs are committed with their own next polls."""
+        fields: dict[str, object] = {"vault_id": vault_id, "action": "sweep", "job_id": None}
+        commits = [
+            events.commit(record, decision, now, self._webhooks, new_event_id)
+            for record, decision in settled.changed
+        ]
+        applied = await self._committer.commit_many(commits, fields)
+        for commit, ok in zip(commits, applied, strict=True):
+            if ok:
+                self._journal.swept_job(commit)
+            else:
+                self._journal.discarded(commit.before, swept=True)
+        logger.info(
+            "vault %s: its list costs more reads than its %d running jobs; reading them one by one",
+            vault_id,
+            len(commits),
+            extra=fields,
+        )
 
     def _sooner(self, vault_id: str) -> timedelta | None:
         """The next sweep comes sooner while the subscription's budget has room to spare."""

@@ -97,6 +97,7 @@ class Tracker:
             batch_size,
             sweeps=sweep_min_jobs > 0,
             owned=ownership.owned if ownership is not None else (lambda: None),
+            write_budget=lambda: arm.write_budget,
         )
 
     # ------------------------------------------------------------------ state

@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from backupjobd.core import azure
 from backupjobd.core.azure import VaultRef, validate_operation_id, vault_from_id
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import JobRecord, OperationRecord
@@ -29,6 +30,13 @@ logger = logging.getLogger(__name__)
 EXIT_TIMEOUT = 124
 EXIT_LOST = 6
 EXIT_BY_STATUS = {"Completed": 0, "CompletedWithWarnings": 3, "Failed": 4, "Cancelled": 5}
+# Every kind's terminal statuses (Backup vaults say Succeeded…), through the core's one map.
+EXIT_BY_PHASE = {
+    azure.Phase.SUCCEEDED: 0,
+    azure.Phase.WARNINGS: 3,
+    azure.Phase.FAILED: 4,
+    azure.Phase.CANCELLED: 5,
+}
 # With several jobs, the exit code is the worst outcome, in this order.
 _SEVERITY = [0, 3, 5, 4, EXIT_LOST, EXIT_TIMEOUT]
 
@@ -37,6 +45,7 @@ _SEVERITY = [0, 3, 5, 4, EXIT_LOST, EXIT_TIMEOUT]
 class Target:
     vault: VaultRef | None
     job_id: str
+    region: str | None = None  # a cross-region-restore job's secondary region
 
 
 class OperationFailed(Exception):
@@ -117,7 +126,7 @@ def outcome_code(job: JobRecord) -> int | None:
     if job.tracking is Tracking.LOST:
         return EXIT_LOST
     if job.tracking is Tracking.FINISHED and job.status is not None:
-        return EXIT_BY_STATUS.get(job.status, 1)
+        return EXIT_BY_PHASE.get(azure.job_phase(job.status), 1)
     return None
 
 
@@ -143,7 +152,7 @@ async def resolve(store: Store, targets: Sequence[Target], now: datetime) -> lis
                 raise InvalidInput(
                     f"job {target.job_id} is not tracked: give --vault or its ARM id to track it"
                 )
-            missing.append(JobRegistration(target.vault, target.job_id, "wait"))
+            missing.append(JobRegistration(target.vault, target.job_id, "wait", target.region))
     if missing:
         await store.register(missing, now)
     return await _current(store, targets)

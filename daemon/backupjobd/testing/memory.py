@@ -34,6 +34,7 @@ from backupjobd.core.model import (
     TransitionRecord,
 )
 from backupjobd.core.registration import JobRegistration, Registration
+from backupjobd.core.sweeps import SWEEPABLE_STATUSES
 from backupjobd.errors import StoreError
 from backupjobd.store import Store
 from backupjobd.testing import replicas
@@ -182,8 +183,8 @@ class MemoryStore(Store):
             candidates = (
                 j.record
                 for j in t.jobs.values()
-                if j.vault_key == key and j.record.status == "InProgress"
-                if active_due(j.record, at)
+                if j.vault_key == key and j.record.status in SWEEPABLE_STATUSES
+                if j.record.region is None and active_due(j.record, at)
             )
             return due(candidates, limit, exclude)
 
@@ -308,7 +309,14 @@ class MemoryStore(Store):
             add_outbox(t, outbox, at, None)
             vault = vault_from_id(record.vault_id)
             return [
-                register_one(t, JobRegistration(vault, job_id, "operation"), now, record.pk)
+                register_one(
+                    t,
+                    JobRegistration(
+                        vault, job_id, "operation", record.region if record.crr else None
+                    ),
+                    now,
+                    record.pk,
+                )
                 for job_id in decision.job_ids
             ]
 
@@ -327,10 +335,13 @@ class MemoryStore(Store):
         until: datetime | None = None,
         operation: str | None = None,
         newest_first: bool = False,
+        kind: str | None = None,
     ) -> list[JobRecord]:
         def keep(job: JobRow, since_at: datetime | None) -> bool:
             r = job.record
             if stuck and r.stuck_since is None:
+                return False
+            if kind is not None and r.kind.value != kind:
                 return False
             if vault_id is not None and job.vault_key != vault_id.lower().rstrip("/"):
                 return False

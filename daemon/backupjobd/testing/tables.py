@@ -216,6 +216,7 @@ def register_one(
                 if operation_pk is not None and operation_pk in t.operations
                 else None
             ),
+            region=reg.region,
         )
         t.jobs[pk] = JobRow(record, reg.vault.key, operation_pk)
         t.job_keys[key] = pk
@@ -242,6 +243,7 @@ def register_one(
         last_error=None,
         job_ids=(),
         version=0,
+        region=reg.region,
     )
     t.operations[pk] = OperationRow(op, reg.vault.key)
     t.operation_keys[key] = pk
@@ -291,9 +293,7 @@ def apply_write(t: Tables, write: JobWrite) -> bool:
     return True
 
 
-def add_outbox(
-    t: Tables, entries: Iterable[OutboxEntry], at: datetime, job_pk: int | None
-) -> None:
+def add_outbox(t: Tables, entries: Iterable[OutboxEntry], at: datetime, job_pk: int | None) -> None:
     """Outbox rows, due at once; `job_pk` None for an operation's event."""
     for entry in entries:
         key = (entry.event_id, entry.webhook)

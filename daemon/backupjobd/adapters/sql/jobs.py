@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from backupjobd.adapters.sql import schema
 from backupjobd.adapters.sql.outbox import outbox_rows
+from backupjobd.core.azure import JobKind
 from backupjobd.core.decisions import DURATION_SAMPLE_STATUSES, Tracking
 from backupjobd.core.model import (
     JobRecord,
@@ -26,6 +27,7 @@ from backupjobd.core.model import (
     TransitionRecord,
 )
 from backupjobd.core.registration import JobRegistration, Registration
+from backupjobd.core.sweeps import SWEEPABLE_STATUSES
 
 # `jobs list --status` accepts these tracking states besides Azure statuses ("Failed" is a status).
 JOB_TRACKING_FILTERS = frozenset(
@@ -105,6 +107,7 @@ def job_from_row(row: Row[Any]) -> JobRecord:
         error_details=row.error_details or (),
         operation_id=row.operation_id,
         progress_percent=row.progress_percent,
+        region=row.region,
     )
 
 
@@ -139,6 +142,8 @@ def register_one(
                     consecutive_failures=0,
                     operation_pk=operation_pk,
                     operation_id=operation_id,
+                    vault_kind=reg.vault.kind.value,
+                    region=reg.region,
                     version=0,
                 )
             )
@@ -160,6 +165,7 @@ def register_one(
                 next_poll_at=now,
                 poll_count=0,
                 consecutive_failures=0,
+                region=reg.region,
                 version=0,
             )
         )
@@ -185,7 +191,8 @@ def sweep_where(vault_id: str, due_before: datetime) -> tuple[Any, ...]:
     return (
         t.c.tracking == Tracking.ACTIVE.value,
         t.c.vault_key == vault_id.lower(),
-        t.c.status == "InProgress",
+        t.c.status.in_(SWEEPABLE_STATUSES),
+        t.c.region.is_(None),  # a cross-region restore's jobs are not in the vault's list
         t.c.next_poll_at <= due_before,
     )
 
@@ -373,9 +380,12 @@ def list_query(
     until: datetime | None = None,
     operation: str | None = None,
     newest_first: bool = False,
+    kind: str | None = None,
 ) -> Any:
     t = schema.jobs
     query = select(t).order_by(t.c.pk.desc() if newest_first else t.c.pk)
+    if kind is not None:
+        query = query.where(kind_clause(kind))
     if until is not None:
         query = query.where(t.c.registered_at <= until)
     if operation is not None:
@@ -399,6 +409,17 @@ def list_query(
     if limit is not None:
         query = query.limit(limit)
     return query
+
+
+def kind_clause(kind: str) -> Any:
+    """`jobs list --kind`: a vault kind (RecoveryServices, DataProtection) or
+    CrossRegionRestore (Recovery Services jobs read in their secondary region)."""
+    t = schema.jobs
+    if kind == JobKind.CROSS_REGION_RESTORE.value:
+        return t.c.region.is_not(None)
+    if kind == JobKind.RECOVERY_SERVICES.value:
+        return (t.c.vault_kind == kind) & t.c.region.is_(None)
+    return t.c.vault_kind == kind
 
 
 def history(conn: Connection, job_pk: int) -> tuple[list[TransitionRecord], list[SnapshotRecord]]:

@@ -38,6 +38,7 @@ def operation_from_row(row: Row[Any]) -> OperationRecord:
         last_error=row.last_error,
         job_ids=tuple(json.loads(row.job_ids)) if row.job_ids else (),
         version=row.version,
+        region=row.region,
     )
 
 
@@ -93,7 +94,7 @@ def apply(
     return [
         register_one(
             conn,
-            JobRegistration(vault, job_id, "operation"),
+            JobRegistration(vault, job_id, "operation", record.region if record.crr else None),
             now,
             record.pk,
             record.operation_id,

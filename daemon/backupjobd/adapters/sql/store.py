@@ -301,6 +301,7 @@ class SqlStore(Store):
         until: datetime | None = None,
         operation: str | None = None,
         newest_first: bool = False,
+        kind: str | None = None,
     ) -> list[JobRecord]:
         query = jobs.list_query(
             status,
@@ -313,6 +314,7 @@ class SqlStore(Store):
             until=until,
             operation=operation,
             newest_first=newest_first,
+            kind=kind,
         )
         return [jobs.job_from_row(r) for r in await self._db.read(query, "listing jobs")]
 
