@@ -230,6 +230,12 @@ class Store(abc.ABC):
     async def replicas(self, seen_since: datetime, now: datetime) -> list[ReplicaRecord]:
         """Replicas heard from since `seen_since` and not stopped, with their leases."""
 
+    async def hold_liveness(self, replica_id: str) -> int | None:
+        """Hold, for as long as this process lives, a lock that tells the other replicas it
+        does (taken again if its connection was lost); returns its key, or None when there
+        is none (SQLite and memory: one process; or the key is another replica's)."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 

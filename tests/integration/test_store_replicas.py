@@ -6,14 +6,16 @@ its own transaction and leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.core.azure import vault_from_id
 from backupjobd.core.decisions import PollPolicy, decide_job, decide_operation
-from backupjobd.core.leases import Fence, Lease, ReplicaBeat
+from backupjobd.core.leases import LIVENESS_LOCK_SPACE, Fence, Lease, ReplicaBeat
 from backupjobd.core.model import JobWrite
 from backupjobd.store import Store
 from tests.integration.test_store_contract import (
@@ -245,3 +247,77 @@ async def test_a_fenced_reschedule_reads_its_jobs_in_chunks(
     assert await store.reschedule_jobs(pks, far, fence=fence_of("a", held)) == len(SUBS)
     partial = Fence("a", {x.subscription: x.epoch for x in held[1:]})
     assert await store.reschedule_jobs(pks, T0, fence=partial) == 0  # one stale: none moved
+
+
+async def test_a_replica_whose_process_died_loses_its_leases_at_the_next_heartbeat(
+    pg_database_url: str,
+) -> None:
+    """PostgreSQL: a replica holds its liveness lock on a connection of its own; when that
+    connection goes (the process died: here its backend is terminated), another replica
+    takes its leases at once, well before they expire, and its old fence writes nothing."""
+    a, b = SqlStore.from_url(pg_database_url), SqlStore.from_url(pg_database_url)
+    try:
+        await a.migrate()
+        await jobs_in_every_subscription(a)
+        key = await a.hold_liveness("a")
+        assert key is not None and await a.hold_liveness("a") == key  # held, kept
+        a_held = await a.replica_heartbeat(dataclasses.replace(beat("a"), liveness_key=key), T0)
+        assert len(a_held) == len(SUBS)
+        assert await b.hold_liveness("b") is not None
+        # a is alive: b, a second later, takes nothing (it was not there for the split).
+        t1 = T0 + timedelta(seconds=1)
+        assert await b.replica_heartbeat(beat("b"), t1) == []
+        # a's process dies: its connections close, and its liveness lock with them.
+        async with b._db.engine.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND classid = :space AND objid = :key"
+                    " AND granted"
+                ),
+                {"space": LIVENESS_LOCK_SPACE, "key": key & 0xFFFFFFFF},
+            )
+        assert killed == 1
+        t2 = T0 + timedelta(seconds=2)  # a's leases run to T0 + 15 s
+        b_held = await _beat_until_owning(b, "b", t2, len(SUBS))
+        assert [x.epoch for x in b_held] == [2] * len(SUBS)
+        record = await reload(b, jid(1), VAULTS[0])
+        decision = decide_job(
+            record.state(), seen(VAULTS[0], jid(1), "InProgress"), t2, POLICY, 0.5
+        )
+        assert await b.apply_job(record, decision, t2, fence=fence_of("a", a_held)) is False
+        # a's heartbeat, if it came back, takes its lock again (a new connection).
+        assert await a.hold_liveness("a") == key
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _beat_until_owning(
+    store: SqlStore, replica: str, now: datetime, count: int
+) -> list[Lease]:
+    """The terminated backend's locks go once PostgreSQL has ended it: a few beats, bounded."""
+    for _ in range(50):
+        held = await store.replica_heartbeat(beat(replica), now)
+        if len(held) == count:
+            return held
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{replica} never took the dead replica's leases")
+
+
+async def test_a_replica_without_a_liveness_lock_keeps_its_leases_until_they_expire(
+    pg_database_url: str,
+) -> None:
+    """One that declared no lock (another replica had its key) is not taken for dead."""
+    a, b = SqlStore.from_url(pg_database_url), SqlStore.from_url(pg_database_url)
+    try:
+        await a.migrate()
+        await jobs_in_every_subscription(a)
+        assert len(await a.replica_heartbeat(beat("a"), T0)) == len(SUBS)
+        await b.hold_liveness("b")
+        assert await b.replica_heartbeat(beat("b"), T0 + timedelta(seconds=14)) == []
+        taken = await b.replica_heartbeat(beat("b"), T0 + LEASE + timedelta(seconds=1))
+        assert len(taken) == len(SUBS)
+    finally:
+        await a.close()
+        await b.close()

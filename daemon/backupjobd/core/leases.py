@@ -8,6 +8,10 @@ free ones it claims (unowned, expired, or never seen) and which it gives up so t
 replica that joined gets its fair share. Every write a replica makes carries the epochs it
 holds (`Fence`); the store refuses a write whose epoch is no longer current, so a replica
 that was paused past its lease cannot record anything.
+
+On PostgreSQL a replica also holds a session-level advisory lock for as long as its process
+lives (`liveness_key`). The database drops it the moment the process dies, kill -9
+included, so the others take its leases at their next heartbeat rather than at expiry.
 """
 
 from __future__ import annotations
@@ -143,6 +147,8 @@ class ReplicaBeat:
     #: No other replica can be running (SQLite: `serve` holds the file's lock), so leases
     #: still held by others are those of a process that died: taken at once.
     sole: bool = False
+    #: The liveness lock this replica holds (`liveness_key`), None when it holds none.
+    liveness_key: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,24 @@ def as_sole(leases: Iterable[Lease], replica: str) -> list[Lease]:
         lease if lease.owner in (None, replica) else replace(lease, expires_at=None)
         for lease in leases
     ]
+
+
+def without_dead(leases: Iterable[Lease], dead: Collection[str]) -> list[Lease]:
+    """The rows with the leases of replicas known dead free at once, not when they expire.
+    Safe however wrong the knowledge: a claim is a compare-and-set that raises the epoch,
+    and the fence refuses every later write of the previous owner."""
+    return [replace(lease, expires_at=None) if lease.owner in dead else lease for lease in leases]
+
+
+#: The advisory-lock namespace (PostgreSQL's first key) of replicas' liveness locks.
+LIVENESS_LOCK_SPACE = 1818584422
+
+
+def liveness_key(replica: str) -> int:
+    """The second key of a replica's liveness lock: a signed 32-bit hash of its id. Two
+    replicas with the same key cannot both hold it; the second then holds none, and its
+    death is found the slow way (its leases expire)."""
+    return zlib.crc32(replica.encode()) - 2**31
 
 
 def subscription_of(vault_key: str) -> str:

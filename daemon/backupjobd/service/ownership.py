@@ -8,6 +8,7 @@ has passed (the heartbeat could not renew it) is not polled any more, at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -106,6 +107,9 @@ class Heartbeat:
             sole=self._sole,
         )
         try:
+            if not stopped:
+                key = await self._store.hold_liveness(self._ownership.replica_id)
+                beat = dataclasses.replace(beat, liveness_key=key)
             leases = await self._store.replica_heartbeat(beat, clock())
         except Exception as exc:
             self.failures += 1

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
-from sqlalchemy import Connection, false, insert, or_, select, union, update
+from sqlalchemy import Connection, false, func, insert, or_, select, union, update
 
 from backupjobd.adapters.sql import schema
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.leases import (
+    LIVENESS_LOCK_SPACE,
     Fence,
     Lease,
     ReplicaBeat,
@@ -22,6 +23,7 @@ from backupjobd.core.leases import (
     as_sole,
     plan_leases,
     subscription_of,
+    without_dead,
 )
 from backupjobd.errors import StoreError
 
@@ -64,6 +66,7 @@ def _upsert_instance(conn: Connection, beat: ReplicaBeat, now: datetime) -> None
         "last_seen_at": now,
         "stopped_at": now if beat.stopped else None,
         "budgets": json.dumps(list(map(dict, beat.budgets)), sort_keys=True),
+        "liveness_key": beat.liveness_key,
     }
     result = conn.execute(update(i).where(i.c.instance_id == beat.instance_id).values(**values))
     if result.rowcount == 0:
@@ -104,6 +107,9 @@ def replica_heartbeat(conn: Connection, beat: ReplicaBeat, now: datetime) -> lis
     live = _live(conn, now - beat.live_within)
     if beat.sole:
         rows, live = as_sole(rows, me), [me]
+    elif conn.dialect.name == "postgresql":
+        dead = _dead_owners(conn, rows, me, now)
+        rows, live = without_dead(rows, dead), [r for r in live if r not in dead]
     plan = plan_leases(me, now, rows, wanted, live)
     until = now + beat.lease_for
     held: list[Lease] = []
@@ -128,6 +134,27 @@ def replica_heartbeat(conn: Connection, beat: ReplicaBeat, now: datetime) -> lis
     for lease in plan.release:
         _set(conn, lease, None, lease.epoch, None)
     return sorted(held, key=lambda lease: lease.subscription)
+
+
+def _dead_owners(conn: Connection, rows: Iterable[Lease], me: str, now: datetime) -> set[str]:
+    """The other owners of unexpired leases whose liveness lock nobody holds any more: their
+    process is gone (PostgreSQL drops a session's locks when its connection closes). Taking
+    the lock for this transaction is how one asks; it goes with the commit."""
+    owners = {r.owner for r in rows if r.owner and r.owner != me and not r.free(now)}
+    if not owners:
+        return set()
+    i = schema.instances
+    keys = conn.execute(
+        select(i.c.instance_id, i.c.liveness_key).where(
+            i.c.instance_id.in_(sorted(owners)), i.c.liveness_key.is_not(None)
+        )
+    )
+    dead = set()
+    for owner, key in keys:
+        free = conn.scalar(select(func.pg_try_advisory_xact_lock(LIVENESS_LOCK_SPACE, int(key))))
+        if free:
+            dead.add(owner)
+    return dead
 
 
 def _pull_forward(conn: Connection, subscription: str, now: datetime) -> None:

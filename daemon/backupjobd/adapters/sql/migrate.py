@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # The newest revision in migrations/versions (test_migrations checks it); bump it with each
 # new migration.
-SCHEMA_HEAD = "0011_job_kinds"
+SCHEMA_HEAD = "0012_liveness"
 _MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": any constant shared by every replica
 
 

@@ -179,6 +179,8 @@ instances = Table(
     Column("stopped_at", UTCDateTime(), nullable=True),
     # JSON: the read budget it learned per subscription (`backupjobd replicas`).
     Column("budgets", Text(), nullable=True),
+    # PostgreSQL: the advisory lock it holds while its process lives (core/leases.py).
+    Column("liveness_key", Integer(), nullable=True),
 )
 
 # Who polls which subscription when several replicas share the database (core/leases.py).

@@ -9,13 +9,15 @@ reads the schema version on the direct engine like everything else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from backupjobd.adapters.sql import jobs, leases, meta, operations, outbox, schema
 from backupjobd.adapters.sql.engine import (
@@ -26,6 +28,7 @@ from backupjobd.adapters.sql.engine import (
     is_read_only_url,
     read_only_url,
     sqlite_path,
+    translate,
 )
 from backupjobd.adapters.sql.migrate import (
     SCHEMA_HEAD,
@@ -36,7 +39,15 @@ from backupjobd.adapters.sql.migrate import (
 )
 from backupjobd.core.azure import VaultRef
 from backupjobd.core.decisions import JobDecision, OperationDecision
-from backupjobd.core.leases import Fence, Lease, ReplicaBeat, ReplicaRecord, subscription_of
+from backupjobd.core.leases import (
+    LIVENESS_LOCK_SPACE,
+    Fence,
+    Lease,
+    ReplicaBeat,
+    ReplicaRecord,
+    liveness_key,
+    subscription_of,
+)
 from backupjobd.core.model import (
     DiscoveryState,
     JobRecord,
@@ -53,7 +64,7 @@ from backupjobd.errors import StoreError
 from backupjobd.store import Store
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["RetryPolicy", "SchemaBehind", "SqlStore"]
 
@@ -69,6 +80,7 @@ class SqlStore(Store):
     ) -> None:
         self._db = Database(engine, direct, retry)
         self._url = url
+        self._liveness: AsyncConnection | None = None
 
     @classmethod
     def from_url(
@@ -395,7 +407,48 @@ class SqlStore(Store):
         work = functools.partial(leases.replicas, seen_since=seen_since, now=now)
         return await self._db.run(work, "reading replicas", write=False)
 
+    async def hold_liveness(self, replica_id: str) -> int | None:
+        """PostgreSQL: a session-level advisory lock on a connection of its own, kept open
+        for the life of the process; checked at every call and taken again when the
+        connection was lost (the others may have taken this replica's leases meanwhile: the
+        fence then refuses its writes until its heartbeat catches up)."""
+        if self._db.direct is not None:  # SQLite: one serve per file
+            return None
+        key = liveness_key(replica_id)
+        if self._liveness is not None:
+            try:
+                await self._liveness.exec_driver_sql("SELECT 1")
+                await self._liveness.rollback()
+                return key
+            except (SQLAlchemyError, OSError):
+                await self._drop_liveness()
+        try:
+            conn = await self._db.engine.connect()
+            try:
+                held = await conn.scalar(
+                    select(func.pg_try_advisory_lock(LIVENESS_LOCK_SPACE, key))
+                )
+                await conn.commit()  # the session's lock outlives the transaction
+            except BaseException:
+                await conn.invalidate()
+                raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise translate(exc, "taking the liveness lock") from exc
+        if not held:  # another replica's key: its death shows, ours must wait for expiry
+            await conn.close()
+            return None
+        self._liveness = conn
+        return key
+
+    async def _drop_liveness(self) -> None:
+        """Close the liveness connection for good (not back to the pool with its lock)."""
+        conn, self._liveness = self._liveness, None
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await conn.invalidate()
+
     async def close(self) -> None:
+        await self._drop_liveness()
         await self._db.close()
 
     async def discovery_states(self) -> list[DiscoveryState]:
