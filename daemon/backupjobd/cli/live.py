@@ -21,13 +21,14 @@ from rich.text import Text
 
 from backupjobd.adapters.durations import Durations
 from backupjobd.cli import render
+from backupjobd.core.azure import Phase, job_phase
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import JobRecord, iso
 from backupjobd.core.text import printable
 from backupjobd.store import Store
 
-#: Statuses a finished job is counted a success with (`top` lists the others as failures).
-SUCCEEDED = frozenset({"completed", "completedwithwarnings", "succeeded"})
+#: What a finished job is counted a success with (`top` lists the others as failures).
+SUCCEEDED = (Phase.SUCCEEDED, Phase.WARNINGS)
 FAILURES_SHOWN = 10
 FAILURES_WINDOW = timedelta(hours=24)
 IN_FLIGHT_READ = 500
@@ -192,7 +193,7 @@ async def read_frame(
         vault_id=vault_id,
         newest_first=True,
     )
-    failures = [j for j in finished if (j.status or "").lower() not in SUCCEEDED]
+    failures = [j for j in finished if job_phase(j.status) not in SUCCEEDED]
     failures.sort(key=lambda j: j.end_time or j.finished_at or j.registered_at, reverse=True)
     return TopFrame(
         now=now,

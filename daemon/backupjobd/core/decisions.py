@@ -242,7 +242,13 @@ def next_interval(
 
 #: The jobs whose durations say how long similar jobs take: a failed or cancelled job ends
 #: early, and would make every later one look overdue.
-DURATION_SAMPLE_STATUSES = ("Completed", "CompletedWithWarnings", "Succeeded")
+DURATION_SAMPLE_STATUSES = tuple(
+    sorted(
+        status
+        for status, phase in azure.JOB_STATUS_PHASES.items()
+        if phase in (azure.Phase.SUCCEEDED, azure.Phase.WARNINGS)
+    )
+)
 
 
 class DurationModel:
