@@ -21,7 +21,7 @@ demo: venv
 
 ## The whole suite: lint, types, unit, integration (SQLite + PostgreSQL), acceptance.
 test: venv lint
-	$(BIN)/pytest -q -n 3
+	$(BIN)/pytest -q -n 4 --dist worksteal
 
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
