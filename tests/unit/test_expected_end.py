@@ -125,3 +125,13 @@ async def test_durations_are_learned_again_only_after_the_refresh_interval() -> 
     await durations.refresh(store)  # type: ignore[arg-type]
     assert store.reads == 2
     assert durations.annotate([running()])[0].expected_end_at == START + timedelta(minutes=1)
+
+
+async def test_records_that_expect_nothing_do_not_read_the_store() -> None:
+    store = CountingStore([similar(600)] * 3)
+    durations = Durations()
+    finished = running(tracking=Tracking.FINISHED)
+    assert await durations.annotated(store, [finished]) == [finished]  # type: ignore[arg-type]
+    assert store.reads == 0
+    [job] = await durations.annotated(store, [running()])  # type: ignore[arg-type]
+    assert store.reads == 1 and job.expected_end_at == START + timedelta(minutes=10)

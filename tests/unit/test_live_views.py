@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from datetime import timedelta
 
 from rich.console import Console
@@ -37,7 +38,9 @@ def draw(frame: TopFrame, rows: int = 20) -> str:
     return console.export_text()
 
 
-def frame(in_flight: list[JobRecord], failures: list[JobRecord] = (), alive: int = 1) -> TopFrame:  # type: ignore[assignment]
+def frame(
+    in_flight: list[JobRecord], failures: Sequence[JobRecord] = (), alive: int = 1
+) -> TopFrame:
     return TopFrame(
         now=NOW,
         in_flight=in_flight,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
-from backupjobd.core.decisions import DurationModel
+from backupjobd.core.decisions import DurationModel, Tracking
 from backupjobd.core.model import JobRecord
 from backupjobd.store import Store
 
@@ -42,9 +42,15 @@ class Durations:
         """The records with `expected_end_at` set, as every view prints them."""
         return [record.expecting(self.expected(record)) for record in records]
 
+    async def annotated(self, store: Store, records: Iterable[JobRecord]) -> list[JobRecord]:
+        """`annotate` after learning again when that is due; when no record is tracked
+        actively there is nothing to expect, and the store is not read."""
+        listed = list(records)
+        if any(r.tracking is Tracking.ACTIVE for r in listed):
+            await self.refresh(store)
+        return self.annotate(listed)
+
 
 async def with_expected_end(store: Store, records: Iterable[JobRecord]) -> list[JobRecord]:
     """For one-off readers (the CLI): learn the durations once, annotate the records."""
-    durations = Durations()
-    await durations.refresh(store)
-    return durations.annotate(records)
+    return await Durations().annotated(store, records)

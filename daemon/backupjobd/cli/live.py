@@ -31,7 +31,8 @@ from backupjobd.store import Store
 SUCCEEDED = (Phase.SUCCEEDED, Phase.WARNINGS)
 FAILURES_SHOWN = 10
 FAILURES_WINDOW = timedelta(hours=24)
-IN_FLIGHT_READ = 500
+#: The most jobs one refresh reads of those in flight, and of those finished in the window.
+ROWS_READ = 500
 
 
 # --------------------------------------------------------------------------- shared cells
@@ -180,16 +181,17 @@ async def read_frame(
     vault_id: str | None,
     liveness_window: timedelta,
 ) -> TopFrame:
-    await durations.refresh(store)
     unfinished = await store.list_jobs(
-        finished=False, limit=IN_FLIGHT_READ, vault_id=vault_id, newest_first=True
+        finished=False, limit=ROWS_READ, vault_id=vault_id, newest_first=True
     )
-    in_flight = durations.annotate(j for j in unfinished if j.tracking is Tracking.ACTIVE)
+    in_flight = await durations.annotated(
+        store, (j for j in unfinished if j.tracking is Tracking.ACTIVE)
+    )
     in_flight.sort(key=lambda j: (j.stuck_since is None, not j.overdue(now), -_age(j, now)))
     finished = await store.list_jobs(
         finished=True,
         since=now - FAILURES_WINDOW,
-        limit=IN_FLIGHT_READ,
+        limit=ROWS_READ,
         vault_id=vault_id,
         newest_first=True,
     )

@@ -138,9 +138,8 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
 
 async def _views(request: web.Request, jobs: Sequence[JobRecord]) -> list[dict[str, Any]]:
     """The jobs as JSON, with when each should end (the tracker's learned durations)."""
-    durations = request.app[keys.DURATIONS]
-    await durations.refresh(request.app[keys.STORE])
-    return [job.to_json() for job in durations.annotate(jobs)]
+    annotated = await request.app[keys.DURATIONS].annotated(request.app[keys.STORE], jobs)
+    return [job.to_json() for job in annotated]
 
 
 async def _view(request: web.Request, job: JobRecord) -> dict[str, Any]:

@@ -81,15 +81,13 @@ async def _index(request: web.Request) -> web.StreamResponse:
     filters = _filters(request)
     now = request.app[keys.CLOCK]()
     store = request.app[keys.STORE]
-    durations = request.app[keys.DURATIONS]
-    await durations.refresh(store)
     flying = await store.list_jobs(finished=False, limit=IN_FLIGHT_LIMIT)
     recent = await store.list_jobs(since=now - RECENT_SPAN, limit=RECENT_LIMIT, newest_first=True)
     # Rendering thousands of rows takes a while: in a thread, the event loop (the pollers,
     # the other requests) keeps its turns.
     body = await asyncio.to_thread(
         _index_body,
-        durations.annotate([*flying, *recent]),
+        await request.app[keys.DURATIONS].annotated(store, [*flying, *recent]),
         filters,
         now,
         logged_in=_has_session(request),
@@ -129,9 +127,7 @@ async def _job_page(request: web.Request) -> web.StreamResponse:
     if len(found) > 1:
         raise ApiError(409, "ambiguous", f"job {job_id} is tracked in several vaults: give ?vault=")
     store = request.app[keys.STORE]
-    durations = request.app[keys.DURATIONS]
-    await durations.refresh(store)
-    (job,) = durations.annotate(found[:1])
+    (job,) = await request.app[keys.DURATIONS].annotated(store, found[:1])
     transitions, snapshots = await store.history(job.pk)
     body = _render_job(
         job.to_json(),
