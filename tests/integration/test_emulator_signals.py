@@ -22,6 +22,8 @@ from backupjobd.emulator import free_port, listening
 
 BIN = Path(sys.executable).parent / "backupjobd"
 START_TIMEOUT_S = 20.0
+# CI (BACKUPJOBD_REQUIRE_TOOLS=1) runs as root with util-linux: there the PID 1 case must run.
+REQUIRE_TOOLS = os.environ.get("BACKUPJOBD_REQUIRE_TOOLS") == "1"
 STOP_TIMEOUT_S = 10.0
 
 
@@ -73,14 +75,13 @@ def test_emulator_stops_on_signal(tmp_path: Path, signum: signal.Signals) -> Non
 def test_emulator_stops_on_sigterm_as_pid_1(tmp_path: Path) -> None:
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
-        pytest.skip(
-            "needs root and util-linux unshare to run the emulator as a PID namespace's init"
-        )
+        _cannot("needs root and util-linux unshare to run the emulator as a PID namespace's init")
+    assert unshare is not None
     probe = subprocess.run(
         [unshare, "--pid", "--fork", "sh", "-c", "test $$ -eq 1"], capture_output=True, timeout=10
     )
     if probe.returncode != 0:
-        pytest.skip(f"cannot make a PID namespace here: {probe.stderr.decode().strip()}")
+        _cannot(f"cannot make a PID namespace here: {probe.stderr.decode().strip()}")
     port = free_port()
     log = tmp_path / "emulator.log"
     with log.open("wb") as out:
@@ -101,3 +102,9 @@ def test_emulator_stops_on_sigterm_as_pid_1(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT_S)
     assert "received SIGTERM: stopping" in log.read_text()
+
+
+def _cannot(reason: str) -> None:
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{reason} (BACKUPJOBD_REQUIRE_TOOLS=1)", pytrace=False)
+    pytest.skip(reason)
