@@ -19,18 +19,12 @@ from backupjobd import config
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import DiscoveryConfig
 from backupjobd.core import azure
+from backupjobd.core.azure import filter_time, window_filter
 from backupjobd.core.decisions import Tracking
 from backupjobd.core.model import JobRecord
 from backupjobd.emulator import JobSpec
 from backupjobd.errors import ConfigError, StoreError
-from backupjobd.service.discovery import (
-    Discoverer,
-    base_operation,
-    filter_time,
-    job_wanted,
-    window,
-    window_filter,
-)
+from backupjobd.service.discovery import Discoverer, base_operation, job_wanted, window
 from backupjobd.testing import BASE
 from tests.integration.rig import MakeRig, Rig
 

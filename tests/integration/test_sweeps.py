@@ -225,14 +225,45 @@ async def test_thirty_jobs_are_swept_in_pages_and_finish_with_their_true_status(
 
     for t, gets, lists, finished, running in rounds:
         assert gets == finished, f"t={t}: {gets} GETs for {finished} finished jobs"
-        # Each sweep follows nextLink to the end: ceil(in progress / 7) pages.
-        assert lists in (0, max(1, math.ceil(running / 7))), (t, lists, running)
+        # Each sweep follows nextLink to the end: ceil(in progress / 7) pages, or, while
+        # jobs end, a list of the window their starts span (all 30 here: 5 pages).
+        assert lists in (0, max(1, math.ceil(running / 7)), 5), (t, lists, running)
     assert {i: env.gets(i) for i in ids} == dict.fromkeys(ids, 1)
     assert sum(lists for _, _, lists, _, _ in rounds) > 10
     for record in await env.jobs(ids):
         _, snapshots = await env.store.history(record.pk)
         assert len(snapshots) == 1 and "extendedInfo" in snapshots[0].properties
         assert snapshots[0].status == record.status
+    await env.check_truth()
+
+
+async def test_ends_a_window_list_shows_are_recorded_before_their_final_gets(
+    make_env: MakeEnv,
+) -> None:
+    """While jobs end, sweeps list the window their starts span (one page here, as the
+    in-progress list): the list shows each end with its final status, which is recorded
+    at once; the GET that keeps the final snapshot comes after."""
+    env = await make_env(page_size=50)
+    ids = await env.add_jobs(grouped_specs(30, group=5))
+    await env.run()
+    # Single GETs fail for a while (the lists do not): whatever ends meanwhile is known
+    # from the lists alone.
+    env.state.add_fault("503", path_contains="/backupJobs/", count=40)
+    recorded_before_get: set[str] = set()
+
+    async def watch() -> None:
+        for record in await env.store.list_jobs():
+            ended = azure.is_terminal_status(record.status)
+            if ended and record.tracking is Tracking.ACTIVE and env.gets(record.job_id) == 0:
+                recorded_before_get.add(record.job_id)
+
+    env.clock.advance(1)
+    await env.run_until(env.all_finished, step=1.0, max_steps=120, each=watch)
+    # The first group's ends are found by the in-progress list (their GETs then record
+    # them); from then on, by the window list.
+    assert len(recorded_before_get) >= 10, len(recorded_before_get)
+    assert env.state.stats()["faults_by_kind"] == {"503": 40}
+    assert {i: env.gets(i) for i in ids} == dict.fromkeys(ids, 1)
     await env.check_truth()
 
 

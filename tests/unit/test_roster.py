@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from backupjobd.core import events
-from backupjobd.core.azure import JobObservation
+from backupjobd.core.azure import JobObservation, VaultKind
 from backupjobd.core.decisions import JobDecision, PollPolicy, StuckRules, Tracking
 from backupjobd.core.model import Commit, JobRecord, JobWrite
 from backupjobd.core.sweeps import (
     SWEEP_PAGE_SIZE,
+    WINDOW_RETRY_SWEEPS,
     PlanKind,
     Settlement,
     Sweep,
@@ -25,6 +26,9 @@ from backupjobd.core.sweeps import (
     detail_room,
     lease_span,
     spare_sweep_interval,
+    sweep_filter,
+    sweep_window,
+    window_worthwhile,
 )
 
 VAULT = (
@@ -86,7 +90,7 @@ def item(record: JobRecord, status: str = "InProgress") -> JobObservation:
         operation="Backup",
         entity_friendly_name=record.entity_friendly_name,
         backup_management_type="AzureIaasVM",
-        start_time=STARTED,
+        start_time=record.start_time or STARTED,
         end_time=None,
         duration=timedelta(minutes=3),
         properties={"status": status},
@@ -142,6 +146,8 @@ def _bucket(settled: Settlement, pk: int) -> str:
             return name
     if any(r.pk == pk for r, _ in settled.changed):
         return "changed"
+    if any(r.pk == pk for r, _ in settled.finished):
+        return "finished"
     raise AssertionError(f"job {pk} settled nowhere")
 
 
@@ -161,8 +167,9 @@ LEFT = object()  # the job is not on the in-progress list
             id="first-sighting",
         ),
         pytest.param({"status": None}, LEFT, False, None, "urgent", id="first-not-listed"),
+        # A list that shows the end records it (the final GET follows).
         pytest.param(
-            {"status": None}, "Completed", False, None, "urgent", id="first-listed-terminal"
+            {"status": None}, "Completed", False, None, "finished", id="first-listed-terminal"
         ),
         # Members seen just as we know them cost nothing; a non-member is written once.
         pytest.param({}, "InProgress", True, None, "unchanged", id="member-unchanged"),
@@ -193,7 +200,8 @@ LEFT = object()  # the job is not on the in-progress list
             {"status": "Cancelling"}, "InProgress", True, None, "urgent", id="ours-differs"
         ),
         pytest.param({}, LEFT, True, None, "urgent", id="member-left-the-list"),
-        pytest.param({}, "Completed", True, None, "urgent", id="member-listed-terminal"),
+        pytest.param({}, "Completed", True, None, "finished", id="member-listed-terminal"),
+        pytest.param({}, "Failed", True, 0, "finished", id="member-listed-failed"),
         # Detail due: a GET when reads are spare, the list when they are not.
         pytest.param(
             {"last_detail_at": NOW - DETAIL},
@@ -252,7 +260,7 @@ def test_what_a_sweep_makes_of_each_job(
     settled = vault.settle(Sweep(VAULT, (record,)), listed, NOW, NOW, detail_room=room)
     assert _bucket(settled, 1) == bucket
     assert settled.listed == len(listed)
-    handed_on = bucket in ("urgent", "background")
+    handed_on = bucket in ("urgent", "background", "finished")
     assert (1 in vault.held()) is (not handed_on and member)
 
 
@@ -643,3 +651,132 @@ def test_settle_takes_the_sooner_sweep_but_never_a_later_one() -> None:
         Sweep(VAULT, records), listing(*records), NOW, NOW, sooner=10 * INTERVAL
     )
     assert later.next_sweep == NOW + INTERVAL
+
+
+# --------------------------------------------------------------------------- window lists
+
+
+def test_a_sweep_window_spans_the_jobs_starts_in_whole_seconds() -> None:
+    early = NOW - timedelta(minutes=10, microseconds=250)
+    late = NOW + timedelta(seconds=3, microseconds=1)
+    since, until = sweep_window([late, early, NOW]) or (None, None)
+    assert since == NOW - timedelta(minutes=10, seconds=2)
+    assert until == NOW + timedelta(seconds=5)
+    assert sweep_window([NOW, None]) is None
+    assert sweep_window([]) is None
+
+
+def test_the_filter_of_each_kind_of_sweep() -> None:
+    since, until = NOW, NOW + timedelta(hours=1)
+    assert sweep_filter(VaultKind.RECOVERY_SERVICES) == "status eq 'InProgress'"
+    assert sweep_filter(VaultKind.RECOVERY_SERVICES, (since, until)) == (
+        "startTime eq '2026-03-01 12:00:00 PM' and endTime eq '2026-03-01 01:00:00 PM'"
+    )
+    assert sweep_filter(VaultKind.DATA_PROTECTION, (since, until)) is None
+
+
+@pytest.mark.parametrize(
+    ("ends", "window_pages", "running_pages", "worthwhile"),
+    [
+        (0, 1, 1, False),  # nothing ends: the in-progress list is the cheaper one
+        (1, 1, 1, False),
+        (2, 1, 1, True),  # ends, and the window costs what the in-progress list does
+        (2, 2, 1, False),
+        (8, 3, 1, True),  # two more pages for eight ends recorded at once
+        (8, 4, 1, False),
+    ],
+)
+def test_when_a_window_list_is_worth_it(
+    ends: int, window_pages: int, running_pages: int, worthwhile: bool
+) -> None:
+    assert window_worthwhile(ends, window_pages, running_pages) is worthwhile
+
+
+def _swept(vault: VaultRoster, records: tuple[JobRecord, ...]) -> None:
+    """The records become members through a first sweep that lists them all running."""
+    sweep = vault.begin(records[0].vault_id, records)
+    assert sweep.window is None
+    settled = vault.settle(sweep, listing(*records), NOW, NOW, pages_read=1)
+    commit_all(vault, settled, NOW)
+
+
+def _ending(vault: VaultRoster, records: tuple[JobRecord, ...], ended: int) -> Settlement:
+    """A sweep of the in-progress list from which the first `ended` jobs are gone."""
+    _swept(vault, records)
+    [sweep] = vault.due_sweeps(NOW + INTERVAL)
+    assert sweep.window is None
+    settled = vault.settle(sweep, listing(*records[ended:]), NOW + INTERVAL, NOW + INTERVAL)
+    commit_all(vault, settled, NOW + INTERVAL)
+    return settled
+
+
+def test_once_jobs_end_the_next_sweep_lists_their_window_and_records_the_ends() -> None:
+    records = tuple(job(pk, start_time=STARTED + timedelta(seconds=pk)) for pk in range(1, 7))
+    vault = roster()
+    settled = _ending(vault, records, 2)
+    assert [r.pk for r in settled.urgent] == [1, 2]
+    [sweep] = vault.due_sweeps(NOW + 2 * INTERVAL)
+    assert sweep.window == (STARTED + timedelta(seconds=2), STARTED + timedelta(seconds=7))
+    at = NOW + 2 * INTERVAL
+    listed = {r.job_id: item(r) for r in records[2:]}
+    listed["job-3"] = item(records[2], "Completed")
+    listed["job-4"] = item(records[3], "Failed")
+    settled = vault.settle(sweep, listed, at, at, pages_read=1)
+    ended = {r.pk: d for r, d in settled.finished}
+    assert set(ended) == {3, 4}
+    assert ended[3].transition == ("InProgress", "Completed")
+    assert ended[4].transition == ("InProgress", "Failed")
+    # Recorded from the list, still tracked: the GET that keeps the final snapshot is due.
+    assert all(d.tracking is Tracking.ACTIVE and d.next_poll_at == at for d in ended.values())
+    assert not settled.urgent
+    assert vault.members(VAULT).keys() == {5, 6}
+    assert settled.next_sweep is not None
+
+
+def test_a_window_list_that_costs_too_much_is_left_alone_for_a_while() -> None:
+    records = tuple(job(pk) for pk in range(1, 101))
+    vault = roster()
+    _ending(vault, records, 2)
+    at = NOW + 2 * INTERVAL
+    [sweep] = vault.due_sweeps(at)
+    assert sweep.window is not None
+    # The window holds 400 other jobs of the vault that ended: 5 pages where the running
+    # ones take 1.
+    others = [job(pk) for pk in range(1000, 1400)]
+    listed = listing(*records[2:]) | {r.job_id: item(r, "Completed") for r in others}
+    settled = vault.settle(sweep, listed, at, at, pages_read=5)
+    commit_all(vault, settled, at)
+    windows = []
+    for n in range(1, WINDOW_RETRY_SWEEPS + 2):
+        moment = at + n * INTERVAL
+        [sweep] = vault.due_sweeps(moment)
+        windows.append(sweep.window is not None)
+        # Jobs keep ending: two leave the list at every sweep.
+        running = sorted(vault.members(VAULT).values(), key=lambda r: r.pk)[2:]
+        settled = vault.settle(
+            sweep, listing(*running), moment, moment, pages_read=1, detail_room=0
+        )
+        commit_all(vault, settled, moment)
+    assert windows == [False] * WINDOW_RETRY_SWEEPS + [True]
+
+
+def test_no_window_for_a_backup_vault_or_a_job_whose_start_is_unknown() -> None:
+    backup_vault = (
+        "/subscriptions/aaaaaaaa-1111-2222-3333-444444444444/resourceGroups/rg"
+        "/providers/Microsoft.DataProtection/backupVaults/bv"
+    )
+    for vault_id, unknown in ((backup_vault, False), (VAULT, True)):
+        records = tuple(job(pk, vault_id=vault_id) for pk in range(1, 7))
+        vault = roster()
+        _swept(vault, records)
+        [sweep] = vault.due_sweeps(NOW + INTERVAL)
+        settled = vault.settle(
+            sweep, listing(*records[2:]), NOW + INTERVAL, NOW + INTERVAL, pages_read=1
+        )
+        commit_all(vault, settled, NOW + INTERVAL)
+        if unknown:
+            # A newcomer never read joins the next sweep: a window could miss it.
+            newcomer = job(7, status=None, start_time=None, last_detail_at=None)
+            assert vault.plan([newcomer], NOW + INTERVAL).kind is PlanKind.JOIN
+        [sweep] = vault.due_sweeps(NOW + 2 * INTERVAL)
+        assert sweep.window is None, vault_id

@@ -308,6 +308,21 @@ class BodyError(ValueError):
     """A body from Azure does not have the shape we need (treated as a garbled answer)."""
 
 
+# The jobs list filter's odd time format (12-hour clock, AM/PM, no zone: UTC), as the
+# Azure CLI builds it.
+FILTER_TIME_FORMAT = "%Y-%m-%d %I:%M:%S %p"
+
+
+def filter_time(value: datetime) -> str:
+    """A timestamp as the jobs list `$filter` wants it (UTC, whole seconds)."""
+    return value.astimezone(UTC).strftime(FILTER_TIME_FORMAT)
+
+
+def window_filter(since: datetime, until: datetime) -> str:
+    """`$filter` for the jobs that started in [since, until] (the only window Azure offers)."""
+    return f"startTime eq '{filter_time(since)}' and endTime eq '{filter_time(until)}'"
+
+
 def vault_from_id(value: str) -> VaultRef:
     """Parse a vault ARM id of either kind (the provider says which); raises InvalidInput
     with a one-line reason."""

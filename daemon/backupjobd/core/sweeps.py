@@ -1,6 +1,7 @@
-"""Vault sweeps and leases, pure: which tracked jobs one paged in-progress list settles,
-which jobs stay with their vault between sweeps (its members), what a sweep changed, and
-how far the lease stored for the members reaches.
+"""Vault sweeps and leases, pure: which list a sweep reads (the vault's in-progress jobs, or
+every job started in the swept jobs' window while they are ending), which tracked jobs it
+settles, which jobs stay with their vault between sweeps (its members), what a sweep
+changed, and how far the lease stored for the members reaches.
 
 The service's pollers list and write; the `VaultRoster` here decides. No I/O and no clock:
 `now` and the jitter draws are arguments, so every branch is a table test.
@@ -27,10 +28,56 @@ SWEEP_PAGE_SIZE = 200
 SWEEPABLE_STATUSES = ("InProgress", "Started", "Paused")
 
 
-def sweep_filter(vault_kind: VaultKind) -> str | None:
+def sweep_filter(vault_kind: VaultKind, window: Window | None = None) -> str | None:
     """The `$filter` of a vault's sweep: a Backup vault's list takes none (every job of the
-    vault, paged: see `sweep_worthwhile` for when that is still cheaper than single GETs)."""
-    return None if vault_kind is VaultKind.DATA_PROTECTION else SWEEP_FILTER
+    vault, paged: see `sweep_worthwhile` for when that is still cheaper than single GETs);
+    a Recovery Services vault's lists its in-progress jobs, or every job started within
+    `window` (see `window_worthwhile`)."""
+    if vault_kind is VaultKind.DATA_PROTECTION:
+        return None
+    return SWEEP_FILTER if window is None else azure.window_filter(*window)
+
+
+#: The start times a window list spans: (since, until), whole seconds.
+Window = tuple[datetime, datetime]
+#: A window list reaches this far past the swept jobs' starts on either side (Azure's
+#: filter takes whole seconds).
+WINDOW_SLACK = timedelta(seconds=1)
+#: Jobs that left the in-progress list at a vault's last sweep before its sweeps list a
+#: window instead.
+WINDOW_MIN_ENDS = 2
+#: Sweeps a vault lists its in-progress jobs again after a window list cost too much.
+WINDOW_RETRY_SWEEPS = 20
+
+
+def sweep_window(starts: Iterable[datetime | None]) -> Window | None:
+    """The start-time window that lists every swept job, running or ended (None when a
+    job's start is unknown: a window could miss it)."""
+    known = list(starts)
+    if not known or any(s is None for s in known):
+        return None
+    earliest = min(s for s in known if s is not None)
+    latest = max(s for s in known if s is not None)
+    since = earliest.replace(microsecond=0) - WINDOW_SLACK
+    until = latest.replace(microsecond=0) + WINDOW_SLACK
+    if latest.microsecond:
+        until += timedelta(seconds=1)
+    return since, until
+
+
+def window_worthwhile(ends: int, window_pages: int, running_pages: int) -> bool:
+    """Whether a sweep lists every job started in its jobs' window rather than the vault's
+    in-progress ones. The window list shows the jobs that ended with their final status, so
+    their ends are recorded at once instead of each waiting for its GET behind the others
+    (which matters when reads are scarce); the GET that keeps each final snapshot follows
+    either way. Worth it while jobs are ending, for at most the in-progress list's pages
+    plus one page per four ends the list records at once."""
+    return ends >= WINDOW_MIN_ENDS and window_pages <= running_pages + ends // 4
+
+
+def pages_for(jobs: int) -> int:
+    """Pages a list of this many jobs takes (at least one)."""
+    return max(1, -(-jobs // SWEEP_PAGE_SIZE))
 
 
 def sweeps_kind(kind: JobKind) -> bool:
@@ -178,10 +225,12 @@ def subscription(vault_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Sweep:
-    """One paged in-progress list of a vault standing in for single GETs of its jobs."""
+    """One paged list of a vault standing in for single GETs of its jobs: its in-progress
+    jobs, or every job started within `window`."""
 
     vault_id: str
     records: tuple[JobRecord, ...]
+    window: Window | None = None
 
 
 @dataclass(slots=True)
@@ -207,6 +256,12 @@ class _Vault:
     next_sweep: datetime | None = None
     last_sweep: datetime | None = None
     sweeping: bool = False
+    # Swept jobs that ended (left the in-progress list, or listed ended) at the last sweep.
+    ends: int = 0
+    # Pages the last window list took (None: none yet, or to be tried afresh).
+    window_pages: int | None = None
+    # Sweeps left before a window list is tried again after one cost too much.
+    window_backoff: int = 0
 
     def caught_up(self, record: JobRecord) -> JobRecord:
         """The member's record with its sweeps counted as polls: what its next write
@@ -251,6 +306,9 @@ class Settlement:
     unchanged: tuple[JobRecord, ...] = ()
     urgent: tuple[JobRecord, ...] = ()
     background: tuple[JobRecord, ...] = ()
+    #: Jobs the list showed ended: committed as decided (their final GET due at once), and
+    #: no longer members.
+    finished: tuple[tuple[JobRecord, JobDecision], ...] = ()
     next_sweep: datetime | None = None
     lease: datetime | None = None
     renew: bool = False
@@ -351,7 +409,7 @@ class VaultRoster:
         key = vault_id.lower()
         if key in self._pages:
             return max(1, self._pages[key])
-        return max(1, -(-self._sizes.get(key, 0) // SWEEP_PAGE_SIZE))
+        return pages_for(self._sizes.get(key, 0))
 
     def begin(
         self, vault_id: str, sweepable: Iterable[JobRecord], ahead: Iterable[JobRecord] = ()
@@ -361,7 +419,8 @@ class VaultRoster:
         records.update((r.pk, r) for r in ahead)
         vault = self._vault(vault_id)
         vault.sweeping = bool(records)
-        return Sweep(vault_id, tuple(records.values()))
+        swept = tuple(records.values())
+        return Sweep(vault_id, swept, self._window(vault, swept) if swept else None)
 
     def due_sweeps(self, now: datetime) -> list[Sweep]:
         """The sweeps of every vault whose members are due (their own schedule), with the
@@ -375,7 +434,7 @@ class VaultRoster:
             records = (*vault.members.values(), *vault.pending.values())
             vault.pending.clear()
             vault.sweeping = True
-            sweeps.append(Sweep(vault.vault_id, records))
+            sweeps.append(Sweep(vault.vault_id, records, self._window(vault, records)))
         return sweeps
 
     # ------------------------------------------------------------------ a sweep
@@ -396,12 +455,13 @@ class VaultRoster:
         """Sort the swept jobs by what the list says of them (`listed`: job id → item).
         Jobs handed on to a GET leave the members; the next sweep is on the vault's slot,
         an interval after this one's list (or `sooner`, `spare_sweep_interval`, when the
-        budget has room); the lease reaches `lease_span` past it."""
+        budget has room); the lease reaches `lease_span` past it. A job the list shows
+        ended is recorded from the list and leaves (`finished`): the GET that keeps its final
+        snapshot is due at once."""
         vault = self._vault(sweep.vault_id)
-        self._sizes[sweep.vault_id.lower()] = len(listed)
-        if pages_read is not None:
-            self._pages[sweep.vault_id.lower()] = pages_read
+        self._count_pages(sweep, listed, pages_read)
         room = detail_room
+        finished: list[tuple[JobRecord, JobDecision]] = []
         changed: list[tuple[JobRecord, JobDecision]] = []
         unchanged: list[JobRecord] = []
         urgent: list[JobRecord] = []
@@ -409,6 +469,21 @@ class VaultRoster:
         wanted: datetime | None = None
         for record in sweep.records:
             seen = listed.get(record.job_id)
+            if seen is not None and seen.is_terminal:
+                finished.append(
+                    (
+                        record,
+                        decide_job(
+                            record.state(vault.uncounted.get(record.pk, 0)),
+                            Seen(seen, full=False),
+                            now,
+                            self._policy,
+                            jitter(),
+                            expected(record),
+                        ),
+                    )
+                )
+                continue
             obs = sweep_observation(
                 record.status,
                 record.last_detail_at or record.registered_at,
@@ -440,6 +515,15 @@ class VaultRoster:
                 unchanged.append(record)
             else:
                 changed.append((vault.caught_up(record), decision))
+        vault.ends = len(finished) + sum(1 for r in urgent if r.job_id not in listed)
+        self._after_window(vault, sweep, listed, pages_read)
+        ended = tuple(
+            zip(
+                self.leave(sweep.vault_id, [r for r, _ in finished]),
+                [d for _, d in finished],
+                strict=True,
+            )
+        )
         urgent_out = tuple(self.leave(sweep.vault_id, urgent))
         background_out = tuple(self.leave(sweep.vault_id, background))
         kept = len(changed) + len(unchanged)
@@ -470,6 +554,7 @@ class VaultRoster:
                 sweep.vault_id,
                 len(listed),
                 changed=tuple((r, d) for r, (_, d) in zip(records, everyone, strict=True)),
+                finished=ended,
                 urgent=urgent_out,
                 background=background_out,
                 disband=True,
@@ -477,7 +562,11 @@ class VaultRoster:
         if wanted is None:
             vault.next_sweep = None
             return Settlement(
-                sweep.vault_id, len(listed), urgent=urgent_out, background=background_out
+                sweep.vault_id,
+                len(listed),
+                finished=ended,
+                urgent=urgent_out,
+                background=background_out,
             )
         next_sweep = sweep_slot(
             listed_at, wanted - (now - listed_at), vault.phase, self._policy.interval
@@ -502,9 +591,56 @@ class VaultRoster:
             lease=lease,
             renew=renew,
             polls=polls,
+            finished=ended,
             urgent=urgent_out,
             background=background_out,
         )
+
+    def _count_pages(
+        self, sweep: Sweep, listed: Mapping[str, JobObservation], pages_read: int | None
+    ) -> None:
+        """What one in-progress list of the vault costs, its pages and size (a window list's
+        are counted in `_after_window`)."""
+        if sweep.window is not None:
+            return
+        self._sizes[sweep.vault_id.lower()] = len(listed)
+        if pages_read is not None:
+            self._pages[sweep.vault_id.lower()] = pages_read
+
+    def _after_window(
+        self,
+        vault: _Vault,
+        sweep: Sweep,
+        listed: Mapping[str, JobObservation],
+        pages_read: int | None,
+    ) -> None:
+        """What the in-progress list would have cost, from the running jobs a window list
+        showed (at least those); a window list that cost more than it was worth: the vault
+        lists its in-progress jobs for a while, then tries a window afresh."""
+        if sweep.window is None or pages_read is None:
+            return
+        vault.window_pages = pages_read
+        running = sum(1 for obs in listed.values() if obs.phase is Phase.RUNNING)
+        running_pages = max(1, -(-pages_read * running // max(1, len(listed))))
+        self._pages[vault.vault_id.lower()] = running_pages
+        if not window_worthwhile(max(vault.ends, WINDOW_MIN_ENDS), pages_read, running_pages):
+            vault.window_backoff = WINDOW_RETRY_SWEEPS
+
+    def _window(self, vault: _Vault, records: Sequence[JobRecord]) -> Window | None:
+        """The window this sweep lists, or None for the vault's in-progress jobs."""
+        if azure.vault_kind_of(vault.vault_id) is VaultKind.DATA_PROTECTION:
+            return None
+        if vault.window_backoff > 0:
+            vault.window_backoff -= 1
+            if vault.window_backoff == 0:
+                vault.window_pages = None
+            return None
+        span = sweep_window(r.start_time for r in records)
+        if span is None:
+            return None
+        estimate = vault.window_pages or pages_for(len(records))
+        worthwhile = window_worthwhile(vault.ends, estimate, self.pages(vault.vault_id))
+        return span if worthwhile else None
 
     def joined(self, vault_id: str, commits: Iterable[tuple[Commit, bool]]) -> None:
         """The store took (True) or refused (False: changed elsewhere) each changed job's

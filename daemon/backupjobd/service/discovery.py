@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from backupjobd.adapters.arm import ArmClient
 from backupjobd.config import DiscoveryConfig
 from backupjobd.core import azure
-from backupjobd.core.azure import JobObservation, VaultKind, VaultRef
+from backupjobd.core.azure import JobObservation, VaultKind, VaultRef, window_filter
 from backupjobd.core.registration import JobRegistration
 from backupjobd.errors import BackupJobdError
 from backupjobd.store import Store
@@ -30,21 +30,8 @@ from backupjobd.store import Store
 logger = logging.getLogger(__name__)
 
 SOURCE = "discovery"
-# The list filter's odd time format (12-hour clock, AM/PM, no zone: UTC), as the Azure CLI
-# builds it.
-FILTER_TIME_FORMAT = "%Y-%m-%d %I:%M:%S %p"
 # "Backup (Full)", "Backup (Log)": SQL jobs add the kind of backup to the operation.
 _OPERATION_SUFFIX_RE = re.compile(r"\s*\([^)]*\)\s*$")
-
-
-def filter_time(value: datetime) -> str:
-    """A timestamp as the jobs list `$filter` wants it (UTC, whole seconds)."""
-    return value.astimezone(UTC).strftime(FILTER_TIME_FORMAT)
-
-
-def window_filter(since: datetime, until: datetime) -> str:
-    """`$filter` for the jobs that started in [since, until] (the only window Azure offers)."""
-    return f"startTime eq '{filter_time(since)}' and endTime eq '{filter_time(until)}'"
 
 
 def base_operation(operation: str) -> str:

@@ -197,8 +197,9 @@ class Pollers:
     # ------------------------------------------------------------------ sweeps
 
     async def sweep(self, item: Sweep) -> None:
-        """One paged `backupJobs?$filter=status eq 'InProgress'` refreshes every swept job
-        still in progress; the others (left the list, changed, detail due) get a single GET.
+        """One paged `backupJobs?$filter=status eq 'InProgress'` (or a start-time window,
+        while jobs are ending) refreshes every swept job still in progress and records the
+        ends it shows; the others (left the list, changed, detail due) get a single GET.
         The jobs it settles become the vault's members, swept again on their schedule."""
         try:
             await self._sweep(item)
@@ -215,7 +216,7 @@ class Pollers:
         pages = 0
         try:
             vault = azure.vault_from_id(item.vault_id)
-            async for page in self._arm.list_jobs(vault, sweep_filter(vault.kind)):
+            async for page in self._arm.list_jobs(vault, sweep_filter(vault.kind, item.window)):
                 pages += 1
                 listed.update((obs.job_id, obs) for obs in page)
         except (TransientError, PermanentError, CredentialError) as exc:
@@ -251,10 +252,12 @@ class Pollers:
         if settled.disband:
             await self._commit_disbanded(item.vault_id, settled, now)
             return
-        if settled.next_sweep is None:
-            return
         fields: dict[str, object] = {"vault_id": item.vault_id, "action": "sweep", "job_id": None}
-        if settled.changed:
+        if settled.next_sweep is None:
+            if settled.finished:
+                await self._commit_swept(item.vault_id, settled, now, fields)
+            return
+        if settled.changed or settled.finished:
             await self._commit_swept(item.vault_id, settled, now, fields)
         if settled.unchanged and settled.renew:
             await self._renew_lease(item.vault_id, settled, now, fields)
@@ -265,22 +268,24 @@ class Pollers:
             now,
             settled.listed,
             len(settled.unchanged),
-            len(settled.changed),
+            len(settled.changed) + len(settled.finished),
             len(settled.urgent) + len(settled.background),
         )
 
     async def _commit_swept(
         self, vault_id: str, settled: Settlement, now: datetime, fields: dict[str, object]
     ) -> None:
+        """One batch: the members that changed (they join the vault as committed) and the
+        jobs the list showed ended (they left it; their final GET is due)."""
         commits = [
             events.commit(
                 record, decision, now, self._webhooks, new_event_id, self._expected(record)
             )
-            for record, decision in settled.changed
+            for record, decision in (*settled.changed, *settled.finished)
         ]
         applied = await self._committer.commit_many(commits, fields)
         results: list[tuple[Commit, bool]] = list(zip(commits, applied, strict=True))
-        self._roster.joined(vault_id, results)
+        self._roster.joined(vault_id, results[: len(settled.changed)])
         for commit, ok in results:
             if ok:
                 self._journal.swept_job(commit)
@@ -292,7 +297,7 @@ class Pollers:
         fields: dict[str, object] = {"vault_id": vault_id, "action": "sweep", "job_id": None}
         commits = [
             events.commit(record, decision, now, self._webhooks, new_event_id)
-            for record, decision in settled.changed
+            for record, decision in (*settled.changed, *settled.finished)
         ]
         applied = await self._committer.commit_many(commits, fields)
         for commit, ok in zip(commits, applied, strict=True):

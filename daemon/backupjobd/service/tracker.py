@@ -118,10 +118,9 @@ class Tracker:
 
     @property
     def busy(self) -> bool:
-        """Polls or sweeps under way (members waiting for their vault's next sweep are not)."""
-        if self._work.operations():
-            return True
-        return len(self._dispatcher.in_flight()) > self._roster.member_count()
+        """Polls or sweeps under way (members and joiners waiting for their vault's next
+        sweep are not)."""
+        return bool(self._work.operations() or self._work.jobs())
 
     def next_sweep_at(self, vault_id: str) -> datetime | None:
         """When the vault's members are swept next (None: no sweep planned)."""
