@@ -4,6 +4,7 @@
     python bench/replicas.py [--jobs 2000] [--min-duration 30] [--max-duration 120]
                              [--interval 2] [--replicas 3] [--kills 2]
                              [--kill-at 40,70 | --kill-fractions 0.33,0.5]
+                             [--restart-after 5]
                              [--pg-url postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
                              [--deadline 900] [--keep DIR]
 
@@ -18,7 +19,11 @@ afterwards) and polls with `interval_seconds = --interval`:
   killed with SIGKILL: at `--kill-at` seconds after registration, or else at
   `--kill-fractions` of the one-replica run's wall time. The victim is a replica that owns
   a subscription (the one owning most), so that every kill has a failover to measure; a
-  kill waits for the previous one's takeover; nothing is restarted, the survivors take over.
+  kill waits for the previous one's takeover. Without `--restart-after` nothing is
+  restarted and the survivors take over; with it, a killed replica's `serve` starts again
+  that many seconds after the kill, as systemd does for the shipped unit
+  (`Restart=on-failure`, `RestartSec=5s`), and takes its share back (a new replica in the
+  tables, "restart of N").
 
 Measured per run: jobs whose final status is the emulator's, clean histories (None ->
 InProgress -> final, or None -> final: every chain starts from None, each from_status is the
@@ -162,8 +167,10 @@ class Replica:
     instance_id: str = ""
     owned_first: tuple[str, ...] = ()
     killed_at: float | None = None  # seconds after registration
+    restart_of: int | None = None  # the killed replica this one restarted
     owned_at_kill: tuple[str, ...] = ()
     failover: float | None = None  # seconds from the kill to another owner, all subscriptions
+    restarted: bool = False
 
     @property
     def cpu(self) -> float:
@@ -233,7 +240,49 @@ def _identify(replicas: list[Replica], found: list[dict[str, Any]], first: bool 
                 replica.owned_first = tuple(sorted(s.lower() for s in row.get("owns", [])))
 
 
+def _restart(
+    replicas: list[Replica], victim: Replica, config: Path, env: dict[str, str], wall0: float
+) -> None:
+    """Start the killed replica's `serve` again (a new replica), as systemd would."""
+    index = len(replicas)
+    log = victim.daemon.log.with_name(f"replica-{index}.log")
+    replica = Replica(index, Daemon(config, log, env), restart_of=victim.index)
+    replica.daemon.wait_serving()
+    replica.startup_cpu = replica.daemon.cpu()
+    replicas.append(replica)
+    print(
+        f"  t={time.monotonic() - wall0:5.0f} s replica {index} (restart of {victim.index},"
+        f" pid {replica.daemon.pid}) serving",
+        flush=True,
+    )
+
+
 def _kill_one(
+    replicas: list[Replica],
+    config: Path,
+    env: dict[str, str],
+    wall0: float,
+    db_url: str,
+    restart_after: float | None = None,
+) -> None:
+    """SIGKILL the live replica owning most subscriptions, time the takeover, and start it
+    again `restart_after` seconds after the kill when asked."""
+    _kill_and_wait(replicas, config, env, wall0, db_url)
+    victim = max(
+        (r for r in replicas if r.killed_at is not None),
+        key=lambda r: r.killed_at or 0.0,
+        default=None,
+    )
+    if restart_after is None or victim is None or victim.restarted:
+        return
+    victim.restarted = True
+    delay = wall0 + (victim.killed_at or 0.0) + restart_after - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    _restart(replicas, victim, config, env, wall0)
+
+
+def _kill_and_wait(
     replicas: list[Replica], config: Path, env: dict[str, str], wall0: float, db_url: str
 ) -> None:
     """SIGKILL the live replica owning most subscriptions, then time the takeover."""
@@ -361,7 +410,7 @@ def run(
                         break
                     if pending and time.monotonic() >= wall0 + pending[0]:
                         pending.pop(0)
-                        _kill_one(replicas, config, env, wall0, db_url)
+                        _kill_one(replicas, config, env, wall0, db_url, args.restart_after)
                         continue
                     stats, now = emu.stats(), time.monotonic()
                     rates = _read_rates(last, stats, now - last_at)
@@ -511,10 +560,11 @@ def report(args: argparse.Namespace, one: RunResult, many: RunResult) -> None:
     for r in many.replicas:
         killed_s = "-" if r.killed_at is None else f"{r.killed_at:.0f}"
         failover = "-" if r.failover is None else f"{r.failover:.1f}"
+        restart = "" if r.restart_of is None else f"  (restart of {r.restart_of})"
         print(
             f"{r.index:>7} {r.daemon.pid:>8} {_subs(r.owned_first):>11} {killed_s:>11}"
             f" {_subs(r.owned_at_kill):>10} {failover:>10} {r.cpu:6.1f}"
-            f" {100 * r.cpu / max(1e-9, many.cpu):5.0f}%"
+            f" {100 * r.cpu / max(1e-9, many.cpu):5.0f}%{restart}"
         )
     for label, res in (("1 replica", one), (name, many)):
         print(
@@ -580,6 +630,11 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=2)
     parser.add_argument("--kill-at", type=_floats, help="seconds after registration, e.g. 40,70")
     parser.add_argument("--kill-fractions", type=_floats, default=[1 / 3, 1 / 2])
+    parser.add_argument(
+        "--restart-after",
+        type=float,
+        help="start a killed replica again this many seconds after the kill (systemd: 5)",
+    )
     parser.add_argument("--deadline", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--pg-url", default=PG_URL)
@@ -597,7 +652,8 @@ def main() -> int:
     print(
         f"replicas: {args.jobs} jobs, 2 subscriptions, durations {args.min_duration:g}-"
         f"{args.max_duration:g} s, interval {args.interval:g} s; 1 replica, then"
-        f" {args.replicas} with {args.kills} kill -9",
+        f" {args.replicas} with {args.kills} kill -9"
+        + ("" if args.restart_after is None else f", restarted after {args.restart_after:g} s"),
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="backupjobd-replicas-") as tmp:

@@ -30,6 +30,10 @@ class TransientError(BackupJobdError):
         self.retry_after = retry_after
 
 
+class TooManyPages(TransientError):
+    """A job list went on past the pages its caller would read."""
+
+
 class PermanentError(BackupJobdError):
     """A failure that retrying will not fix."""
 

@@ -506,6 +506,7 @@ async def test_admin_bulk_create_stats_and_reset(emu: Emu) -> None:
         "faults_by_kind": {},
         "job_gets": {},
         "job_gets_running": 0,
+        "window_list_pages": 0,
         "jobs": 0,
         "throttled": 0,
         "reads_by_subscription": {},

@@ -780,3 +780,20 @@ def test_no_window_for_a_backup_vault_or_a_job_whose_start_is_unknown() -> None:
             assert vault.plan([newcomer], NOW + INTERVAL).kind is PlanKind.JOIN
         [sweep] = vault.due_sweeps(NOW + 2 * INTERVAL)
         assert sweep.window is None, vault_id
+
+
+def test_a_window_list_may_take_the_pages_it_is_worth_and_no_more() -> None:
+    records = tuple(job(pk) for pk in range(1, 101))
+    vault = roster()
+    _ending(vault, records, 8)
+    [sweep] = vault.due_sweeps(NOW + 2 * INTERVAL)
+    # One page of running jobs, plus one per four of the 8 ends of the last sweep.
+    assert sweep.window is not None and sweep.max_pages == 1 + 8 // 4
+    # It ran past them: this sweep lists the in-progress jobs, and so do the next ones.
+    fallback = vault.window_too_long(sweep)
+    assert (fallback.window, fallback.max_pages, fallback.records) == (None, None, sweep.records)
+    at = NOW + 2 * INTERVAL
+    settled = vault.settle(fallback, listing(*records[10:]), at, at, pages_read=1, detail_room=0)
+    commit_all(vault, settled, at)
+    [sweep] = vault.due_sweeps(at + INTERVAL)
+    assert sweep.window is None

@@ -39,6 +39,7 @@ from backupjobd.errors import (
     InvalidInput,
     NotFound,
     PermanentError,
+    TooManyPages,
     TransientError,
 )
 
@@ -277,7 +278,7 @@ class ArmClient:
             if not isinstance(next_link, str) or not self._allowed.allows(next_link):
                 raise PermanentError("nextLink points away from the management endpoint")
             target, query = yarl.URL(next_link, encoded=True), None
-        raise TransientError(f"more than {max_pages} pages of jobs; stopping")
+        raise TooManyPages(f"more than {max_pages} pages of jobs; stopping")
 
     async def list_vaults(
         self, subscription_id: str, kind: VaultKind = VaultKind.RECOVERY_SERVICES

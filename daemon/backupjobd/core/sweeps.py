@@ -231,6 +231,8 @@ class Sweep:
     vault_id: str
     records: tuple[JobRecord, ...]
     window: Window | None = None
+    #: The most pages a window list may take (beyond them the in-progress list is cheaper).
+    max_pages: int | None = None
 
 
 @dataclass(slots=True)
@@ -420,7 +422,7 @@ class VaultRoster:
         vault = self._vault(vault_id)
         vault.sweeping = bool(records)
         swept = tuple(records.values())
-        return Sweep(vault_id, swept, self._window(vault, swept) if swept else None)
+        return self._sweep(vault, swept)
 
     def due_sweeps(self, now: datetime) -> list[Sweep]:
         """The sweeps of every vault whose members are due (their own schedule), with the
@@ -434,7 +436,7 @@ class VaultRoster:
             records = (*vault.members.values(), *vault.pending.values())
             vault.pending.clear()
             vault.sweeping = True
-            sweeps.append(Sweep(vault.vault_id, records, self._window(vault, records)))
+            sweeps.append(self._sweep(vault, records))
         return sweeps
 
     # ------------------------------------------------------------------ a sweep
@@ -626,21 +628,31 @@ class VaultRoster:
         if not window_worthwhile(max(vault.ends, WINDOW_MIN_ENDS), pages_read, running_pages):
             vault.window_backoff = WINDOW_RETRY_SWEEPS
 
-    def _window(self, vault: _Vault, records: Sequence[JobRecord]) -> Window | None:
-        """The window this sweep lists, or None for the vault's in-progress jobs."""
-        if azure.vault_kind_of(vault.vault_id) is VaultKind.DATA_PROTECTION:
-            return None
+    def _sweep(self, vault: _Vault, records: tuple[JobRecord, ...]) -> Sweep:
+        """The sweep of these records: of the window their starts span, or (None) of the
+        vault's in-progress jobs. A window list may take the pages it is worth at most."""
+        if not records or azure.vault_kind_of(vault.vault_id) is VaultKind.DATA_PROTECTION:
+            return Sweep(vault.vault_id, records)
         if vault.window_backoff > 0:
             vault.window_backoff -= 1
             if vault.window_backoff == 0:
                 vault.window_pages = None
-            return None
+            return Sweep(vault.vault_id, records)
         span = sweep_window(r.start_time for r in records)
         if span is None:
-            return None
+            return Sweep(vault.vault_id, records)
         estimate = vault.window_pages or pages_for(len(records))
-        worthwhile = window_worthwhile(vault.ends, estimate, self.pages(vault.vault_id))
-        return span if worthwhile else None
+        running_pages = self.pages(vault.vault_id)
+        if not window_worthwhile(vault.ends, estimate, running_pages):
+            return Sweep(vault.vault_id, records)
+        return Sweep(vault.vault_id, records, span, running_pages + vault.ends // 4)
+
+    def window_too_long(self, sweep: Sweep) -> Sweep:
+        """The window list ran past its pages: the vault lists its in-progress jobs for a
+        while (this sweep too: the sweep returned)."""
+        vault = self._vault(sweep.vault_id)
+        vault.window_backoff = WINDOW_RETRY_SWEEPS
+        return Sweep(sweep.vault_id, sweep.records)
 
     def joined(self, vault_id: str, commits: Iterable[tuple[Commit, bool]]) -> None:
         """The store took (True) or refused (False: changed elsewhere) each changed job's

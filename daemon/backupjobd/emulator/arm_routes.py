@@ -270,6 +270,8 @@ async def _list_jobs(
         if j.seq > after and _job_matches(state, j, clauses)
     ]
     page = jobs[: state.page_size]
+    if any(name == "starttime" for name, _ in clauses):
+        state.record_window_list_page()
     body: JSONDict = {"value": [state.render_job(j, extended=False) for j in page]}
     if len(jobs) > len(page):
         params = [f"api-version={quote(_api_version(request), safe='')}"]

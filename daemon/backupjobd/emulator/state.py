@@ -176,6 +176,8 @@ class _Stats:
     job_gets_running: int = 0
     throttled: int = 0
     reads_by_subscription: Counter[str] = field(default_factory=Counter)
+    # List pages served for a start-time window (`startTime eq … and endTime eq …`).
+    window_list_pages: int = 0
 
 
 class EmulatorState:
@@ -584,6 +586,9 @@ class EmulatorState:
         self._stats.requests += 1
         self._stats.by_kind[kind] += 1
 
+    def record_window_list_page(self) -> None:
+        self._stats.window_list_pages += 1
+
     def record_job_get(self, job_id: str, *, running: bool = False) -> None:
         self._stats.job_gets[job_id] += 1
         if running:
@@ -597,6 +602,7 @@ class EmulatorState:
             "faults_by_kind": dict(self._stats.faults_by_kind),
             "job_gets": dict(self._stats.job_gets),
             "job_gets_running": self._stats.job_gets_running,
+            "window_list_pages": self._stats.window_list_pages,
             "jobs": len(self._jobs),
             "throttled": self._stats.throttled,
             "reads_by_subscription": dict(self._stats.reads_by_subscription),

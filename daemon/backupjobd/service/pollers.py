@@ -43,6 +43,7 @@ from backupjobd.errors import (
     CredentialError,
     NotFound,
     PermanentError,
+    TooManyPages,
     TransientError,
 )
 from backupjobd.service.committer import Committer
@@ -210,15 +211,30 @@ class Pollers:
         finally:
             self._roster.finished(item.vault_id)
 
-    async def _sweep(self, item: Sweep) -> None:
+    async def _list(self, item: Sweep) -> tuple[dict[str, JobObservation], int]:
+        """The sweep's list (job id -> item) and the pages it took."""
         listed: dict[str, JobObservation] = {}
-        listed_at = self._clock()
         pages = 0
+        vault = azure.vault_from_id(item.vault_id)
+        async for page in self._arm.list_jobs(
+            vault, sweep_filter(vault.kind, item.window), max_pages=item.max_pages or 1000
+        ):
+            pages += 1
+            listed.update((obs.job_id, obs) for obs in page)
+        return listed, pages
+
+    async def _sweep(self, item: Sweep) -> None:
+        listed_at = self._clock()
         try:
-            vault = azure.vault_from_id(item.vault_id)
-            async for page in self._arm.list_jobs(vault, sweep_filter(vault.kind, item.window)):
-                pages += 1
-                listed.update((obs.job_id, obs) for obs in page)
+            try:
+                listed, pages = await self._list(item)
+            except TooManyPages:
+                if item.window is None:
+                    raise
+                # The window holds more jobs than it is worth reading: the in-progress list.
+                item = self._roster.window_too_long(item)
+                listed_at = self._clock()
+                listed, pages = await self._list(item)
         except (TransientError, PermanentError, CredentialError) as exc:
             if isinstance(exc, TransientError) and exc.retry_after is not None:
                 # Throttled: the subscription is paused; its jobs stay due, no single GETs.
