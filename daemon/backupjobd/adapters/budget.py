@@ -18,11 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backupjobd.core.pacing import PacingRules, RateLearner
+from backupjobd.core.sweeps import SPARE_FULL
 
 logger = logging.getLogger(__name__)
 
-#: Progress snapshots spend only what is above this share of the usable bucket.
-SPARE_FOR_DETAILS = 0.75
+#: Progress snapshots spend only what is above this share of the usable bucket: where vaults
+#: already sweep as often as they may (`core.sweeps.SPARE_FULL`), so that detection lag gets
+#: the spare reads first.
+SPARE_FOR_DETAILS = SPARE_FULL
 MAX_DEFAULT_PAUSE_S = 60.0
 
 
@@ -106,10 +109,10 @@ class ReadBudget:
         return max(0.0, min(1.0, bucket.tokens / bucket.pace.capacity))
 
     def spare_reads(self, subscription_id: str) -> int:
-        """Reads in the top quarter of the usable bucket: what optional reads (progress
+        """Reads in the top tenth of the usable bucket: what optional reads (progress
         snapshots) may spend now without eating into what status reads and sooner sweeps
-        (which draw from half full up, `core.sweeps.spare_sweep_interval`) need; 0 or less
-        while paused."""
+        (which draw from half full up, fastest from nine tenths,
+        `core.sweeps.spare_sweep_interval`) need; 0 or less while paused."""
         capacity = self._bucket(subscription_id).pace.capacity
         return int(self.fullness(subscription_id) * capacity - SPARE_FOR_DETAILS * capacity)
 
