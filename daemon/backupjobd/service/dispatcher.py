@@ -17,7 +17,7 @@ from backupjobd.core.azure import JobKind
 from backupjobd.core.model import JobRecord
 from backupjobd.core.sweeps import PlanKind, VaultRoster, subscription
 from backupjobd.errors import BackupJobdError
-from backupjobd.service.work import SWEEP, WorkQueue, detail_room
+from backupjobd.service.work import SWEEP, WorkQueue, detail_room, read_priority
 from backupjobd.store import Store
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Dispatcher:
             queued += len(sweep.records)
         singles = self._within_budgets(singles)
         for job in round_robin(singles):
-            self._work.put(job)
+            self._work.put(job, read_priority(job))
         return queued + len(singles)
 
     def _forget_lost(self, owned: frozenset[str]) -> None:

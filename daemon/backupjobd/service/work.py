@@ -12,15 +12,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from backupjobd.adapters.budget import ReadBudget
-from backupjobd.core import sweeps
+from backupjobd.core import azure, sweeps
 from backupjobd.core.model import JobRecord, OperationRecord
 from backupjobd.core.sweeps import Sweep, subscription
 
 WorkItem = JobRecord | OperationRecord | Sweep
 # Queue priorities: sweeps first (one sweep detects the ends of a whole vault; queued
 # behind another vault's burst of GETs it would delay them all), then status reads, then
-# detail snapshots of running jobs when nothing else waits.
-SWEEP, URGENT, BACKGROUND = 0, 1, 2
+# the final reads of jobs whose end is recorded already (a list showed it: the GET keeps
+# their final snapshot and detects nothing), then detail snapshots of running jobs when
+# nothing else waits.
+SWEEP, URGENT, FINAL, BACKGROUND = 0, 1, 2, 3
+
+
+def read_priority(job: JobRecord) -> int:
+    """A single GET's place in the queue: a job whose end is recorded waits for its final
+    read behind the reads that may detect an end."""
+    return FINAL if azure.is_terminal_status(job.status) else URGENT
 
 
 @dataclass(frozen=True, slots=True)
