@@ -485,7 +485,7 @@ def _ratio(three: float, one: float) -> str:
 
 def report(args: argparse.Namespace, one: RunResult, many: RunResult) -> None:
     n = args.jobs
-    name = f"{len(many.replicas)} replicas"
+    name = f"{args.replicas} replicas"
     killed = sorted(
         (r for r in many.replicas if r.killed_at is not None), key=lambda r: r.killed_at or 0.0
     )
