@@ -469,22 +469,22 @@ class VaultRoster:
         urgent: list[JobRecord] = []
         background: list[JobRecord] = []
         wanted: datetime | None = None
+
+        def decide(record: JobRecord, item: JobObservation) -> JobDecision:
+            """What a list item tells of a swept job (sweeps not yet stored count as polls)."""
+            return decide_job(
+                record.state(vault.uncounted.get(record.pk, 0)),
+                Seen(item, full=False),
+                now,
+                self._policy,
+                jitter(),
+                expected(record),
+            )
+
         for record in sweep.records:
             seen = listed.get(record.job_id)
             if seen is not None and seen.is_terminal:
-                finished.append(
-                    (
-                        record,
-                        decide_job(
-                            record.state(vault.uncounted.get(record.pk, 0)),
-                            Seen(seen, full=False),
-                            now,
-                            self._policy,
-                            jitter(),
-                            expected(record),
-                        ),
-                    )
-                )
+                finished.append((record, decide(record, seen)))
                 continue
             obs = sweep_observation(
                 record.status,
@@ -501,14 +501,7 @@ class VaultRoster:
                     background.append(record)
                     room = None if room is None else room - 1
                 continue
-            decision = decide_job(
-                record.state(vault.uncounted.get(record.pk, 0)),
-                Seen(obs, full=False),
-                now,
-                self._policy,
-                jitter(),
-                expected(record),
-            )
+            decision = decide(record, obs)
             if decision.next_poll_at is not None and (
                 wanted is None or decision.next_poll_at < wanted
             ):
@@ -538,18 +531,7 @@ class VaultRoster:
             # the list has pages, single GETs are cheaper. The jobs leave the vault, each
             # with its own next poll (not a lease), and the vault sweeps no more.
             everyone = [(r, d) for r, d in changed] + [
-                (
-                    r,
-                    decide_job(
-                        r.state(vault.uncounted.get(r.pk, 0)),
-                        Seen(listed[r.job_id], full=False),
-                        now,
-                        self._policy,
-                        jitter(),
-                        expected(r),
-                    ),
-                )
-                for r in unchanged
+                (r, decide(r, listed[r.job_id])) for r in unchanged
             ]
             records = self.leave(sweep.vault_id, [r for r, _ in everyone])
             return Settlement(
