@@ -8,6 +8,8 @@ a VM named `[red]x` or one holding escape codes prints as the characters it has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -332,7 +334,18 @@ async def run_top(
     if once:
         console.print(await frame())
         return
-    with Live(await frame(), console=console, auto_refresh=False, screen=False) as live:
-        while True:
-            await asyncio.sleep(interval)
-            live.update(await frame(), refresh=True)
+    # Ctrl-C ends the loop between frames, and the store closes as after any command: a
+    # cancellation landing inside a read could leave a database thread behind that keeps
+    # the process from exiting.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        with Live(await frame(), console=console, auto_refresh=False, screen=False) as live:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+                if not stop.is_set():
+                    live.update(await frame(), refresh=True)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
