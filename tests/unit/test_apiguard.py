@@ -156,6 +156,33 @@ def test_other_loop_errors_still_reach_the_default_handler(
     assert "Task exception was never retrieved" in caplog.text
 
 
+def test_accept_retries_left_after_the_socket_closed_are_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At shutdown, asyncio's pending accept retries (one per starved accept of a batch)
+    fail on descriptor -1; the default handler would log each with a traceback."""
+    loop = asyncio.new_event_loop()
+
+    def _start_serving() -> None:
+        raise AssertionError("not called")
+
+    stale = {
+        "message": "Exception in callback BaseSelectorEventLoop._start_serving()",
+        "exception": ValueError("Invalid file descriptor: -1"),
+        "handle": asyncio.Handle(_start_serving, (), loop),
+    }
+    other = {**stale, "exception": ValueError("something else")}
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(99):
+                AcceptFailureLog()(loop, stale)
+            assert caplog.text == ""
+            AcceptFailureLog()(loop, other)
+    finally:
+        loop.close()
+    assert "something else" in caplog.text
+
+
 def test_protocol_log_is_one_line_at_info_at_most(caplog: pytest.LogCaptureFixture) -> None:
     log = ProtocolLog(logging.getLogger("backupjobd.test.http"), {})
     caplog.set_level(logging.DEBUG, logger="backupjobd.test.http")

@@ -297,6 +297,17 @@ class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         )
 
 
+def _stale_accept_retry(context: dict[str, Any]) -> bool:
+    """A retry of accept() (`_start_serving`) scheduled after a descriptor shortage that ran
+    after the listening socket was closed."""
+    exc = context.get("exception")
+    return (
+        isinstance(exc, ValueError)
+        and "file descriptor: -1" in str(exc)
+        and "_start_serving" in repr(context.get("handle"))
+    )
+
+
 class AcceptFailureLog:
     """The event loop's exception handler: an accept() that fails for want of descriptors is
     logged once, then at most once a minute with the count (asyncio retries every second and
@@ -311,6 +322,12 @@ class AcceptFailureLog:
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = str(context.get("message", ""))
+        if _stale_accept_retry(context):
+            # asyncio schedules a retry of accept() for every descriptor-starved accept of a
+            # batch (up to the backlog); those still pending when the server has closed its
+            # socket fail on descriptor -1 at shutdown: nothing is left to report.
+            logger.debug("HTTP API: an accept retry found its socket closed")
+            return
         if not message.startswith("socket.accept() out of system resource"):
             loop.default_exception_handler(context)
             return
