@@ -11,6 +11,7 @@ budget, tracker options, or its own `Rig` subclass (`cls`) with the helpers only
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -176,3 +177,31 @@ async def open_rig(
         await server.close()
         await store.close()
     assert drained or not must_drain, "the tracker did not drain in time"
+
+
+@dataclass(frozen=True)
+class ApiBackends:
+    """What the API's tests build the app on: the emulator served over loopback, a fresh
+    SQLite store and an ARM client to the emulator."""
+
+    store: SqlStore
+    arm: ArmClient
+    session: aiohttp.ClientSession
+    emulator_url: str
+
+
+async def api_backends(
+    emulator: EmulatorState, tmp_path: Path, cleanups: list[Callable[[], Awaitable[Any]]]
+) -> ApiBackends:
+    """Start them; `cleanups` gets their closes, to be awaited in reverse order."""
+    arm_server = TestServer(build_emulator_app(emulator))
+    await arm_server.start_server()
+    cleanups.append(arm_server.close)
+    emulator_url = str(arm_server.make_url("")).rstrip("/")
+    store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path}/{uuid.uuid4().hex}.db")
+    await store.migrate()
+    cleanups.append(store.close)
+    session = aiohttp.ClientSession()
+    cleanups.append(session.close)
+    arm = ArmClient(session, StaticTokenProvider("arm-token"), emulator_url, "2025-08-01")
+    return ApiBackends(store, arm, session, emulator_url)

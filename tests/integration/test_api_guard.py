@@ -17,17 +17,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from backupjobd.adapters.arm import ArmClient
 from backupjobd.adapters.credentials import StaticTokenProvider
 from backupjobd.adapters.metrics import Metrics
 from backupjobd.adapters.sql.store import SqlStore
 from backupjobd.config import ApiConfig, replace
 from backupjobd.core.registration import Endpoint
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec
 from backupjobd.http import ApiStartError, build_api_app, connection_guard, start_api
 from backupjobd.http.guard import BUSY_ANSWER
+from tests.integration.rig import api_backends
 
 JOB = "0b5b2c1e-9a1d-4d43-8d3e-2f0b1a2c3d4e"
 JOB_ARM_ID = f"{DEFAULT_VAULT_ID}/backupJobs/{JOB}"
@@ -65,16 +64,9 @@ async def make_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
 
     async def make(*, api_token: str | None = None, **config: Any) -> Api:
         emulator = EmulatorState(clock=lambda: 0.0)
-        arm_server = TestServer(build_emulator_app(emulator))
-        await arm_server.start_server()
-        cleanups.append(arm_server.close)
-        emulator_url = str(arm_server.make_url("")).rstrip("/")
-        store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path}/{uuid.uuid4().hex}.db")
-        await store.migrate()
-        cleanups.append(store.close)
-        session = aiohttp.ClientSession()
-        cleanups.append(session.close)
-        arm = ArmClient(session, StaticTokenProvider("arm-token"), emulator_url, "2025-08-01")
+        backends = await api_backends(emulator, tmp_path, cleanups)
+        store, arm, session = backends.store, backends.arm, backends.session
+        emulator_url = backends.emulator_url
         port = config.pop("port", None) or free_port()
         api_config = replace(ApiConfig(enabled=True, port=port), **config)
         app = build_api_app(

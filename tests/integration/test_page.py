@@ -31,11 +31,12 @@ from backupjobd.config import ApiConfig
 from backupjobd.core import azure
 from backupjobd.core.decisions import PollPolicy, Seen, decide_job
 from backupjobd.core.registration import Endpoint, JobRegistration
-from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec, build_emulator_app
+from backupjobd.emulator import DEFAULT_VAULT_ID, EmulatorState, JobSpec
 from backupjobd.errors import ConfigError
 from backupjobd.http import build_api_app
 from backupjobd.http.auth import SESSION_COOKIE, SESSION_LIFETIME
 from backupjobd.testing import FakeClock
+from tests.integration.rig import api_backends
 
 FULL = "page-full-token-0123456789"
 READ = "page-read-token-0123456789"
@@ -84,16 +85,8 @@ async def make_page(tmp_path: Path) -> AsyncIterator[PageFactory]:
     async def make(*, api_token: str | None = None, read_token: str | None = None) -> Page:
         clock = FakeClock()
         emulator = EmulatorState(clock=clock, epoch=clock.base.timestamp())
-        arm_server = TestServer(build_emulator_app(emulator))
-        await arm_server.start_server()
-        cleanups.append(arm_server.close)
-        emulator_url = str(arm_server.make_url("")).rstrip("/")
-        store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path}/{uuid.uuid4().hex}.db")
-        await store.migrate()
-        cleanups.append(store.close)
-        session = aiohttp.ClientSession()
-        cleanups.append(session.close)
-        arm = ArmClient(session, StaticTokenProvider("arm-token"), emulator_url, "2025-08-01")
+        backends = await api_backends(emulator, tmp_path, cleanups)
+        store, arm, emulator_url = backends.store, backends.arm, backends.emulator_url
         app = build_api_app(
             store=store,
             arm=arm,
