@@ -289,7 +289,7 @@ def test_changed_jobs_are_written_with_the_lease_and_become_members_as_committed
     assert all(
         m.next_poll_at == settled.lease and m.status == "InProgress" for m in members.values()
     )
-    assert vault.held() == {1, 2, 3} and vault.member_count() == 3
+    assert vault.held() == {1, 2, 3} and len(vault.members(VAULT)) == 3
     assert vault.next_sweep_at(VAULT.upper()) == NOW + INTERVAL
 
 
@@ -477,7 +477,7 @@ def test_a_detail_read_still_running_rejoins_the_next_sweep() -> None:
     decision = JobDecision("InProgress", Tracking.ACTIVE, NOW + 3 * INTERVAL, full_read=True)
     commit = Commit.of(read, decision, NOW + INTERVAL)
     assert vault.rejoin(commit)
-    assert vault.held() == {1, 2} and vault.member_count() == 1
+    assert vault.held() == {1, 2} and len(vault.members(VAULT)) == 1
     assert vault.due_sweeps(NOW + INTERVAL) == []
     [next_sweep] = vault.due_sweeps(NOW + 2 * INTERVAL)
     assert {r.pk for r in next_sweep.records} == {1, 2}
@@ -567,7 +567,7 @@ def test_newcomers_wait_for_the_members_next_sweep() -> None:
     assert plan.kind is PlanKind.JOIN
     assert [r.pk for r in plan.joined] == [4]
     assert [r.pk for r in plan.singles] == [5, 6]
-    assert vault.held() == {1, 2, 3, 4} and vault.member_count() == 3
+    assert vault.held() == {1, 2, 3, 4} and len(vault.members(VAULT)) == 3
     [sweep] = vault.due_sweeps(NOW + INTERVAL)
     assert [r.pk for r in sweep.records] == [1, 2, 3, 4]
     assert vault.due_sweeps(NOW + INTERVAL) == []  # already sweeping

@@ -359,9 +359,6 @@ class VaultRoster:
         """Vaults with members or pending joiners."""
         return [v.vault_id for v in self._vaults.values() if v.members or v.pending]
 
-    def member_count(self) -> int:
-        return sum(len(v.members) for v in self._vaults.values())
-
     def next_sweep_at(self, vault_id: str) -> datetime | None:
         vault = self._vaults.get(vault_id.lower())
         return None if vault is None else vault.next_sweep
