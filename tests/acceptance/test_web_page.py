@@ -123,6 +123,7 @@ def _requested_urls(driver: Any, base: str) -> list[str]:
 
 
 def test_the_web_page_in_a_real_browser(emulator: Emulator, daemon: Daemon, browser: Any) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -159,25 +160,29 @@ def test_the_web_page_in_a_real_browser(emulator: Emulator, daemon: Daemon, brow
 
     wait_until("the jobs seen, two finished and one stuck", settled, 30)
 
-    wait = WebDriverWait(browser, WAIT_S)
+    # The content is redrawn every second: an element found may be replaced before it is
+    # read, and is then found again.
+    wait = WebDriverWait(
+        browser, WAIT_S, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
     browser.get_log("performance")  # what the browser loaded before: its own start page
     browser.get(f"{base}/")
     wait.until(ec.presence_of_element_located((By.ID, "login")))
     assert "vm-long" not in browser.page_source  # nothing before signing in
     browser.find_element(By.ID, "token").send_keys(READ)
     browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    flying = wait.until(ec.presence_of_element_located((By.ID, "in-flight")))
+    wait.until(ec.presence_of_element_located((By.ID, "in-flight")))
     ARTIFACTS.mkdir(exist_ok=True)
 
-    text = flying.text
+    text = text_of(wait, By.ID, "in-flight")
     assert "vm-long" in text and "vm-restore" in text and "vm-broken" not in text
     assert HOSTILE in text  # shown as the text it is
-    assert "stuck" in browser.find_element(By.CSS_SELECTOR, "#in-flight tr.stuck").text
+    assert "stuck" in text_of(wait, By.CSS_SELECTOR, "#in-flight tr.stuck")
     assert browser.execute_script("return window.pwned") is None
     assert len(browser.find_elements(By.TAG_NAME, "script")) == 1
     assert browser.find_elements(By.TAG_NAME, "img") == []
-    assert "vm-broken" in browser.find_element(By.ID, "failures").text
-    assert "vm-done" in browser.find_element(By.ID, "finished").text
+    assert "vm-broken" in text_of(wait, By.ID, "failures")
+    assert "vm-done" in text_of(wait, By.ID, "finished")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.bar")) == 5
     # A progress bar for each job in flight whose progress the daemon has read (a vault's
     # sweep lists jobs without it; a detail read brings it).
@@ -189,29 +194,29 @@ def test_the_web_page_in_a_real_browser(emulator: Emulator, daemon: Daemon, brow
     browser.save_screenshot(str(ARTIFACTS / "web-page.png"))
 
     # The content refreshes itself (page_refresh_seconds = 1): the time it shows moves on.
-    shown = browser.find_element(By.ID, "updated").text
+    shown = text_of(wait, By.ID, "updated")
     wait.until(lambda d: d.find_element(By.ID, "updated").text != shown)
-    assert HOSTILE in browser.find_element(By.ID, "in-flight").text
+    assert HOSTILE in text_of(wait, By.ID, "in-flight")
     assert browser.execute_script("return window.pwned") is None
 
-    browser.find_element(By.CSS_SELECTOR, "#failures a").click()  # vm-broken's own page
+    click(wait, By.CSS_SELECTOR, "#failures a")  # vm-broken's own page
     wait.until(ec.presence_of_element_located((By.ID, "transitions")))
-    assert "Failed" in browser.find_element(By.ID, "transitions").text
-    assert "vm-broken" in browser.find_element(By.TAG_NAME, "h1").text
+    assert "Failed" in text_of(wait, By.ID, "transitions")
+    assert "vm-broken" in text_of(wait, By.TAG_NAME, "h1")
     [broken] = [j for j in _jobs(base) if j["entity_friendly_name"] == "vm-broken"]
     error = broken["error_details"][0]
-    assert error["message"] in browser.find_element(By.ID, "job").text
+    assert error["message"] in text_of(wait, By.ID, "job")
     browser.save_screenshot(str(ARTIFACTS / "web-job-page.png"))
 
     # A filter applies as soon as it is chosen (the page's script submits the form).
-    browser.find_element(By.LINK_TEXT, "← all jobs").click()
+    click(wait, By.LINK_TEXT, "← all jobs")
     status_filter = wait.until(ec.presence_of_element_located((By.NAME, "status")))
     Select(status_filter).select_by_value("Failed")
     wait.until(ec.url_contains("status=Failed"))
     wait.until(ec.presence_of_element_located((By.ID, "in-flight")))
-    assert "No job in flight." in browser.find_element(By.ID, "in-flight").text
-    assert "vm-broken" in browser.find_element(By.ID, "failures").text
-    assert "vm-done" not in browser.find_element(By.ID, "finished").text
+    assert "No job in flight." in text_of(wait, By.ID, "in-flight")
+    assert "vm-broken" in text_of(wait, By.ID, "failures")
+    assert "vm-done" not in text_of(wait, By.ID, "finished")
 
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == [], errors
@@ -221,3 +226,19 @@ def test_the_web_page_in_a_real_browser(emulator: Emulator, daemon: Daemon, brow
     assert browser.current_url.startswith(f"{base}/?")
     foreign = [u for u in urls if not u.startswith(f"{base}/")]
     assert foreign == [], f"requests that left the daemon: {foreign}"
+
+
+def text_of(wait: Any, by: str, value: str) -> str:
+    """An element's text, found again if a redraw replaced it meanwhile."""
+    found: tuple[str] = wait.until(lambda d: (d.find_element(by, value).text,))
+    return found[0]
+
+
+def click(wait: Any, by: str, value: str) -> None:
+    """Click an element, found again if a redraw replaced it meanwhile."""
+
+    def clicked(d: Any) -> bool:
+        d.find_element(by, value).click()
+        return True
+
+    wait.until(clicked)
