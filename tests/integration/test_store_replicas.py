@@ -281,6 +281,10 @@ async def test_a_replica_whose_process_died_loses_its_leases_at_the_next_heartbe
         t2 = T0 + timedelta(seconds=2)  # a's leases run to T0 + 15 s
         b_held = await _beat_until_owning(b, "b", t2, len(SUBS))
         assert [x.epoch for x in b_held] == [2] * len(SUBS)
+        # a owns nothing now, and its last beat is recent: dead all the same, it takes no
+        # share (b does not give half of its leases up for it).
+        t3 = t2 + timedelta(seconds=3)
+        assert len(await b.replica_heartbeat(beat("b"), t3)) == len(SUBS)
         record = await reload(b, jid(1), VAULTS[0])
         decision = decide_job(
             record.state(), seen(VAULTS[0], jid(1), "InProgress"), t2, POLICY, 0.5

@@ -108,7 +108,7 @@ def replica_heartbeat(conn: Connection, beat: ReplicaBeat, now: datetime) -> lis
     if beat.sole:
         rows, live = as_sole(rows, me), [me]
     elif conn.dialect.name == "postgresql":
-        dead = _dead_owners(conn, rows, me, now)
+        dead = _dead_others(conn, rows, live, me, now)
         rows, live = without_dead(rows, dead), [r for r in live if r not in dead]
     plan = plan_leases(me, now, rows, wanted, live)
     until = now + beat.lease_for
@@ -136,11 +136,16 @@ def replica_heartbeat(conn: Connection, beat: ReplicaBeat, now: datetime) -> lis
     return sorted(held, key=lambda lease: lease.subscription)
 
 
-def _dead_owners(conn: Connection, rows: Iterable[Lease], me: str, now: datetime) -> set[str]:
-    """The other owners of unexpired leases whose liveness lock nobody holds any more: their
-    process is gone (PostgreSQL drops a session's locks when its connection closes). Taking
-    the lock for this transaction is how one asks; it goes with the commit."""
+def _dead_others(
+    conn: Connection, rows: Iterable[Lease], live: Iterable[str], me: str, now: datetime
+) -> set[str]:
+    """The other replicas (owners of unexpired leases, and those whose heartbeat is recent)
+    whose liveness lock nobody holds any more: their process is gone (PostgreSQL drops a
+    session's locks when its connection closes). Taking the lock for this transaction is how
+    one asks; it goes with the commit. A dead replica that owns nothing any more must not
+    count in the fair share either: the survivors would give leases up for it."""
     owners = {r.owner for r in rows if r.owner and r.owner != me and not r.free(now)}
+    owners |= {instance for instance in live if instance != me}
     if not owners:
         return set()
     i = schema.instances
